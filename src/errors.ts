@@ -1,0 +1,54 @@
+/**
+ * The one catalog of weft error codes. Native code, the engine wrapper, the CLI and the gateway
+ * all raise errors from this table; docs/errors.md documents every entry (a test keeps them in
+ * step). `status` is the HTTP-style status a gateway maps the error to; `retryable` says whether
+ * the same request may succeed later without change.
+ */
+export const ERRORS = {
+  WEFT_MODEL_NOT_FOUND: { status: 404, retryable: false, summary: 'A model path (directory or file) is missing or unreadable.' },
+  WEFT_MODEL_FORMAT: { status: 422, retryable: false, summary: 'config.json or a safetensors file is malformed, truncated or inconsistent.' },
+  WEFT_UNSUPPORTED_ARCH: { status: 422, retryable: false, summary: 'The model architecture (config.json "architectures"/"model_type") is not supported.' },
+  WEFT_UNSUPPORTED_DTYPE: { status: 422, retryable: false, summary: 'A tensor dtype other than F32, F16 or BF16.' },
+  WEFT_TENSOR_MISSING: { status: 422, retryable: false, summary: 'A tensor the architecture needs is not in the checkpoint.' },
+  WEFT_TENSOR_SHAPE: { status: 422, retryable: false, summary: 'A tensor has a shape that does not match config.json.' },
+  WEFT_TOKENIZER: { status: 422, retryable: false, summary: 'tokenizer.json is missing, malformed or of an unsupported kind.' },
+  WEFT_BAD_ARGUMENT: { status: 400, retryable: false, summary: 'An argument is missing, of the wrong type or out of range (NaN, negative, ...).' },
+  WEFT_TOKEN_OUT_OF_RANGE: { status: 400, retryable: false, summary: 'A token id is negative or not below the vocabulary size.' },
+  WEFT_CONTEXT_OVERFLOW: { status: 400, retryable: false, summary: 'The sequence would grow past the model context length (max_position_embeddings or the configured limit).' },
+  WEFT_BATCH_TOO_LARGE: { status: 400, retryable: false, summary: 'A step holds more tokens or sequences than an execution context was sized for.' },
+  WEFT_KV_EXHAUSTED: { status: 503, retryable: true, summary: 'The paged KV pool has no free pages; free or park sequences and retry.' },
+  WEFT_SEQUENCE_NOT_FOUND: { status: 404, retryable: false, summary: 'The sequence id is unknown or was freed.' },
+  WEFT_SEQUENCE_PARKED: { status: 409, retryable: true, summary: 'The sequence is parked in host memory; restore it before stepping it.' },
+  WEFT_SEQUENCE_BUSY: { status: 409, retryable: true, summary: 'The sequence is already part of a step in flight.' },
+  WEFT_CONTEXT_BUSY: { status: 409, retryable: true, summary: 'The execution context is already running a step (lease one from the pool).' },
+  WEFT_CANCELLED: { status: 499, retryable: false, summary: 'The operation was cancelled by its caller.' },
+  WEFT_DISPOSED: { status: 410, retryable: false, summary: 'The engine (or context) was disposed.' },
+  WEFT_INTERNAL: { status: 500, retryable: false, summary: 'An unexpected internal failure; the message says where.' },
+} as const;
+
+export type WeftErrorCode = keyof typeof ERRORS;
+
+export class WeftError extends Error {
+  readonly code: WeftErrorCode;
+  constructor(code: WeftErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'WeftError';
+    this.code = code;
+  }
+  get status(): number {
+    return ERRORS[this.code].status;
+  }
+}
+
+export function isWeftErrorCode(code: unknown): code is WeftErrorCode {
+  return typeof code === 'string' && Object.prototype.hasOwnProperty.call(ERRORS, code);
+}
+
+/** Turns anything thrown (a native Error with `.code`, a WeftError, a plain Error) into a WeftError. */
+export function toWeftError(err: unknown): WeftError {
+  if (err instanceof WeftError) return err;
+  const e = err as { code?: unknown; message?: unknown };
+  const message = typeof e?.message === 'string' ? e.message : String(err);
+  if (isWeftErrorCode(e?.code)) return new WeftError(e.code, message, { cause: err });
+  return new WeftError('WEFT_INTERNAL', message, { cause: err });
+}
