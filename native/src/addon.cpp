@@ -1,0 +1,490 @@
+// The one layer that touches Node-API. src/engine/native.ts mirrors this surface in TypeScript.
+// Every entry point turns native failures into JS errors carrying a catalog `code`; steps run in
+// an AsyncWorker off the JS thread and settle a Promise.
+#include <napi.h>
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include "engine.h"
+#include "cpu/simd.h"
+
+namespace weft {
+namespace {
+
+Napi::Error codedError(Napi::Env env, const char* code, const std::string& msg, int64_t seq = -1) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  if (seq >= 0) e.Set("sequence", Napi::Number::New(env, double(seq)));
+  return e;
+}
+
+// Runs fn, rethrowing native failures as coded JS errors.
+template <class F>
+auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const WeftError& e) {
+    throw codedError(env, errCode(e.code), e.what(), e.sequence);
+  } catch (const std::bad_alloc&) {
+    throw codedError(env, "WEFT_INTERNAL", "out of host memory");
+  } catch (const std::exception& e) {
+    throw codedError(env, "WEFT_INTERNAL", e.what());
+  }
+}
+
+double num(const Napi::Object& o, const char* key, double fallback, bool required = false) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) {
+    if (required) throw WeftError(Err::BadArgument, std::string("missing field ") + key);
+    return fallback;
+  }
+  if (!v.IsNumber()) throw WeftError(Err::BadArgument, std::string("field ") + key + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+int intField(const Napi::Object& o, const char* key, int fallback, bool required = false) {
+  double d = num(o, key, fallback, required);
+  if (!std::isfinite(d) || d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0)
+    throw WeftError(Err::BadArgument, std::string("field ") + key + " must be an integer");
+  return int(d);
+}
+
+DType parseDtype(const std::string& s, const std::string& where) {
+  if (s == "F32") return DType::F32;
+  if (s == "F16") return DType::F16;
+  if (s == "BF16") return DType::BF16;
+  throw WeftError(Err::UnsupportedDtype, where + ": dtype " + s + " is not supported (F32, F16, BF16)");
+}
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeEngine",
+                       {
+                           InstanceMethod("load", &EngineWrap::Load),
+                           InstanceMethod("createSequence", &EngineWrap::CreateSequence),
+                           InstanceMethod("freeSequence", &EngineWrap::FreeSequence),
+                           InstanceMethod("truncateSequence", &EngineWrap::TruncateSequence),
+                           InstanceMethod("parkSequence", &EngineWrap::ParkSequence),
+                           InstanceMethod("restoreSequence", &EngineWrap::RestoreSequence),
+                           InstanceMethod("sequenceInfo", &EngineWrap::SequenceInfo),
+                           InstanceMethod("setSampling", &EngineWrap::SetSampling),
+                           InstanceMethod("step", &EngineWrap::Step),
+                           InstanceMethod("stats", &EngineWrap::Stats),
+                           InstanceMethod("dispose", &EngineWrap::Dispose),
+                       });
+  }
+
+  EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+    guarded(info.Env(), [&] {
+      if (info.Length() < 1 || !info[0].IsObject()) throw WeftError(Err::BadArgument, "NativeEngine(spec): spec must be an object");
+      parseSpec(info[0].As<Napi::Object>());
+      return 0;
+    });
+  }
+
+  // Called when a step settles or the model finishes loading: frees everything once disposed.
+  void settled() {
+    if (disposed_ && inflight_ == 0) engine_.reset();
+  }
+
+  Engine& engine() {
+    if (disposed_) throw WeftError(Err::Disposed, "the engine was disposed");
+    if (!engine_) throw WeftError(Err::BadArgument, "the engine is not loaded yet");
+    return *engine_;
+  }
+
+  int inflight_ = 0;
+  bool disposed_ = false;
+  std::unique_ptr<Engine> engine_;
+  ModelConfig cfg_;
+  EngineOptions opt_;
+  std::vector<std::string> files_;
+  std::vector<TensorSpec> tensors_;
+
+ private:
+  void parseSpec(const Napi::Object& spec) {
+    Napi::Object c = spec.Get("config").As<Napi::Object>();
+    if (!spec.Get("config").IsObject()) throw WeftError(Err::BadArgument, "spec.config must be an object");
+    cfg_.hidden = intField(c, "hiddenSize", 0, true);
+    cfg_.numLayers = intField(c, "numLayers", 0, true);
+    cfg_.numHeads = intField(c, "numHeads", 0, true);
+    cfg_.numKvHeads = intField(c, "numKvHeads", 0, true);
+    cfg_.headDim = intField(c, "headDim", 0, true);
+    cfg_.ffn = intField(c, "intermediateSize", 0, true);
+    cfg_.vocab = intField(c, "vocabSize", 0, true);
+    cfg_.maxPositions = intField(c, "maxPositionEmbeddings", 0, true);
+    cfg_.rmsEps = float(num(c, "rmsNormEps", 1e-6, true));
+    cfg_.ropeTheta = num(c, "ropeTheta", 10000, true);
+    cfg_.attentionBias = c.Get("attentionBias").ToBoolean();
+    Napi::Value rs = c.Get("ropeScaling");
+    if (rs.IsObject()) {
+      Napi::Object r = rs.As<Napi::Object>();
+      cfg_.ropeLlama3 = true;
+      cfg_.ropeFactor = num(r, "factor", 1, true);
+      cfg_.ropeLowFreqFactor = num(r, "lowFreqFactor", 1, true);
+      cfg_.ropeHighFreqFactor = num(r, "highFreqFactor", 4, true);
+      cfg_.ropeOriginalMax = num(r, "originalMaxPositionEmbeddings", 8192, true);
+    }
+    Napi::Value f = spec.Get("files");
+    if (!f.IsArray()) throw WeftError(Err::BadArgument, "spec.files must be an array of paths");
+    Napi::Array fa = f.As<Napi::Array>();
+    for (uint32_t i = 0; i < fa.Length(); i++) files_.push_back(fa.Get(i).ToString().Utf8Value());
+    Napi::Value t = spec.Get("tensors");
+    if (!t.IsArray()) throw WeftError(Err::BadArgument, "spec.tensors must be an array");
+    Napi::Array ta = t.As<Napi::Array>();
+    for (uint32_t i = 0; i < ta.Length(); i++) {
+      Napi::Object o = ta.Get(i).As<Napi::Object>();
+      TensorSpec ts;
+      ts.name = o.Get("name").ToString().Utf8Value();
+      ts.file = intField(o, "file", -1, true);
+      ts.offset = uint64_t(num(o, "offset", 0, true));
+      ts.nbytes = uint64_t(num(o, "nbytes", 0, true));
+      ts.dtype = parseDtype(o.Get("dtype").ToString().Utf8Value(), "tensor " + ts.name);
+      Napi::Array shape = o.Get("shape").As<Napi::Array>();
+      for (uint32_t j = 0; j < shape.Length(); j++) ts.shape.push_back(int64_t(shape.Get(j).As<Napi::Number>().DoubleValue()));
+      tensors_.push_back(std::move(ts));
+    }
+    Napi::Value ov = spec.Get("options");
+    Napi::Object o = ov.IsObject() ? ov.As<Napi::Object>() : Napi::Object::New(spec.Env());
+    opt_.numContexts = intField(o, "contexts", 1);
+    opt_.numThreads = intField(o, "threads", 1);
+    opt_.maxBatchTokens = intField(o, "maxBatchTokens", 512);
+    opt_.maxBatchSequences = intField(o, "maxBatchSequences", 64);
+    opt_.maxLogitRows = intField(o, "maxLogitRows", 64);
+    opt_.maxContext = intField(o, "maxContext", 0);
+    opt_.kvPageTokens = intField(o, "kvPageTokens", 16);
+    double mem = num(o, "kvMemoryBytes", double(256ull << 20));
+    if (!(mem > 0) || !std::isfinite(mem)) throw WeftError(Err::BadArgument, "kvMemoryBytes must be a positive number");
+    opt_.kvMemoryBytes = uint64_t(mem);
+    Napi::Value kd = o.Get("kvDtype");
+    opt_.kvDtype = kd.IsString() ? parseDtype(kd.As<Napi::String>().Utf8Value(), "kvDtype") : DType::F32;
+    if (opt_.kvDtype == DType::BF16) throw WeftError(Err::UnsupportedDtype, "kvDtype: BF16 KV is not supported (F32, F16)");
+  }
+
+  Napi::Value Load(const Napi::CallbackInfo& info);
+  Napi::Value Step(const Napi::CallbackInfo& info);
+
+  Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] { return Napi::Number::New(info.Env(), double(engine().createSequence())); });
+  }
+  static int64_t seqId(const Napi::CallbackInfo& info, size_t i = 0) {
+    if (info.Length() <= i || !info[i].IsNumber()) throw WeftError(Err::BadArgument, "sequence id must be a number");
+    return int64_t(info[i].As<Napi::Number>().DoubleValue());
+  }
+  Napi::Value FreeSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] { engine().freeSequence(seqId(info)); return info.Env().Undefined(); });
+  }
+  Napi::Value TruncateSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] {
+      if (info.Length() < 2 || !info[1].IsNumber()) throw WeftError(Err::BadArgument, "truncate(id, numTokens): numTokens must be a number");
+      engine().truncate(seqId(info), info[1].As<Napi::Number>().Int32Value());
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value ParkSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] { engine().park(seqId(info)); return info.Env().Undefined(); });
+  }
+  Napi::Value RestoreSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] { engine().restore(seqId(info)); return info.Env().Undefined(); });
+  }
+  Napi::Value SequenceInfo(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] {
+      Sequence& s = engine().get(seqId(info));
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("id", double(s.id));
+      o.Set("numTokens", s.numTokens);
+      o.Set("numPages", double(s.pages.size()));
+      o.Set("parked", s.parked);
+      o.Set("busy", s.busy);
+      return o;
+    });
+  }
+  Napi::Value SetSampling(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] {
+      const int64_t id = seqId(info);
+      if (info.Length() < 2 || !info[1].IsObject()) throw WeftError(Err::BadArgument, "setSampling(id, params): params must be an object", id);
+      Napi::Object o = info[1].As<Napi::Object>();
+      SamplingParams p;
+      p.temperature = float(num(o, "temperature", 0));
+      p.topK = intField(o, "topK", 0);
+      p.topP = float(num(o, "topP", 1));
+      p.minP = float(num(o, "minP", 0));
+      p.repetitionPenalty = float(num(o, "repetitionPenalty", 1));
+      p.presencePenalty = float(num(o, "presencePenalty", 0));
+      p.frequencyPenalty = float(num(o, "frequencyPenalty", 0));
+      const double seed = num(o, "seed", 0);
+      if (!std::isfinite(seed) || seed < 0 || seed != std::floor(seed)) throw WeftError(Err::BadArgument, "sampling: seed must be a non-negative integer", id);
+      p.seed = uint64_t(seed);
+      p.logprobs = intField(o, "logprobs", 0);
+      Napi::Value stop = o.Get("stopTokens");
+      if (stop.IsArray()) {
+        Napi::Array a = stop.As<Napi::Array>();
+        for (uint32_t i = 0; i < a.Length(); i++) p.stopTokens.push_back(a.Get(i).As<Napi::Number>().Int32Value());
+      }
+      engine().setSampling(id, p);
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] {
+      Engine& e = engine();
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("kvPagesTotal", e.kv().numPages());
+      o.Set("kvPagesFree", e.kv().numFree());
+      o.Set("kvPageTokens", e.kv().pageTokens());
+      o.Set("kvBytesPerToken", double(e.kv().bytesPerToken()));
+      o.Set("kvDtype", e.kv().dtype() == DType::F16 ? "F16" : "F32");
+      o.Set("contexts", e.numContexts());
+      o.Set("contextsBusy", e.numBusyContexts());
+      o.Set("threadsPerContext", e.options().numThreads);
+      o.Set("maxContext", e.maxContext());
+      o.Set("maxBatchTokens", e.options().maxBatchTokens);
+      o.Set("maxBatchSequences", e.options().maxBatchSequences);
+      o.Set("maxLogitRows", e.options().maxLogitRows);
+      o.Set("sequences", double(e.numSequences()));
+      o.Set("weightBytes", double(e.model().weightBytes));
+      return o;
+    });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    disposed_ = true;
+    settled();
+    return info.Env().Undefined();
+  }
+};
+
+class LoadWorker : public Napi::AsyncWorker {
+ public:
+  LoadWorker(Napi::Env env, EngineWrap* w) : Napi::AsyncWorker(env), wrap_(w), deferred_(Napi::Promise::Deferred::New(env)) {
+    ref_ = Napi::Persistent(w->Value());
+    w->inflight_++;
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      auto model = loadModel(wrap_->cfg_, wrap_->files_, wrap_->tensors_);
+      engine_ = std::make_unique<Engine>(std::move(model), wrap_->opt_);
+    } catch (const WeftError& e) {
+      code_ = errCode(e.code);
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    wrap_->inflight_--;
+    wrap_->engine_ = std::move(engine_);
+    wrap_->settled();
+    deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error& err) override {
+    wrap_->inflight_--;
+    wrap_->settled();
+    deferred_.Reject(codedError(Env(), code_, err.Message()).Value());
+  }
+
+ private:
+  EngineWrap* wrap_;
+  Napi::ObjectReference ref_;
+  Napi::Promise::Deferred deferred_;
+  std::unique_ptr<Engine> engine_;
+  const char* code_ = "WEFT_INTERNAL";
+};
+
+Napi::Value EngineWrap::Load(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (disposed_) throw WeftError(Err::Disposed, "the engine was disposed");
+    if (engine_ || inflight_ > 0) throw WeftError(Err::BadArgument, "load() was already called");
+    auto* w = new LoadWorker(info.Env(), this);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+class StepWorker : public Napi::AsyncWorker {
+ public:
+  StepWorker(Napi::Env env, EngineWrap* w, int ctx, std::vector<StepEntry>&& entries)
+      : Napi::AsyncWorker(env), wrap_(w), ctx_(ctx), entries_(std::move(entries)), deferred_(Napi::Promise::Deferred::New(env)) {
+    ref_ = Napi::Persistent(w->Value());
+    w->inflight_++;
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      wrap_->engine_->execute(ctx_, entries_, out_);
+    } catch (const WeftError& e) {
+      code_ = errCode(e.code);
+      seq_ = e.sequence;
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      SetError("out of host memory during a step");
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    wrap_->engine_->finish(ctx_, entries_, true);
+    wrap_->inflight_--;
+    const int V = wrap_->engine_->model().cfg.vocab;
+    Napi::Array results = Napi::Array::New(env, out_.size());
+    for (size_t i = 0; i < out_.size(); i++) {
+      const StepOutput& o = out_[i];
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("seq", double(o.seq));
+      if (o.hasSample) {
+        r.Set("token", o.sampled.token);
+        r.Set("logprob", o.sampled.logprob);
+        r.Set("stop", o.sampled.stop);
+        if (!o.sampled.top.empty()) {
+          Napi::Array top = Napi::Array::New(env, o.sampled.top.size());
+          for (size_t j = 0; j < o.sampled.top.size(); j++) {
+            Napi::Object t = Napi::Object::New(env);
+            t.Set("token", o.sampled.top[j].first);
+            t.Set("logprob", o.sampled.top[j].second);
+            top.Set(uint32_t(j), t);
+          }
+          r.Set("top", top);
+        }
+      }
+      if (o.logitRows > 0) {
+        Napi::Float32Array a = Napi::Float32Array::New(env, size_t(o.logitRows) * V);
+        std::memcpy(a.Data(), o.logits.data(), o.logits.size() * sizeof(float));
+        r.Set("logits", a);
+      }
+      results.Set(uint32_t(i), r);
+    }
+    wrap_->settled();
+    deferred_.Resolve(results);
+  }
+  void OnError(const Napi::Error& err) override {
+    wrap_->engine_->finish(ctx_, entries_, false);
+    wrap_->inflight_--;
+    wrap_->settled();
+    deferred_.Reject(codedError(Env(), code_, err.Message(), seq_).Value());
+  }
+
+ private:
+  EngineWrap* wrap_;
+  Napi::ObjectReference ref_;
+  int ctx_;
+  std::vector<StepEntry> entries_;
+  std::vector<StepOutput> out_;
+  Napi::Promise::Deferred deferred_;
+  const char* code_ = "WEFT_INTERNAL";
+  int64_t seq_ = -1;
+};
+
+// step(ctx, [{seq, tokens: Int32Array | number[], logits: 0|1|2, sample: bool}]) -> Promise<results>
+Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    Engine& e = engine();
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray())
+      throw WeftError(Err::BadArgument, "step(context, entries): context must be a number and entries an array");
+    const int ctx = info[0].As<Napi::Number>().Int32Value();
+    Napi::Array arr = info[1].As<Napi::Array>();
+    std::vector<StepEntry> entries(arr.Length());
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Value v = arr.Get(i);
+      if (!v.IsObject()) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + " must be an object");
+      Napi::Object o = v.As<Napi::Object>();
+      Napi::Value sv = o.Get("seq");
+      if (!sv.IsNumber()) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": seq must be a number");
+      entries[i].seq = &e.get(int64_t(sv.As<Napi::Number>().DoubleValue()));
+      Napi::Value tv = o.Get("tokens");
+      if (tv.IsTypedArray() && tv.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+        Napi::Int32Array ta = tv.As<Napi::Int32Array>();
+        entries[i].tokens.assign(ta.Data(), ta.Data() + ta.ElementLength());
+      } else if (tv.IsArray()) {
+        Napi::Array ta = tv.As<Napi::Array>();
+        entries[i].tokens.resize(ta.Length());
+        for (uint32_t j = 0; j < ta.Length(); j++) {
+          Napi::Value x = ta.Get(j);
+          if (!x.IsNumber()) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": tokens must be integers");
+          const double d = x.As<Napi::Number>().DoubleValue();
+          if (d != std::floor(d) || !std::isfinite(d) || d < -2147483648.0 || d > 2147483647.0)
+            throw WeftError(Err::TokenOutOfRange, "token id " + std::to_string(d) + " is not a valid integer id");
+          entries[i].tokens[j] = int32_t(d);
+        }
+      } else {
+        throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": tokens must be an Int32Array or an array");
+      }
+      const int lm = intField(o, "logits", 0);
+      if (lm < 0 || lm > 2) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": logits must be 0, 1 or 2");
+      entries[i].logits = LogitsMode(lm);
+      entries[i].sample = o.Get("sample").ToBoolean();
+    }
+    e.prepare(ctx, entries);
+    auto* w = new StepWorker(info.Env(), this, ctx, std::move(entries));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+// measureBandwidth(bytes, threads) -> {readBytesPerS}: best of several passes summing a buffer
+// with `threads` threads (each its own slice). Blocks the calling thread: for benchmarks only.
+Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const double bytesD = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : double(512ull << 20);
+    const int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
+    if (!(bytesD >= 1 << 20) || threads < 1 || threads > 256) throw WeftError(Err::BadArgument, "measureBandwidth(bytes >= 1 MiB, threads 1..256)");
+    const size_t n = size_t(bytesD) / sizeof(float);
+    std::vector<float> buf(n, 1.0f);
+    ThreadPool pool(threads);
+    double best = 1e30;
+    std::vector<double> sink(threads);
+    for (int pass = 0; pass < 6; pass++) {
+      auto t0 = std::chrono::steady_clock::now();
+      pool.run([&](int ti, int nth) {
+        int64_t b, e;
+        ThreadPool::chunk(int64_t(n), 4096, ti, nth, b, e);
+        simd::vf acc0 = simd::zero(), acc1 = simd::zero(), acc2 = simd::zero(), acc3 = simd::zero();
+        int64_t i = b;
+        for (; i + 4 * simd::VL <= e; i += 4 * simd::VL) {
+          acc0 = simd::add(acc0, simd::load(buf.data() + i));
+          acc1 = simd::add(acc1, simd::load(buf.data() + i + simd::VL));
+          acc2 = simd::add(acc2, simd::load(buf.data() + i + 2 * simd::VL));
+          acc3 = simd::add(acc3, simd::load(buf.data() + i + 3 * simd::VL));
+        }
+        float s = simd::sum(simd::add(simd::add(acc0, acc1), simd::add(acc2, acc3)));
+        for (; i < e; i++) s += buf[i];
+        sink[ti] = s;
+      });
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (pass > 0) best = std::min(best, dt);
+    }
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("readBytesPerS", double(n * sizeof(float)) / best);
+    o.Set("bytes", double(n * sizeof(float)));
+    o.Set("threads", threads);
+    o.Set("checksum", sink[0]);
+    return o;
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeEngine", EngineWrap::Define(env));
+  exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth));
+#if defined(__AVX512F__)
+  exports.Set("simd", "avx512");
+#elif WEFT_SIMD
+  exports.Set("simd", "avx2");
+#else
+  exports.Set("simd", "scalar");
+#endif
+  exports.Set("hardwareThreads", double(std::thread::hardware_concurrency()));
+  return exports;
+}
+
+}  // namespace
+}  // namespace weft
+
+static Napi::Object InitWeftNative(Napi::Env env, Napi::Object exports) { return weft::Init(env, exports); }
+NODE_API_MODULE(weft_native, InitWeftNative)

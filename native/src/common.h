@@ -1,0 +1,110 @@
+// Shared definitions of the native engine: error codes (mirroring src/errors.ts), dtypes and
+// scalar conversions.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace weft {
+
+// Codes cross into JS as the `code` property; the strings are the catalog's (src/errors.ts).
+enum class Err {
+  ModelNotFound, ModelFormat, UnsupportedArch, UnsupportedDtype, TensorMissing, TensorShape,
+  BadArgument, TokenOutOfRange, ContextOverflow, BatchTooLarge, KvExhausted, SequenceNotFound,
+  SequenceParked, SequenceBusy, ContextBusy, Cancelled, Disposed, Internal,
+};
+
+inline const char* errCode(Err e) {
+  switch (e) {
+    case Err::ModelNotFound: return "WEFT_MODEL_NOT_FOUND";
+    case Err::ModelFormat: return "WEFT_MODEL_FORMAT";
+    case Err::UnsupportedArch: return "WEFT_UNSUPPORTED_ARCH";
+    case Err::UnsupportedDtype: return "WEFT_UNSUPPORTED_DTYPE";
+    case Err::TensorMissing: return "WEFT_TENSOR_MISSING";
+    case Err::TensorShape: return "WEFT_TENSOR_SHAPE";
+    case Err::BadArgument: return "WEFT_BAD_ARGUMENT";
+    case Err::TokenOutOfRange: return "WEFT_TOKEN_OUT_OF_RANGE";
+    case Err::ContextOverflow: return "WEFT_CONTEXT_OVERFLOW";
+    case Err::BatchTooLarge: return "WEFT_BATCH_TOO_LARGE";
+    case Err::KvExhausted: return "WEFT_KV_EXHAUSTED";
+    case Err::SequenceNotFound: return "WEFT_SEQUENCE_NOT_FOUND";
+    case Err::SequenceParked: return "WEFT_SEQUENCE_PARKED";
+    case Err::SequenceBusy: return "WEFT_SEQUENCE_BUSY";
+    case Err::ContextBusy: return "WEFT_CONTEXT_BUSY";
+    case Err::Cancelled: return "WEFT_CANCELLED";
+    case Err::Disposed: return "WEFT_DISPOSED";
+    case Err::Internal: return "WEFT_INTERNAL";
+  }
+  return "WEFT_INTERNAL";
+}
+
+struct WeftError : std::runtime_error {
+  Err code;
+  int64_t sequence = -1;  // the sequence at fault, when there is one
+  WeftError(Err c, const std::string& msg, int64_t seq = -1) : std::runtime_error(msg), code(c), sequence(seq) {}
+};
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+inline size_t dtypeSize(DType d) { return d == DType::F32 ? 4 : 2; }
+
+inline float bf16ToF32(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float f16ToF32(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal: normalize
+      int e = -1;
+      do { e++; mant <<= 1; } while (!(mant & 0x400));
+      u = sign | uint32_t(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | mant << 13;
+  } else {
+    u = sign | (exp + 127 - 15) << 23 | mant << 13;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline uint16_t f32ToF16(float f) {  // round to nearest even
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  int32_t exp = int32_t((x >> 23) & 0xff) - 127 + 15;
+  uint32_t mant = x & 0x7fffff;
+  if (((x >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00 | (mant ? 0x200 : 0));
+  if (exp >= 31) return uint16_t(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10) return uint16_t(sign);
+    mant |= 0x800000;
+    uint32_t shift = uint32_t(14 - exp);
+    uint32_t half = 1u << (shift - 1), rest = mant & ((1u << shift) - 1);
+    uint32_t r = mant >> shift;
+    if (rest > half || (rest == half && (r & 1))) r++;
+    return uint16_t(sign | r);
+  }
+  uint32_t r = uint32_t(exp) << 10 | mant >> 13, rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (r & 1))) r++;
+  return uint16_t(sign | r);
+}
+
+inline float loadScalar(const void* p, DType d, size_t i) {
+  switch (d) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::F16: return f16ToF32(static_cast<const uint16_t*>(p)[i]);
+    case DType::BF16: return bf16ToF32(static_cast<const uint16_t*>(p)[i]);
+  }
+  return 0.f;
+}
+
+}  // namespace weft

@@ -1,0 +1,234 @@
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "simd.h"
+
+namespace weft::cpu {
+using namespace simd;
+
+#if defined(__AVX512F__)
+constexpr int kRowBlock = 4, kColBlock = 4;  // 16 accumulators of 32 zmm
+#else
+constexpr int kRowBlock = 4, kColBlock = 3;  // 12 accumulators of 16 ymm
+#endif
+
+static void convertRows(const void* src, DType dtype, int64_t count, float* dst) {
+  int64_t i = 0;
+  if (dtype == DType::F16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+#if WEFT_SIMD
+    for (; i + VL <= count; i += VL) store(dst + i, loadF16(s + i));
+#endif
+    for (; i < count; i++) dst[i] = f16ToF32(s[i]);
+  } else if (dtype == DType::BF16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+#if WEFT_SIMD
+    for (; i + VL <= count; i += VL) store(dst + i, loadBF16(s + i));
+#endif
+    for (; i < count; i++) dst[i] = bf16ToF32(s[i]);
+  } else {
+    std::memcpy(dst, src, count * sizeof(float));
+  }
+}
+
+// out[r * C + c] = dot(X row r, W row c) for an R x C block; one accumulator per output,
+// k ascending, so the value is the same whatever block it is computed in.
+template <int R, int C>
+static void microKernel(const float* X, int64_t ldx, const float* W, int64_t ldw, int64_t K, float* out) {
+  vf acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = zero();
+  int64_t k = 0;
+  for (; k + VL <= K; k += VL) {
+    vf w[C];
+    for (int c = 0; c < C; c++) w[c] = load(W + c * ldw + k);
+    for (int r = 0; r < R; r++) {
+      vf x = load(X + r * ldx + k);
+      for (int c = 0; c < C; c++) acc[r][c] = simd::fma(x, w[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) {
+      float s = simd::sum(acc[r][c]);
+      for (int64_t kk = k; kk < K; kk++) s = std::fma(X[r * ldx + kk], W[c * ldw + kk], s);
+      out[r * C + c] = s;
+    }
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*);
+
+template <int R, int... Cs>
+static constexpr void fillRow(MicroFn* row, std::integer_sequence<int, Cs...>) {
+  ((row[Cs] = &microKernel<R, Cs + 1>), ...);
+}
+template <int... Rs>
+static constexpr void fillTable(MicroFn (*table)[kColBlock], std::integer_sequence<int, Rs...>) {
+  ((fillRow<Rs + 1>(table[Rs], std::make_integer_sequence<int, kColBlock>{})), ...);
+}
+struct MicroTable {
+  MicroFn fn[kRowBlock][kColBlock];
+  MicroTable() { fillTable(fn, std::make_integer_sequence<int, kRowBlock>{}); }
+};
+static const MicroTable kMicro;
+
+void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
+          float* Y, int64_t ldy, const float* bias, bool accumulate, float* panel) {
+  const int64_t K = W.cols;
+  float out[kRowBlock * kColBlock];
+  for (int64_t p = n0; p < n1; p += kPanelRows) {
+    const int64_t pc = std::min<int64_t>(kPanelRows, n1 - p);
+    const float* Wp;
+    if (W.dtype == DType::F32) {
+      Wp = static_cast<const float*>(W.data) + p * K;
+    } else {
+      const uint8_t* src = static_cast<const uint8_t*>(W.data) + p * K * 2;
+      convertRows(src, W.dtype, pc * K, panel);
+      Wp = panel;
+    }
+    for (int64_t t = 0; t < T; t += kRowBlock) {
+      const int r = int(std::min<int64_t>(kRowBlock, T - t));
+      for (int64_t c0 = 0; c0 < pc; c0 += kColBlock) {
+        const int c = int(std::min<int64_t>(kColBlock, pc - c0));
+        kMicro.fn[r - 1][c - 1](X + t * ldx, ldx, Wp + c0 * K, K, K, out);
+        for (int i = 0; i < r; i++) {
+          float* y = Y + (t + i) * ldy + p + c0;
+          for (int j = 0; j < c; j++) {
+            float v = out[i * c + j];
+            if (bias) v += bias[p + c0 + j];
+            y[j] = accumulate ? y[j] + v : v;
+          }
+        }
+      }
+    }
+  }
+}
+
+void rmsnorm(const float* x, const float* w, float eps, int64_t n, float* out) {
+  vf acc = zero();
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
+    vf v = load(x + i);
+    acc = simd::fma(v, v, acc);
+  }
+  float ss = simd::sum(acc);
+  for (; i < n; i++) ss = std::fma(x[i], x[i], ss);
+  const float scale = 1.0f / std::sqrt(ss / float(n) + eps);
+  const vf vs = set1(scale);
+  for (i = 0; i + VL <= n; i += VL) store(out + i, simd::mul(simd::mul(load(x + i), vs), load(w + i)));
+  for (; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+void rope(float* x, int numHeads, int headDim, const float* cosv, const float* sinv) {
+  const int half = headDim / 2;
+  for (int h = 0; h < numHeads; h++) {
+    float* v = x + int64_t(h) * headDim;
+    for (int i = 0; i < half; i++) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cosv[i] - b * sinv[i];
+      v[i + half] = b * cosv[i] + a * sinv[i];
+    }
+  }
+}
+
+void siluMul(const float* g, const float* u, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void loadRow(const WeightView& W, int64_t row, float* out) {
+  const uint8_t* src = static_cast<const uint8_t*>(W.data) + row * W.cols * dtypeSize(W.dtype);
+  convertRows(src, W.dtype, W.cols, out);
+}
+
+void storeKv(const float* src, void* dst, DType dtype, int64_t n) {
+  if (dtype == DType::F32) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  int64_t i = 0;
+#if WEFT_SIMD
+  for (; i + VL <= n; i += VL) storeF16(d + i, load(src + i));
+#endif
+  for (; i < n; i++) d[i] = f32ToF16(src[i]);
+}
+
+template <DType KD>
+static inline vf loadKv(const uint8_t* p, int64_t i) {
+  if constexpr (KD == DType::F16) {
+#if WEFT_SIMD
+    return loadF16(reinterpret_cast<const uint16_t*>(p) + i);
+#else
+    return f16ToF32(reinterpret_cast<const uint16_t*>(p)[i]);
+#endif
+  } else {
+    return load(reinterpret_cast<const float*>(p) + i);
+  }
+}
+
+template <DType KD>
+static void attendGroupT(const float* q, int groupHeads, const KvAccessor& kv, int64_t numPos, float scale,
+                         float* out, float* scores) {
+  const int64_t d = kv.headDim, elt = KD == DType::F16 ? 2 : 4;
+  const bool vec = d % VL == 0;
+  for (int h = 0; h < groupHeads; h++) {
+    const float* qh = q + h * d;
+    float* oh = out + h * d;
+    // scores[j] = q . k_j * scale, and their max
+    float maxScore = -INFINITY;
+    for (int64_t j = 0; j < numPos; j++) {
+      const uint8_t* kj = kv.pageBase[j / kv.pageTokens] + (j % kv.pageTokens) * d * elt;
+      float s;
+      if (vec) {
+        vf acc = zero();
+        for (int64_t i = 0; i < d; i += VL) acc = simd::fma(load(qh + i), loadKv<KD>(kj, i), acc);
+        s = simd::sum(acc);
+      } else {
+        s = 0;
+        for (int64_t i = 0; i < d; i++) s = std::fma(qh[i], loadScalar(kj, KD, i), s);
+      }
+      s *= scale;
+      scores[j] = s;
+      maxScore = std::max(maxScore, s);
+    }
+    // softmax numerators
+    float total = 0;
+    int64_t j = 0;
+    const vf vmax = set1(maxScore);
+    for (; j + VL <= numPos; j += VL) {
+      vf e = expNonPositive(simd::sub(load(scores + j), vmax));
+      store(scores + j, e);
+      total += simd::sum(e);
+    }
+    for (; j < numPos; j++) {
+      scores[j] = std::exp(scores[j] - maxScore);
+      total += scores[j];
+    }
+    // out = sum_j p_j v_j
+    for (int64_t i = 0; i < d; i++) oh[i] = 0;
+    for (j = 0; j < numPos; j++) {
+      const uint8_t* vj = kv.pageBaseV[j / kv.pageTokens] + (j % kv.pageTokens) * d * elt;
+      const float p = scores[j];
+      if (vec) {
+        const vf vp = set1(p);
+        for (int64_t i = 0; i < d; i += VL) store(oh + i, simd::fma(vp, loadKv<KD>(vj, i), load(oh + i)));
+      } else {
+        for (int64_t i = 0; i < d; i++) oh[i] = std::fma(p, loadScalar(vj, KD, i), oh[i]);
+      }
+    }
+    const float inv = 1.0f / total;
+    for (int64_t i = 0; i < d; i++) oh[i] *= inv;
+  }
+}
+
+void attendGroup(const float* q, int groupHeads, const KvAccessor& kv, int64_t numPos, float scale,
+                 float* out, float* scores) {
+  if (kv.dtype == DType::F16)
+    attendGroupT<DType::F16>(q, groupHeads, kv, numPos, scale, out, scores);
+  else
+    attendGroupT<DType::F32>(q, groupHeads, kv, numPos, scale, out, scores);
+}
+
+}  // namespace weft::cpu

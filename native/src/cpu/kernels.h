@@ -1,0 +1,53 @@
+// CPU kernels. Every kernel works on a slice of its output so callers can run several in one
+// parallel region. Reductions run in a fixed order per output element, so a row's result never
+// depends on how many rows are in the batch or how the work is split across threads.
+#pragma once
+#include <cstdint>
+
+#include "../common.h"
+
+namespace weft::cpu {
+
+// A row-major [rows, cols] weight matrix in the checkpoint's dtype (memory-mapped, read-only).
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;  // output features (N)
+  int64_t cols = 0;  // input features (K)
+};
+
+constexpr int64_t kPanelRows = 16;  // weight rows converted to f32 at a time
+
+// Y[t, n] = bias[n] + sum_k X[t, k] * W[n, k] (+ Y[t, n] when accumulate), for n in [n0, n1).
+// `panel` is per-thread scratch of kPanelRows * W.cols floats.
+void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
+          float* Y, int64_t ldy, const float* bias, bool accumulate, float* panel);
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
+void rmsnorm(const float* x, const float* w, float eps, int64_t n, float* out);
+
+// Rotates `numHeads` heads of `headDim` in place (Hugging Face rotate_half pairing: i, i + d/2).
+void rope(float* x, int numHeads, int headDim, const float* cosv, const float* sinv);
+
+// out[i] = silu(g[i]) * u[i]
+void siluMul(const float* g, const float* u, int64_t n, float* out);
+
+// Embedding row gather + conversion to f32.
+void loadRow(const WeightView& W, int64_t row, float* out);
+
+// Stores/loads n floats to/from KV storage in f32 or f16.
+void storeKv(const float* src, void* dst, DType dtype, int64_t n);
+
+// Attention of `groupHeads` query heads (sharing one KV head) over numPos cached positions.
+// keys(j)/values(j) point at position j's head vector in the KV pages.
+struct KvAccessor {
+  const uint8_t* const* pageBase;  // per page of the sequence: start of this (layer, kv head) K block
+  const uint8_t* const* pageBaseV;
+  int64_t pageTokens;
+  int64_t headDim;
+  DType dtype;
+};
+void attendGroup(const float* q, int groupHeads, const KvAccessor& kv, int64_t numPos, float scale,
+                 float* out, float* scores);
+
+}  // namespace weft::cpu

@@ -1,0 +1,128 @@
+// The engine: one model (shared weights), one paged KV pool, the sequences that own KV pages,
+// and a fixed set of execution contexts. Methods are called on the JS thread except
+// Engine::execute, which runs a prepared step on a worker thread with the context it holds.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "kv_cache.h"
+#include "model.h"
+#include "sampler.h"
+#include "thread_pool.h"
+
+namespace weft {
+
+struct EngineOptions {
+  int numContexts = 1;
+  int numThreads = 1;         // per context
+  int maxBatchTokens = 512;   // tokens in one step, per context
+  int maxBatchSequences = 64; // sequences in one step
+  int maxLogitRows = 64;      // rows of logits one step may return / sample from
+  int maxContext = 0;         // 0: the model's max_position_embeddings
+  uint64_t kvMemoryBytes = 256ull << 20;
+  int kvPageTokens = 16;
+  DType kvDtype = DType::F32;
+};
+
+// A sequence's life: Active (its KV in the pool) or Parked (its KV copied to host memory and
+// its pages returned); `busy` while it is part of a step in flight.
+struct Sequence {
+  int64_t id = 0;
+  int numTokens = 0;                 // tokens whose KV is cached
+  std::vector<int> pages;            // page table: position p is in pages[p / pageTokens]
+  std::vector<int32_t> tokens;       // history (for penalties and truncation)
+  SamplerState sampler;
+  bool parked = false;
+  std::vector<uint8_t> parkedKv;     // host copy while parked
+  bool busy = false;
+};
+
+enum class LogitsMode { None = 0, Last = 1, All = 2 };
+
+struct StepEntry {
+  Sequence* seq = nullptr;
+  std::vector<int32_t> tokens;
+  LogitsMode logits = LogitsMode::None;
+  bool sample = false;
+  int startPos = 0;       // filled by prepare
+  int newPages = 0;       // pages allocated by prepare (released again if the step fails)
+};
+
+struct StepOutput {
+  int64_t seq = 0;
+  SampleResult sampled;
+  bool hasSample = false;
+  std::vector<float> logits;  // rows x vocab when requested
+  int logitRows = 0;
+};
+
+class ExecContext {
+ public:
+  ExecContext(const Model& model, const EngineOptions& opt);
+  ThreadPool& pool() { return pool_; }
+  bool busy = false;
+
+  // One forward pass over `entries` (KV pages already allocated), writing requested logits/samples.
+  void forward(const Model& model, KvPool& kv, std::vector<StepEntry>& entries, std::vector<StepOutput>& out);
+  // Samples entry i from logits row rowOf[i] (skipped when -1), in parallel across entries.
+  void sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out);
+
+ private:
+  const EngineOptions opt_;
+  ThreadPool pool_;
+  // Workspace, preallocated for maxBatchTokens (T) and maxLogitRows (R): no allocation per step.
+  std::vector<float> x_, xb_;        // (T, hidden) residual stream, normed input
+  std::vector<float> q_, k_, v_;     // (T, heads*headDim), (T, kvHeads*headDim) x2
+  std::vector<float> att_;           // (T, heads*headDim)
+  std::vector<float> gate_, up_;     // (T, ffn)
+  std::vector<float> cos_, sin_;     // (T, headDim/2)
+  std::vector<float> logitIn_;       // (R, hidden)
+  std::vector<float> logits_;        // (R, vocab)
+  std::vector<int32_t> tok_, pos_, seqOf_;  // (T)
+  std::vector<int32_t> rowToken_;    // (R) which token each logits row comes from
+  std::vector<std::vector<float>> panel_, scores_;  // per thread
+  std::vector<SamplerScratch> samplerScratch_;     // per thread
+  std::vector<std::vector<const uint8_t*>> pageK_, pageV_;  // per thread page-base lists
+};
+
+class Engine {
+ public:
+  Engine(std::unique_ptr<Model> model, const EngineOptions& opt);
+
+  const Model& model() const { return *model_; }
+  const EngineOptions& options() const { return opt_; }
+  KvPool& kv() { return *kv_; }
+  int maxContext() const { return maxContext_; }
+  int numContexts() const { return int(contexts_.size()); }
+  int numBusyContexts() const;
+  size_t numSequences() const { return seqs_.size(); }
+
+  int64_t createSequence();
+  Sequence& get(int64_t id);  // throws SequenceNotFound
+  void freeSequence(int64_t id);
+  void truncate(int64_t id, int numTokens);
+  void park(int64_t id);
+  void restore(int64_t id);
+  void setSampling(int64_t id, const SamplingParams& p);
+
+  // JS thread: validates and claims (context, sequences, KV pages); throws without side effects.
+  void prepare(int ctx, std::vector<StepEntry>& entries);
+  // Worker thread: runs the step, then commits the sequences' new tokens.
+  void execute(int ctx, std::vector<StepEntry>& entries, std::vector<StepOutput>& out);
+  // JS thread, after execute (ok or not): releases the claims; on failure returns the new pages.
+  void finish(int ctx, std::vector<StepEntry>& entries, bool ok);
+
+ private:
+  void releaseTail(Sequence& s, int keepTokens);
+  std::unique_ptr<Model> model_;
+  EngineOptions opt_;
+  int maxContext_;
+  std::unique_ptr<KvPool> kv_;
+  std::vector<std::unique_ptr<ExecContext>> contexts_;
+  std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
+  int64_t nextId_ = 1;
+};
+
+}  // namespace weft

@@ -1,0 +1,163 @@
+#include "model.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <map>
+
+namespace weft {
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw WeftError(Err::ModelNotFound, "cannot open " + path + ": " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw WeftError(Err::ModelNotFound, "cannot stat " + path + ": " + std::strerror(errno));
+  }
+  size_ = uint64_t(st.st_size);
+  if (size_ > 0) {
+    // MAP_POPULATE: fault the weights in at load, not on the first request.
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      throw WeftError(Err::ModelFormat, "cannot mmap " + path + ": " + std::strerror(errno));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+namespace {
+
+struct Resolver {
+  const std::vector<std::unique_ptr<MappedFile>>& files;
+  std::map<std::string, const TensorSpec*> byName;
+
+  const TensorSpec& spec(const std::string& name) const {
+    auto it = byName.find(name);
+    if (it == byName.end()) throw WeftError(Err::TensorMissing, "tensor " + name + " is missing");
+    return *it->second;
+  }
+
+  const void* data(const TensorSpec& t, const std::vector<int64_t>& shape) const {
+    if (t.shape != shape) {
+      auto str = [](const std::vector<int64_t>& s) {
+        std::string r = "[";
+        for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+        return r + "]";
+      };
+      throw WeftError(Err::TensorShape, "tensor " + t.name + " has shape " + str(t.shape) + ", expected " + str(shape));
+    }
+    if (t.file < 0 || size_t(t.file) >= files.size()) throw WeftError(Err::ModelFormat, "tensor " + t.name + " names no file");
+    const MappedFile& f = *files[t.file];
+    uint64_t elems = 1;
+    for (int64_t d : shape) elems *= uint64_t(d);
+    if (t.nbytes != elems * dtypeSize(t.dtype) || t.offset + t.nbytes > f.size() || t.offset + t.nbytes < t.offset)
+      throw WeftError(Err::ModelFormat, "tensor " + t.name + " lies outside " + f.path());
+    return f.data() + t.offset;
+  }
+
+  cpu::WeightView matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    const TensorSpec& t = spec(name);
+    return cpu::WeightView{data(t, {rows, cols}), t.dtype, rows, cols};
+  }
+
+  std::vector<float> vector(const std::string& name, int64_t n) const {
+    const TensorSpec& t = spec(name);
+    const void* p = data(t, {n});
+    std::vector<float> out(n);
+    for (int64_t i = 0; i < n; i++) out[i] = loadScalar(p, t.dtype, i);
+    return out;
+  }
+};
+
+void validateConfig(const ModelConfig& c) {
+  auto bad = [](const std::string& what) { throw WeftError(Err::ModelFormat, "config: " + what); };
+  if (c.hidden <= 0 || c.numLayers <= 0 || c.numHeads <= 0 || c.numKvHeads <= 0 || c.headDim <= 0 || c.ffn <= 0 ||
+      c.vocab <= 0 || c.maxPositions <= 0)
+    bad("sizes must be positive");
+  if (c.numHeads % c.numKvHeads != 0) bad("num_attention_heads must be a multiple of num_key_value_heads");
+  if (c.headDim % 2 != 0) bad("head_dim must be even");
+  if (!(c.rmsEps > 0) || !std::isfinite(c.rmsEps)) bad("rms_norm_eps must be positive");
+  if (!(c.ropeTheta > 0) || !std::isfinite(c.ropeTheta)) bad("rope_theta must be positive");
+}
+
+// Hugging Face's inverse frequencies, with Llama-3 scaling: long wavelengths are divided by the
+// factor, short ones kept, and the band between interpolated smoothly.
+std::vector<double> ropeInvFreq(const ModelConfig& c) {
+  std::vector<double> inv(c.headDim / 2);
+  for (int i = 0; i < c.headDim / 2; i++) {
+    // computed in float32 as Hugging Face does, then widened
+    float f = 1.0f / std::pow(float(c.ropeTheta), float(2 * i) / float(c.headDim));
+    inv[i] = f;
+  }
+  if (c.ropeLlama3) {
+    const double lowWavelen = c.ropeOriginalMax / c.ropeLowFreqFactor;
+    const double highWavelen = c.ropeOriginalMax / c.ropeHighFreqFactor;
+    for (double& f : inv) {
+      const double wavelen = 2 * M_PI / f;
+      if (wavelen < highWavelen) continue;
+      if (wavelen > lowWavelen) {
+        f = f / c.ropeFactor;
+      } else {
+        const double smooth = (c.ropeOriginalMax / wavelen - c.ropeLowFreqFactor) / (c.ropeHighFreqFactor - c.ropeLowFreqFactor);
+        f = (1 - smooth) * f / c.ropeFactor + smooth * f;
+      }
+    }
+  }
+  return inv;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
+                                 const std::vector<TensorSpec>& tensors) {
+  validateConfig(cfg);
+  auto m = std::make_unique<Model>();
+  m->cfg = cfg;
+  for (const auto& f : files) m->files.push_back(std::make_unique<MappedFile>(f));
+  Resolver r{m->files, {}};
+  for (const auto& t : tensors) r.byName[t.name] = &t;
+
+  const int64_t H = cfg.hidden, D = cfg.headDim, qDim = int64_t(cfg.numHeads) * D, kvDim = int64_t(cfg.numKvHeads) * D;
+  m->embed = r.matrix("embed", cfg.vocab, H);
+  m->lmHead = r.byName.count("lm_head") ? r.matrix("lm_head", cfg.vocab, H) : m->embed;
+  m->finalNorm = r.vector("norm", H);
+  m->weightDtype = m->lmHead.dtype;
+  uint64_t bytes = uint64_t(m->lmHead.rows) * m->lmHead.cols * dtypeSize(m->lmHead.dtype);
+  for (int l = 0; l < cfg.numLayers; l++) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    LayerWeights L;
+    L.q = r.matrix(p + "q", qDim, H);
+    L.k = r.matrix(p + "k", kvDim, H);
+    L.v = r.matrix(p + "v", kvDim, H);
+    L.o = r.matrix(p + "o", H, qDim);
+    L.gate = r.matrix(p + "gate", cfg.ffn, H);
+    L.up = r.matrix(p + "up", cfg.ffn, H);
+    L.down = r.matrix(p + "down", H, cfg.ffn);
+    L.inputNorm = r.vector(p + "input_norm", H);
+    L.postNorm = r.vector(p + "post_norm", H);
+    if (cfg.attentionBias) {
+      L.qBias = r.vector(p + "q_bias", qDim);
+      L.kBias = r.vector(p + "k_bias", kvDim);
+      L.vBias = r.vector(p + "v_bias", kvDim);
+    }
+    for (const auto* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      bytes += uint64_t(w->rows) * w->cols * dtypeSize(w->dtype);
+    m->layers.push_back(std::move(L));
+  }
+  m->weightBytes = bytes;
+  m->invFreq = ropeInvFreq(cfg);
+  return m;
+}
+
+}  // namespace weft

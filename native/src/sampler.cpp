@@ -1,0 +1,152 @@
+#include "sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace weft {
+
+void Rng::seed(uint64_t s) {
+  for (auto& w : s_) {  // splitmix64
+    s += 0x9e3779b97f4a7c15ull;
+    uint64_t z = s;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    w = z ^ (z >> 31);
+  }
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t Rng::next() {
+  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+namespace {
+
+// Highest logit first; the lower id first among equals (so results never depend on sort internals).
+struct ByLogit {
+  const float* l;
+  bool operator()(int32_t a, int32_t b) const { return l[a] > l[b] || (l[a] == l[b] && a < b); }
+};
+
+int32_t argmax(const float* l, int vocab) {
+  int32_t best = 0;
+  for (int i = 1; i < vocab; i++)
+    if (l[i] > l[best]) best = i;
+  return best;
+}
+
+}  // namespace
+
+SampleResult sample(float* logits, int vocab, SamplerState& state, const std::vector<int32_t>& history,
+                    SamplerScratch& scratch) {
+  const SamplingParams& p = state.params;
+  SampleResult res;
+  scratch.values.resize(vocab);
+  scratch.ids.resize(vocab);
+  float* raw = scratch.values.data();
+  std::copy(logits, logits + vocab, raw);
+
+  // log-softmax normalizer of the model's own distribution (before penalties and temperature)
+  float maxRaw = raw[0];
+  for (int i = 1; i < vocab; i++) maxRaw = std::max(maxRaw, raw[i]);
+  double total = 0;
+  for (int i = 0; i < vocab; i++) total += std::exp(double(raw[i]) - maxRaw);
+  const double logNorm = maxRaw + std::log(total);
+
+  // penalties
+  if (p.repetitionPenalty != 1.0f) {  // once per distinct token of the history
+    scratch.mark.resize(vocab, 0);
+    for (int32_t t : history) {
+      if (scratch.mark[t]) continue;
+      scratch.mark[t] = 1;
+      logits[t] = logits[t] > 0 ? logits[t] / p.repetitionPenalty : logits[t] * p.repetitionPenalty;
+    }
+    for (int32_t t : history) scratch.mark[t] = 0;
+  }
+  if (p.presencePenalty != 0 || p.frequencyPenalty != 0) {
+    for (const auto& [id, count] : state.sampledCounts) logits[id] -= p.presencePenalty + p.frequencyPenalty * float(count);
+  }
+
+  int32_t chosen;
+  if (p.temperature <= 0 || p.topK == 1) {
+    chosen = argmax(logits, vocab);
+  } else {
+    int32_t* ids = scratch.ids.data();
+    for (int i = 0; i < vocab; i++) ids[i] = i;
+    ByLogit by{logits};
+    const double invT = 1.0 / p.temperature;
+    int n = vocab;
+    bool sorted = false;
+    if (p.topK > 0 && p.topK < vocab) {
+      n = p.topK;
+      std::nth_element(ids, ids + n - 1, ids + vocab, by);
+      std::sort(ids, ids + n, by);
+      sorted = true;
+    }
+    const float top = sorted ? logits[ids[0]] : *std::max_element(logits, logits + vocab);
+    double mass = 0;  // unnormalized probability mass of the candidates
+    for (int i = 0; i < n; i++) mass += std::exp((double(logits[ids[i]]) - top) * invT);
+    if (p.topP < 1.0f) {
+      const double want = double(p.topP) * mass;
+      if (!sorted) {  // sort the head first; fall back to a full sort only when it holds too little mass
+        int head = std::min(n, 1024);
+        std::partial_sort(ids, ids + head, ids + n, by);
+        double cum = 0;
+        for (int i = 0; i < head; i++) cum += std::exp((double(logits[ids[i]]) - top) * invT);
+        if (cum < want && head < n) std::sort(ids + head, ids + n, by);
+        sorted = true;
+      }
+      double cum = 0;
+      int keep = 0;
+      while (keep < n) {
+        cum += std::exp((double(logits[ids[keep]]) - top) * invT);
+        keep++;
+        if (cum >= want) break;
+      }
+      n = keep;
+      mass = cum;
+    }
+    if (p.minP > 0) {  // keep tokens whose probability is at least minP x the top one's
+      const double floorLogit = top + std::log(double(p.minP)) * p.temperature;
+      int w = 0;
+      double kept = 0;
+      for (int i = 0; i < n; i++)
+        if (logits[ids[i]] >= floorLogit) {
+          ids[w++] = ids[i];
+          kept += std::exp((double(logits[ids[i]]) - top) * invT);
+        }
+      n = w;
+      mass = kept;
+    }
+    double u = state.rng.uniform() * mass;
+    chosen = ids[n - 1];
+    for (int i = 0; i < n; i++) {
+      u -= std::exp((double(logits[ids[i]]) - top) * invT);
+      if (u < 0) { chosen = ids[i]; break; }
+    }
+  }
+
+  res.token = chosen;
+  res.logprob = float(double(raw[chosen]) - logNorm);
+  if (p.logprobs > 0) {
+    int32_t* ids = scratch.ids.data();
+    for (int i = 0; i < vocab; i++) ids[i] = i;
+    const int k = std::min(p.logprobs, vocab);
+    std::partial_sort(ids, ids + k, ids + vocab, ByLogit{raw});
+    for (int i = 0; i < k; i++) res.top.emplace_back(ids[i], float(double(raw[ids[i]]) - logNorm));
+  }
+  state.sampledCounts[chosen]++;
+  res.stop = std::find(p.stopTokens.begin(), p.stopTokens.end(), chosen) != p.stopTokens.end();
+  return res;
+}
+
+}  // namespace weft
