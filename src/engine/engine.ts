@@ -1,0 +1,300 @@
+/**
+ * The engine: one model's weights (loaded once, shared read-only), its paged KV pool, the
+ * sequences that own KV pages, and a pool of execution contexts leased one step at a time.
+ */
+import { availableParallelism } from 'node:os';
+import { randomInt } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { WeftError, toWeftError } from '../errors.js';
+import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { loadModelConfig, type ModelConfig } from './config.js';
+import { ContextPool, type ContextLease } from './contextPool.js';
+import { native, type NativeEngine, type NativeStats, type NativeTensorSpec } from './native.js';
+import { readSafetensorsIndex, type TensorInfo } from './safetensors.js';
+import { resolveWeights } from './weights.js';
+
+export interface EngineOptions {
+  /** Execution contexts (steps that may run at the same time). Default 1. */
+  contexts?: number;
+  /** Threads per context. Default: the machine's cores divided among the contexts. */
+  threads?: number;
+  /** Most tokens in one step (prefill chunk + decode tokens). Default 512. */
+  maxBatchTokens?: number;
+  /** Most sequences in one step. Default 64. */
+  maxBatchSequences?: number;
+  /** Most rows of logits one step may return or sample from. Default: maxBatchSequences. */
+  maxLogitRows?: number;
+  /** Context length limit; default and upper bound: the model's max_position_embeddings. */
+  maxContext?: number;
+  /** KV pool size in bytes. Default 256 MiB. */
+  kvMemoryBytes?: number;
+  /** Tokens per KV page. Default 16. */
+  kvPageTokens?: number;
+  /** KV element type. Default: f32 for f32 checkpoints, f16 otherwise. */
+  kvDtype?: 'f32' | 'f16';
+  /** Load tokenizer.json from the directory (default true when present). */
+  tokenizer?: boolean;
+}
+
+export interface SamplingOptions {
+  temperature?: number; // 0 (default): greedy
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Same seed, same draws. Default: a random seed. */
+  seed?: number;
+  /** Extra stop token ids; the model's EOS ids are added unless ignoreEos. */
+  stopTokens?: number[];
+  ignoreEos?: boolean;
+  /** Top-n log-probabilities to return with each sampled token (0..20). */
+  logprobs?: number;
+}
+
+export type LogitsMode = 'none' | 'last' | 'all';
+
+export interface StepEntry {
+  sequence: Sequence;
+  tokens: ArrayLike<number>;
+  /** Which logits to return (default 'none'). */
+  logits?: LogitsMode;
+  /** Sample the next token from the last position with the sequence's sampling settings. */
+  sample?: boolean;
+}
+
+export interface StepResult {
+  sequence: Sequence;
+  token?: number;
+  logprob?: number;
+  top?: { token: number; logprob: number }[];
+  /** The sampled token is one of the stop tokens. */
+  stop?: boolean;
+  /** rows x vocab, row-major */
+  logits?: Float32Array;
+}
+
+const LOGITS_CODE: Record<LogitsMode, 0 | 1 | 2> = { none: 0, last: 1, all: 2 };
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw toWeftError(err);
+  }
+}
+
+function intOption(value: number | undefined, name: string, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < min) throw new WeftError('WEFT_BAD_ARGUMENT', `${name} must be an integer >= ${min} (got ${value})`);
+  return value;
+}
+
+/** A sequence owns its KV pages across steps: a later turn prefills only its new tokens. */
+export class Sequence {
+  constructor(
+    readonly engine: Engine,
+    readonly id: number,
+  ) {}
+
+  /** Tokens whose KV is cached. */
+  get numTokens(): number {
+    return this.info().numTokens;
+  }
+
+  info() {
+    return call(() => this.engine.native.sequenceInfo(this.id));
+  }
+
+  setSampling(options: SamplingOptions = {}): void {
+    this.engine.setSampling(this, options);
+  }
+
+  /** Keeps the first n tokens' KV and drops the rest. */
+  truncate(numTokens: number): void {
+    call(() => this.engine.native.truncateSequence(this.id, numTokens));
+  }
+
+  /** Moves the KV to host memory and returns its pages to the pool. */
+  async park(): Promise<void> {
+    call(() => this.engine.native.parkSequence(this.id));
+  }
+
+  /** Brings parked KV back into the pool (WEFT_KV_EXHAUSTED when no pages are free). */
+  async restore(): Promise<void> {
+    call(() => this.engine.native.restoreSequence(this.id));
+  }
+
+  free(): void {
+    call(() => this.engine.native.freeSequence(this.id));
+  }
+}
+
+export class Engine {
+  private disposed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly config: ModelConfig,
+    readonly native: NativeEngine,
+    readonly contexts: ContextPool,
+    readonly tokenizer: Tokenizer | undefined,
+    readonly dtype: TensorInfo['dtype'],
+  ) {}
+
+  static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
+    const root = resolve(dir);
+    const config = await loadModelConfig(root);
+    const tensors = await readSafetensorsIndex(root);
+    const weights = resolveWeights(config, tensors);
+    const files: string[] = [];
+    const specs: NativeTensorSpec[] = [];
+    const add = (name: string, t: TensorInfo) => {
+      let file = files.indexOf(t.file);
+      if (file < 0) file = files.push(t.file) - 1;
+      specs.push({ name, file, offset: t.offset, nbytes: t.nbytes, dtype: t.dtype, shape: t.shape });
+    };
+    add('embed', weights.embed);
+    if (weights.lmHead !== weights.embed) add('lm_head', weights.lmHead);
+    add('norm', weights.norm);
+    weights.layers.forEach((L, i) => {
+      const p = `layers.${i}.`;
+      add(p + 'input_norm', L.inputNorm);
+      add(p + 'post_norm', L.postNorm);
+      for (const k of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) add(p + k, L[k]);
+      if (L.qBias) add(p + 'q_bias', L.qBias);
+      if (L.kBias) add(p + 'k_bias', L.kBias);
+      if (L.vBias) add(p + 'v_bias', L.vBias);
+    });
+
+    const contexts = intOption(options.contexts, 'contexts', 1, 1);
+    const threads = intOption(options.threads, 'threads', Math.max(1, Math.floor(availableParallelism() / contexts)), 1);
+    const maxBatchSequences = intOption(options.maxBatchSequences, 'maxBatchSequences', 64, 1);
+    const kvMemoryBytes = options.kvMemoryBytes ?? 256 * 2 ** 20;
+    if (!Number.isFinite(kvMemoryBytes) || kvMemoryBytes <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `kvMemoryBytes must be a positive number (got ${kvMemoryBytes})`);
+    const kvDtype = options.kvDtype ?? (weights.embed.dtype === 'F32' ? 'f32' : 'f16');
+    if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new WeftError('WEFT_BAD_ARGUMENT', `kvDtype must be f32 or f16 (got ${String(kvDtype)})`);
+
+    const addon = native();
+    const engine = call(
+      () =>
+        new addon.NativeEngine({
+          config: {
+            hiddenSize: config.hiddenSize, numLayers: config.numLayers, numHeads: config.numHeads, numKvHeads: config.numKvHeads,
+            headDim: config.headDim, intermediateSize: config.intermediateSize, vocabSize: config.vocabSize,
+            maxPositionEmbeddings: config.maxPositionEmbeddings, rmsNormEps: config.rmsNormEps, ropeTheta: config.ropeTheta,
+            attentionBias: config.attentionBias, ropeScaling: config.ropeScaling,
+          },
+          files,
+          tensors: specs,
+          options: {
+            contexts, threads, maxBatchSequences,
+            maxBatchTokens: intOption(options.maxBatchTokens, 'maxBatchTokens', 512, 1),
+            maxLogitRows: intOption(options.maxLogitRows, 'maxLogitRows', maxBatchSequences, 1),
+            maxContext: intOption(options.maxContext, 'maxContext', 0, 0),
+            kvMemoryBytes,
+            kvPageTokens: intOption(options.kvPageTokens, 'kvPageTokens', 16, 1),
+            kvDtype: kvDtype === 'f32' ? 'F32' : 'F16',
+          },
+        }),
+    );
+    try {
+      await engine.load();
+    } catch (err) {
+      throw toWeftError(err);
+    }
+    const wantTokenizer = options.tokenizer ?? existsSync(join(root, 'tokenizer.json'));
+    const tokenizer = wantTokenizer ? await Tokenizer.fromDir(root) : undefined;
+    return new Engine(root, config, engine, new ContextPool(contexts), tokenizer, weights.embed.dtype);
+  }
+
+  private check(): void {
+    if (this.disposed) throw new WeftError('WEFT_DISPOSED', 'the engine was disposed');
+  }
+
+  createSequence(sampling?: SamplingOptions): Sequence {
+    this.check();
+    const seq = new Sequence(this, call(() => this.native.createSequence()));
+    seq.setSampling(sampling);
+    return seq;
+  }
+
+  setSampling(seq: Sequence, s: SamplingOptions = {}): void {
+    this.check();
+    const num = (v: unknown, name: string, fallback: number): number => {
+      if (v === undefined) return fallback;
+      if (typeof v !== 'number' || Number.isNaN(v)) throw new WeftError('WEFT_BAD_ARGUMENT', `sampling.${name} must be a number (got ${String(v)})`);
+      return v;
+    };
+    const stop = s.stopTokens ?? [];
+    if (!Array.isArray(stop) || stop.some((t) => !Number.isInteger(t))) throw new WeftError('WEFT_BAD_ARGUMENT', 'sampling.stopTokens must be an array of token ids');
+    const stopTokens = s.ignoreEos ? [...stop] : [...new Set([...stop, ...this.config.eosTokenIds, ...(this.tokenizer?.eosTokenIds ?? [])])];
+    const seed = num(s.seed, 'seed', randomInt(0, 2 ** 47));
+    const topK = num(s.topK, 'topK', 0);
+    const logprobs = num(s.logprobs, 'logprobs', 0);
+    if (!Number.isInteger(topK)) throw new WeftError('WEFT_BAD_ARGUMENT', `sampling.topK must be an integer (got ${topK})`);
+    if (!Number.isInteger(logprobs)) throw new WeftError('WEFT_BAD_ARGUMENT', `sampling.logprobs must be an integer (got ${logprobs})`);
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `sampling.seed must be a non-negative integer (got ${seed})`);
+    call(() =>
+      this.native.setSampling(seq.id, {
+        temperature: num(s.temperature, 'temperature', 0),
+        topK,
+        topP: num(s.topP, 'topP', 1),
+        minP: num(s.minP, 'minP', 0),
+        repetitionPenalty: num(s.repetitionPenalty, 'repetitionPenalty', 1),
+        presencePenalty: num(s.presencePenalty, 'presencePenalty', 0),
+        frequencyPenalty: num(s.frequencyPenalty, 'frequencyPenalty', 0),
+        seed,
+        stopTokens,
+        logprobs,
+      }),
+    );
+  }
+
+  /**
+   * One forward pass on a leased context over a batch mixing prefill chunks and decode tokens.
+   * Validation errors reject before anything changes; on any failure no sequence gains tokens.
+   */
+  async step(lease: ContextLease, entries: StepEntry[]): Promise<StepResult[]> {
+    this.check();
+    if (!Array.isArray(entries)) throw new WeftError('WEFT_BAD_ARGUMENT', 'step entries must be an array');
+    const nativeEntries = entries.map((e, i) => {
+      if (!(e?.sequence instanceof Sequence) || e.sequence.engine !== this) throw new WeftError('WEFT_BAD_ARGUMENT', `step entry ${i}: not a sequence of this engine`);
+      const mode = e.logits ?? 'none';
+      if (!(mode in LOGITS_CODE)) throw new WeftError('WEFT_BAD_ARGUMENT', `step entry ${i}: logits must be none, last or all`);
+      const tokens = e.tokens instanceof Int32Array ? e.tokens : Array.from(e.tokens);
+      return { seq: e.sequence.id, tokens, logits: LOGITS_CODE[mode], sample: e.sample === true };
+    });
+    let results;
+    try {
+      results = await this.native.step(lease.index, nativeEntries);
+    } catch (err) {
+      throw toWeftError(err);
+    }
+    return results.map((r, i) => ({ ...r, sequence: entries[i]!.sequence }));
+  }
+
+  /** Leases a context, runs one step and returns the context to the pool. */
+  async run(entries: StepEntry[], signal?: AbortSignal): Promise<StepResult[]> {
+    const lease = await this.contexts.acquire(signal);
+    try {
+      return await this.step(lease, entries);
+    } finally {
+      lease.release();
+    }
+  }
+
+  stats(): NativeStats {
+    this.check();
+    return call(() => this.native.stats());
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.native.dispose();
+    this.tokenizer?.dispose?.();
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * The native addon's surface, mirrored in one TypeScript type (native/src/addon.cpp). Nothing
+ * else in weft imports the .node file.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { WeftError } from '../errors.js';
+
+export interface NativeTensorSpec {
+  name: string;
+  file: number;
+  offset: number;
+  nbytes: number;
+  dtype: 'F32' | 'F16' | 'BF16';
+  shape: number[];
+}
+
+export interface NativeEngineSpec {
+  config: {
+    hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; headDim: number;
+    intermediateSize: number; vocabSize: number; maxPositionEmbeddings: number; rmsNormEps: number;
+    ropeTheta: number; attentionBias: boolean;
+    ropeScaling: null | { factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number };
+  };
+  files: string[];
+  tensors: NativeTensorSpec[];
+  options: {
+    contexts: number; threads: number; maxBatchTokens: number; maxBatchSequences: number; maxLogitRows: number;
+    maxContext: number; kvMemoryBytes: number; kvPageTokens: number; kvDtype: 'F32' | 'F16';
+  };
+}
+
+export interface NativeSampling {
+  temperature: number; topK: number; topP: number; minP: number; repetitionPenalty: number;
+  presencePenalty: number; frequencyPenalty: number; seed: number; stopTokens: number[]; logprobs: number;
+}
+
+/** logits: 0 none, 1 the last token's row, 2 every token's row. */
+export interface NativeStepEntry { seq: number; tokens: Int32Array | number[]; logits: 0 | 1 | 2; sample: boolean }
+
+export interface NativeStepResult {
+  seq: number;
+  token?: number;
+  logprob?: number;
+  stop?: boolean;
+  top?: { token: number; logprob: number }[];
+  logits?: Float32Array;
+}
+
+export interface NativeSequenceInfo { id: number; numTokens: number; numPages: number; parked: boolean; busy: boolean }
+
+export interface NativeStats {
+  kvPagesTotal: number; kvPagesFree: number; kvPageTokens: number; kvBytesPerToken: number; kvDtype: 'F32' | 'F16';
+  contexts: number; contextsBusy: number; threadsPerContext: number; maxContext: number; maxBatchTokens: number;
+  maxBatchSequences: number; maxLogitRows: number; sequences: number; weightBytes: number;
+}
+
+export interface NativeEngine {
+  load(): Promise<void>;
+  createSequence(): number;
+  freeSequence(id: number): void;
+  truncateSequence(id: number, numTokens: number): void;
+  parkSequence(id: number): void;
+  restoreSequence(id: number): void;
+  sequenceInfo(id: number): NativeSequenceInfo;
+  setSampling(id: number, params: NativeSampling): void;
+  step(context: number, entries: NativeStepEntry[]): Promise<NativeStepResult[]>;
+  stats(): NativeStats;
+  dispose(): void;
+}
+
+export interface NativeAddon {
+  NativeEngine: new (spec: NativeEngineSpec) => NativeEngine;
+  measureBandwidth(bytes: number, threads: number): { readBytesPerS: number; bytes: number; threads: number };
+  simd: 'avx512' | 'avx2' | 'scalar';
+  hardwareThreads: number;
+}
+
+let addon: NativeAddon | undefined;
+
+/** Loads native/build/Release/weft_native.node (built by `npm install`). */
+export function native(): NativeAddon {
+  if (addon) return addon;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = join(dir, 'native', 'build', 'Release', 'weft_native.node');
+    if (existsSync(candidate)) {
+      addon = createRequire(import.meta.url)(candidate) as NativeAddon;
+      return addon;
+    }
+    dir = dirname(dir);
+  }
+  throw new WeftError('WEFT_INTERNAL', 'the native addon is not built: run `npm install` (or `npm run build`)');
+}
