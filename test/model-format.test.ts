@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -129,6 +130,20 @@ describe('config.json parsing', () => {
     }
   });
 
+  it('reads transformers v5 "rope_parameters"', () => {
+    const j = llamaCfg();
+    delete j.rope_theta;
+    delete j.rope_scaling;
+    j.rope_parameters = { rope_type: 'llama3', rope_theta: 500000, factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
+    const c = parseModelConfig(j, 'config.json');
+    expect(c.ropeTheta).toBe(500000);
+    expect(c.ropeScaling).toEqual({ type: 'llama3', factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 });
+    j.rope_parameters = { rope_type: 'default', rope_theta: 1e6 };
+    const d = parseModelConfig(j, 'config.json');
+    expect(d.ropeTheta).toBe(1e6);
+    expect(d.ropeScaling).toBeNull();
+  });
+
   it('parses Mistral and Qwen2 (qwen2 has q/k/v biases; tie respected)', () => {
     const m = parseModelConfig({ ...llamaCfg(), architectures: ['MistralForCausalLM'], model_type: 'mistral', sliding_window: null }, 'c');
     expect(m.architecture).toBe('mistral');
@@ -183,6 +198,8 @@ describe('config.json parsing', () => {
       'WEFT_MODEL_FORMAT',
       'rope_scaling.original_max_position_embeddings',
     ],
+    ['yarn rope_parameters', (j) => (j.rope_parameters = { rope_type: 'yarn', rope_theta: 1e4, factor: 4 }), 'WEFT_UNSUPPORTED_ARCH', 'rope_parameters'],
+    ['bad rope_parameters theta', (j) => (j.rope_parameters = { rope_type: 'default', rope_theta: -1 }), 'WEFT_MODEL_FORMAT', 'rope_parameters.rope_theta'],
     ['gelu activation', (j) => (j.hidden_act = 'gelu'), 'WEFT_UNSUPPORTED_ARCH', 'hidden_act'],
   ];
   for (const [label, mutate, code, field] of bad) {
@@ -592,4 +609,38 @@ describe('reference forward', () => {
     expect(await perturb((r) => r.w.layers[0].bq!.fill(0))).toBeGreaterThan(1e-3);
     expect(await perturb((r) => r.w.layers[0].bv!.fill(0))).toBeGreaterThan(1e-3);
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// HF fixtures (written by scripts/gpu/hf_fixtures.py; skipped when absent)
+
+const HF_FIXTURES = process.env.WEFT_HF_FIXTURES ?? path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'hf');
+
+describe('reference forward vs transformers fixtures', () => {
+  for (const name of ['llama', 'qwen2', 'llama3_rope', 'llama_bf16']) {
+    const dir = path.join(HF_FIXTURES, name);
+    let present = false;
+    try {
+      present = statSync(path.join(dir, 'logits.json')).isFile();
+    } catch {
+      present = false;
+    }
+    it.skipIf(!present)(`${name}: logits and greedy tokens match transformers`, async () => {
+      const fx = JSON.parse(await readFile(path.join(dir, 'logits.json'), 'utf8'));
+      // exact_f64 fixtures are float64 end to end; otherwise HF's float32 RMSNorm/rotary limit them
+      const ref = await ReferenceModel.load(dir, { hfFloat32Rope: !fx.exact_f64 });
+      const want: number[][][] = fx.logits_f64 ?? fx.logits;
+      const greedy: number[][] = fx.greedy_f64 ?? fx.greedy;
+      const tol = fx.exact_f64 ? 1e-6 : 1e-4;
+      for (let s = 0; s < fx.inputs.length; s++) {
+        const got = ref.forward(fx.inputs[s]);
+        for (let p = 0; p < got.length; p++) {
+          let m = 0;
+          for (let v = 0; v < got[p].length; v++) m = Math.max(m, Math.abs(got[p][v] - want[s][p][v]));
+          expect(m, `input ${s} position ${p}`).toBeLessThan(tol);
+        }
+        expect(ref.greedy(fx.inputs[s], greedy[s].length)).toEqual(greedy[s]);
+      }
+    });
+  }
 });

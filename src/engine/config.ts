@@ -129,24 +129,24 @@ function detectArchitecture(obj: Json, file: string): Architecture {
   return a;
 }
 
-function parseRopeScaling(v: unknown, file: string): RopeScalingLlama3 | null {
+function parseRopeScaling(v: unknown, file: string, field = 'rope_scaling'): RopeScalingLlama3 | null {
   if (v === undefined || v === null) return null;
   if (typeof v !== 'object' || Array.isArray(v)) {
-    throw fmt(file, `field "rope_scaling" must be an object or null, got ${describe(v)}`);
+    throw fmt(file, `field "${field}" must be an object or null, got ${describe(v)}`);
   }
   const rs = v as Json;
   const kind = rs.rope_type ?? rs.type;
   if (typeof kind !== 'string') {
-    throw fmt(file, `field "rope_scaling.rope_type" (or "rope_scaling.type") must be a string, got ${describe(kind)}`);
+    throw fmt(file, `field "${field}.rope_type" (or "${field}.type") must be a string, got ${describe(kind)}`);
   }
   if (kind === 'default') return null; // HF: "default" means plain RoPE
   if (kind !== 'llama3') {
     throw new WeftError(
       'WEFT_UNSUPPORTED_ARCH',
-      `${file}: rope_scaling type "${kind}" (field "rope_scaling.rope_type") is not supported; only "llama3" scaling (or none) is`,
+      `${file}: rope scaling type "${kind}" (field "${field}.rope_type") is not supported; only "llama3" scaling (or none) is`,
     );
   }
-  const p = 'rope_scaling.';
+  const p = `${field}.`;
   const factor = posFinite(rs, 'factor', file, undefined, p);
   const lowFreqFactor = posFinite(rs, 'low_freq_factor', file, undefined, p);
   const highFreqFactor = posFinite(rs, 'high_freq_factor', file, undefined, p);
@@ -154,10 +154,34 @@ function parseRopeScaling(v: unknown, file: string): RopeScalingLlama3 | null {
   if (!(highFreqFactor > lowFreqFactor)) {
     throw fmt(
       file,
-      `field "rope_scaling.high_freq_factor" (${highFreqFactor}) must be greater than "rope_scaling.low_freq_factor" (${lowFreqFactor})`,
+      `field "${field}.high_freq_factor" (${highFreqFactor}) must be greater than "${field}.low_freq_factor" (${lowFreqFactor})`,
     );
   }
   return { type: 'llama3', factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings };
+}
+
+/**
+ * RoPE settings. Classic configs carry "rope_theta" and "rope_scaling"; newer transformers
+ * (v5) write a flat "rope_parameters" object {rope_type, rope_theta, factor, ...} instead.
+ */
+function parseRope(obj: Json, file: string): { ropeTheta: number; ropeScaling: RopeScalingLlama3 | null } {
+  const rp = obj.rope_parameters;
+  if (rp !== undefined && rp !== null) {
+    if (typeof rp !== 'object' || Array.isArray(rp)) {
+      throw fmt(file, `field "rope_parameters" must be an object or null, got ${describe(rp)}`);
+    }
+    const r = rp as Json;
+    if (r.rope_type === undefined && r.type === undefined) {
+      throw new WeftError(
+        'WEFT_UNSUPPORTED_ARCH',
+        `${file}: field "rope_parameters" has no "rope_type" (per-layer-type RoPE parameters are not supported)`,
+      );
+    }
+    const topTheta = posFinite(obj, 'rope_theta', file, 10000);
+    const ropeTheta = posFinite(r, 'rope_theta', file, topTheta, 'rope_parameters.');
+    return { ropeTheta, ropeScaling: parseRopeScaling(r, file, 'rope_parameters') };
+  }
+  return { ropeTheta: posFinite(obj, 'rope_theta', file, 10000), ropeScaling: parseRopeScaling(obj.rope_scaling, file) };
 }
 
 /** Normalizes a parsed config.json object. `file` is used in error messages. Throws WeftError. */
@@ -196,8 +220,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const vocabSize = posInt(obj, 'vocab_size', file);
   const maxPositionEmbeddings = posInt(obj, 'max_position_embeddings', file);
   const rmsNormEps = posFinite(obj, 'rms_norm_eps', file, 1e-6);
-  const ropeTheta = posFinite(obj, 'rope_theta', file, 10000);
-  const ropeScaling = parseRopeScaling(obj.rope_scaling, file);
+  const { ropeTheta, ropeScaling } = parseRope(obj, file);
   const tieWordEmbeddings = optBool(obj, 'tie_word_embeddings', file, false);
 
   let attentionBias: boolean;
