@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include <immintrin.h>
+#include <sched.h>
 
 namespace weft {
 
@@ -8,6 +9,13 @@ static inline void cpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
 #endif
+}
+
+// Spin briefly, then yield the core: when there are more runnable threads than cores (other
+// contexts, the JS thread), a thread we wait for may need ours to make progress.
+static inline void backoff(int spins) {
+  if (spins < 256) cpuRelax();
+  else sched_yield();
 }
 
 ThreadPool::ThreadPool(int numThreads) : numThreads_(numThreads < 1 ? 1 : numThreads) {
@@ -45,7 +53,7 @@ void ThreadPool::dispatch(Trampoline call, void* fn) {
     wake_.notify_all();
   }
   call(fn, 0, numThreads_);
-  while (pending_.load(std::memory_order_acquire) != 0) cpuRelax();
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) backoff(spins);
 }
 
 void ThreadPool::workerLoop(int index) {
@@ -54,7 +62,7 @@ void ThreadPool::workerLoop(int index) {
     int spins = 0;
     uint64_t g;
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
-      if (++spins < 20000) { cpuRelax(); continue; }
+      if (++spins < 4000) { backoff(spins); continue; }
       std::unique_lock<std::mutex> lock(mutex_);
       sleepers_.fetch_add(1);
       wake_.wait(lock, [&] { return generation_.load() != seen; });
