@@ -1,0 +1,138 @@
+#!/usr/bin/env node
+/**
+ * weft's command line: `weft generate`, `weft bench`. Errors print `error CODE: message` on
+ * stderr (and an {"error": {...}} object on stdout with --json) and exit with status 1.
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { WeftError, toWeftError } from '../errors.js';
+import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
+import { Engine } from '../engine/engine.js';
+import { generate } from '../engine/generate.js';
+import { parseFlags, type Flags } from './args.js';
+
+const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
+
+usage:
+  weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
+                [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
+                [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
+                [--logprobs N] [--threads N] [--json]
+  weft bench    [--model DIR] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
+                [--threads N] [--json]
+
+--model defaults to the embedded model (models/default) when it is present.
+`;
+
+function defaultModel(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const candidate = join(dir, 'models', 'default');
+    if (existsSync(join(candidate, 'config.json'))) return candidate;
+    dir = dirname(dir);
+  }
+  throw new WeftError('WEFT_BAD_ARGUMENT', '--model DIR is required (no embedded default model was found)');
+}
+
+const num = (f: Flags, k: string) => f[k] as number | undefined;
+
+async function cmdGenerate(argv: string[]): Promise<void> {
+  const f = parseFlags(argv, {
+    model: 'string', prompt: 'string', 'prompt-ids': 'list', 'max-tokens': 'number', temperature: 'number', 'top-p': 'number',
+    'top-k': 'number', 'min-p': 'number', seed: 'number', 'repetition-penalty': 'number', 'presence-penalty': 'number',
+    'frequency-penalty': 'number', logprobs: 'number', threads: 'number', json: 'boolean',
+  });
+  if ((f.prompt === undefined) === (f['prompt-ids'] === undefined)) throw new WeftError('WEFT_BAD_ARGUMENT', 'give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
+  const engine = await Engine.load((f.model as string | undefined) ?? defaultModel(), { threads: num(f, 'threads'), maxBatchSequences: 1, maxLogitRows: 1 });
+  try {
+    const tok = engine.tokenizer;
+    let prompt: number[];
+    if (f.prompt !== undefined) {
+      if (!tok) throw new WeftError('WEFT_TOKENIZER', `${engine.dir} has no tokenizer.json: use --prompt-ids`);
+      prompt = await tok.encodeAsync(f.prompt as string);
+    } else {
+      prompt = f['prompt-ids'] as number[];
+    }
+    const decoder = tok?.createDecoder();
+    const result = await generate(engine, prompt, {
+      maxTokens: num(f, 'max-tokens') ?? 64,
+      temperature: num(f, 'temperature'), topP: num(f, 'top-p'), topK: num(f, 'top-k'), minP: num(f, 'min-p'), seed: num(f, 'seed'),
+      repetitionPenalty: num(f, 'repetition-penalty'), presencePenalty: num(f, 'presence-penalty'), frequencyPenalty: num(f, 'frequency-penalty'),
+      logprobs: num(f, 'logprobs'),
+      onToken: f.json || !decoder ? undefined : (t) => process.stdout.write(decoder.push(t)),
+    });
+    const text = tok ? tok.decode(result.tokens, { skipSpecialTokens: true }) : '';
+    if (f.json) {
+      const out: Record<string, unknown> = { tokens: result.tokens, text };
+      if (f.logprobs) out.logprobs = result.logprobs;
+      out.finish_reason = result.finishReason;
+      out.timing = { prefill_tokens_per_s: result.timing.prefillTokensPerS, decode_tokens_per_s: result.timing.decodeTokensPerS };
+      process.stdout.write(JSON.stringify(out) + '\n');
+    } else {
+      if (decoder) process.stdout.write(decoder.flush() + '\n');
+      else process.stdout.write(result.tokens.join(' ') + '\n');
+      process.stderr.write(
+        `[${result.tokens.length} tokens, ${result.finishReason}; prefill ${result.timing.prefillTokensPerS.toFixed(1)} tok/s, decode ${result.timing.decodeTokensPerS.toFixed(1)} tok/s]\n`,
+      );
+    }
+  } finally {
+    engine.dispose();
+  }
+}
+
+async function cmdBench(argv: string[]): Promise<void> {
+  const f = parseFlags(argv, { model: 'string', sequences: 'list', 'prompt-tokens': 'number', 'gen-tokens': 'number', threads: 'number', json: 'boolean' });
+  const sequences = (f.sequences as number[] | undefined) ?? [1, 4, 16, 64];
+  const promptTokens = num(f, 'prompt-tokens') ?? 128;
+  const genTokens = num(f, 'gen-tokens') ?? 32;
+  if (sequences.some((n) => n < 1) || promptTokens < 1 || genTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', 'sequences, prompt and gen tokens must be positive');
+  const maxSeq = Math.max(...sequences);
+  const dir = (f.model as string | undefined) ?? defaultModel();
+  const probe = await Engine.load(dir, { threads: 1, kvMemoryBytes: 1 << 20, maxBatchTokens: 1, tokenizer: false }).catch((e) => {
+    throw toWeftError(e);
+  });
+  const kvElt = probe.stats().kvDtype === 'F32' ? 4 : 2;
+  const config = probe.config;
+  probe.dispose();
+  const engine = await Engine.load(dir, {
+    threads: num(f, 'threads'),
+    maxBatchTokens: Math.max(512, maxSeq),
+    maxBatchSequences: maxSeq,
+    maxLogitRows: maxSeq,
+    kvMemoryBytes: kvBytesFor(config, kvElt, maxSeq, promptTokens + genTokens),
+    tokenizer: false,
+  });
+  try {
+    const results = await benchEngine(engine, { sequences, promptTokens, genTokens });
+    if (f.json) {
+      process.stdout.write(JSON.stringify({ results: results.map(({ sequences: s, prefill_tokens_per_s, decode_tokens_per_s }) => ({ sequences: s, prefill_tokens_per_s, decode_tokens_per_s })) }) + '\n');
+    } else {
+      for (const r of results)
+        process.stdout.write(`sequences ${r.sequences}: prefill ${r.prefill_tokens_per_s.toFixed(1)} tok/s, decode ${r.decode_tokens_per_s.toFixed(1)} tok/s (${r.decode_step_ms.toFixed(2)} ms/step)\n`);
+    }
+  } finally {
+    engine.dispose();
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (cmd === 'generate') return cmdGenerate(rest);
+  if (cmd === 'bench') return cmdBench(rest);
+  throw new WeftError('WEFT_BAD_ARGUMENT', `unknown command ${cmd} (try weft --help)`);
+}
+
+main(process.argv.slice(2)).then(
+  () => process.exit(0),
+  (err) => {
+    const e = toWeftError(err);
+    if (process.argv.includes('--json')) process.stdout.write(JSON.stringify({ error: { code: e.code, message: e.message } }) + '\n');
+    process.stderr.write(`error ${e.code}: ${e.message}\n`);
+    process.exit(1);
+  },
+);
