@@ -1,19 +1,23 @@
 /**
- * Memory bandwidth, measured from JS with large Buffer copies (memcpy underneath).
+ * Memory bandwidth, measured from JS with large Buffer operations (libc memcpy / memcmp underneath).
  *
- * Convention: a copy of N bytes counts 2N bytes of traffic (N read + N written), so
- * `copyBytesPerS` = 2N / t. `readBytesPerS` = N / t is the read side alone, which is the figure
- * to use as the decode bound (decode streams the weights: reads dominate). Buffers are 256 MiB by
- * default, far beyond any cache; each figure is the best of several runs after a warm-up that
- * faults all pages in.
+ * Two measurements, both on 256 MiB buffers by default (far beyond any cache), each the best of
+ * several runs after a warm-up that faults all pages in:
+ *  - copy (`src.copy(dst)`, memcpy). Convention: a copy of N bytes counts 2N bytes of traffic
+ *    (N read + N written): `copyBytesPerS` = 2N / t, and `readBytesPerS` = N / t is its read side.
+ *    (glibc's memcpy switches to non-temporal stores at this size: no hidden read-for-ownership.)
+ *  - read (`a.equals(b)` on two equal buffers, memcmp): reads 2N bytes and writes nothing, so
+ *    `readBytesPerS` = 2N / t and `copyBytesPerS` is 0. Decode streams the weights (pure reads),
+ *    so this is the figure for the decode bound; a copy's read side is about half of it here.
  *
- * With `threads: 2` (or more), that many worker_threads each copy a disjoint slice of one pair of
+ * With `threads: 2` (or more), that many worker_threads each copy (or compare) a disjoint slice of one pair of
  * SharedArrayBuffers at the same time (released together by an Atomics barrier); the time is the
  * slowest worker's, so the figure is the aggregate bandwidth of all threads.
  */
 import { Worker } from 'node:worker_threads';
 
 export interface BandwidthResult {
+  kind: 'copy' | 'read';
   threads: number;
   bytes: number;
   runs: number;
@@ -32,8 +36,10 @@ export interface BandwidthOptions {
   runs?: number;
 }
 
-function result(threads: number, bytes: number, runs: number, best: number): BandwidthResult {
-  return { threads, bytes, runs, bestSeconds: best, copyBytesPerS: (2 * bytes) / best, readBytesPerS: bytes / best };
+function result(kind: 'copy' | 'read', threads: number, bytes: number, runs: number, best: number): BandwidthResult {
+  return kind === 'copy'
+    ? { kind, threads, bytes, runs, bestSeconds: best, copyBytesPerS: (2 * bytes) / best, readBytesPerS: bytes / best }
+    : { kind, threads, bytes, runs, bestSeconds: best, copyBytesPerS: 0, readBytesPerS: (2 * bytes) / best };
 }
 
 /** Single-thread copy bandwidth (main thread, `Buffer.copy`). */
@@ -53,18 +59,36 @@ export function measureCopyBandwidth(opts: BandwidthOptions = {}): BandwidthResu
     best = Math.min(best, dt);
   }
   if (dst[bytes - 1] !== 1) throw new Error('copy check failed');
-  return result(1, bytes, runs, best);
+  return result('copy', 1, bytes, runs, best);
+}
+
+/** Single-thread read bandwidth (main thread, memcmp of two equal buffers of `bytes` each). */
+export function measureReadBandwidth(opts: BandwidthOptions = {}): BandwidthResult {
+  const bytes = opts.bytes ?? 256 * 1024 * 1024;
+  const runs = opts.runs ?? 7;
+  const a = Buffer.alloc(bytes, 7);
+  const b = Buffer.alloc(bytes, 7);
+  if (!a.equals(b)) throw new Error('read check failed'); // warm-up
+  let best = Infinity;
+  for (let r = 0; r < runs; r++) {
+    const t0 = process.hrtime.bigint();
+    const eq = a.equals(b);
+    const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (!eq) throw new Error('read check failed');
+    best = Math.min(best, dt);
+  }
+  return result('read', 1, bytes, runs, best);
 }
 
 // Worker body (plain JS, evaluated with `eval: true`): copies its slice once per round, after the
 // barrier releases it, and reports the seconds it took.
 const WORKER_SRC = `
 const { parentPort, workerData } = require('node:worker_threads');
-const { src, dst, ctl, start, end, index } = workerData;
+const { src, dst, ctl, start, end, index, kind } = workerData;
 const s = Buffer.from(src, start, end - start);
 const d = Buffer.from(dst, start, end - start);
 const c = new Int32Array(ctl);
-s.fill(1); d.fill(2); s.copy(d);
+s.fill(1); d.fill(kind === 'copy' ? 2 : 1); s.copy(d);
 let round = 0;
 function loop() {
   for (;;) {
@@ -73,16 +97,20 @@ function loop() {
     round = Atomics.load(c, 0);
     if (round < 0) break;
     const t0 = process.hrtime.bigint();
-    s.copy(d);
+    const ok = kind === 'copy' ? s.copy(d) > 0 : s.equals(d);
     const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (!ok) throw new Error('bandwidth worker check failed');
     parentPort.postMessage({ index, round, dt });
   }
 }
 loop();
 `;
 
-/** Aggregate copy bandwidth of `threads` worker_threads copying disjoint slices concurrently. */
-export async function measureParallelCopyBandwidth(threads: number, opts: BandwidthOptions = {}): Promise<BandwidthResult> {
+/**
+ * Aggregate bandwidth of `threads` worker_threads working on disjoint slices concurrently:
+ * 'copy' (memcpy src -> dst) or 'read' (memcmp of src and an equal dst).
+ */
+export async function measureParallelBandwidth(kind: 'copy' | 'read', threads: number, opts: BandwidthOptions = {}): Promise<BandwidthResult> {
   const bytes = opts.bytes ?? 256 * 1024 * 1024;
   const runs = opts.runs ?? 7;
   const src = new SharedArrayBuffer(bytes);
@@ -97,7 +125,7 @@ export async function measureParallelCopyBandwidth(threads: number, opts: Bandwi
   for (let i = 0; i < threads; i++) {
     const start = i * slice;
     const end = i === threads - 1 ? bytes : start + slice;
-    const w = new Worker(WORKER_SRC, { eval: true, workerData: { src, dst, ctl, start, end, index: i } });
+    const w = new Worker(WORKER_SRC, { eval: true, workerData: { src, dst, ctl, start, end, index: i, kind } });
     w.on('message', (m: { index: number; round: number; dt: number }) => {
       const arr = results.get(m.round) ?? [];
       arr.push(m.dt);
@@ -129,17 +157,41 @@ export async function measureParallelCopyBandwidth(threads: number, opts: Bandwi
     Atomics.notify(c, 0);
     await Promise.all(workers.map((w) => w.terminate()));
   }
-  return result(threads, bytes, runs, best);
+  return result(kind, threads, bytes, runs, best);
 }
 
-/** Both measurements; the bound for the engine's 2 threads is the larger read bandwidth. */
+/**
+ * All measurements: copy and read, on the main thread and with `threads` (default 2) workers.
+ * The bound for the engine's 2 threads is `bestReadBytesPerS`, the highest read figure.
+ */
 export async function measureBandwidth(opts: BandwidthOptions & { threads?: number } = {}): Promise<{
-  single: BandwidthResult;
-  parallel: BandwidthResult | null;
+  copy: BandwidthResult;
+  read: BandwidthResult;
+  parallelCopy: BandwidthResult | null;
+  parallelRead: BandwidthResult | null;
   bestReadBytesPerS: number;
 }> {
-  const single = measureCopyBandwidth(opts);
+  const copy = measureCopyBandwidth(opts);
+  const read = measureReadBandwidth(opts);
   const t = opts.threads ?? 2;
-  const parallel = t > 1 ? await measureParallelCopyBandwidth(t, opts) : null;
-  return { single, parallel, bestReadBytesPerS: Math.max(single.readBytesPerS, parallel?.readBytesPerS ?? 0) };
+  const parallelCopy = t > 1 ? await measureParallelBandwidth('copy', t, opts) : null;
+  const parallelRead = t > 1 ? await measureParallelBandwidth('read', t, opts) : null;
+  const bestReadBytesPerS = Math.max(...[copy, read, parallelCopy, parallelRead].map((r) => r?.readBytesPerS ?? 0));
+  return { copy, read, parallelCopy, parallelRead, bestReadBytesPerS };
+}
+
+// CLI: node dist/bench/bandwidth.js [--threads 2]
+if (process.argv[1] && import.meta.url === (await import('node:url')).pathToFileURL(process.argv[1]).href) {
+  const i = process.argv.indexOf('--threads');
+  const threads = i > 0 ? Number(process.argv[i + 1]) : 2;
+  const r = await measureBandwidth({ threads });
+  for (const x of [r.copy, r.read, r.parallelCopy, r.parallelRead]) {
+    if (!x) continue;
+    console.log(
+      `${x.kind} x${x.threads}: read ${(x.readBytesPerS / 1e9).toFixed(2)} GB/s` +
+        (x.kind === 'copy' ? `, read+write ${(x.copyBytesPerS / 1e9).toFixed(2)} GB/s` : '') +
+        ` (best of ${x.runs}, ${x.bytes / 2 ** 20} MiB)`,
+    );
+  }
+  console.log(`bound: ${(r.bestReadBytesPerS / 1e9).toFixed(2)} GB/s read`);
 }
