@@ -10,7 +10,7 @@ namespace weft {
 
 // Codes cross into JS as the `code` property; the strings are the catalog's (src/errors.ts).
 enum class Err {
-  ModelNotFound, ModelFormat, UnsupportedArch, UnsupportedDtype, TensorMissing, TensorShape,
+  ModelNotFound, ModelFormat, UnsupportedArch, UnsupportedDtype, TensorMissing, TensorShape, Tokenizer,
   BadArgument, TokenOutOfRange, ContextOverflow, BatchTooLarge, KvExhausted, SequenceNotFound,
   SequenceParked, SequenceBusy, ContextBusy, Cancelled, Disposed, Internal,
 };
@@ -23,6 +23,7 @@ inline const char* errCode(Err e) {
     case Err::UnsupportedDtype: return "WEFT_UNSUPPORTED_DTYPE";
     case Err::TensorMissing: return "WEFT_TENSOR_MISSING";
     case Err::TensorShape: return "WEFT_TENSOR_SHAPE";
+    case Err::Tokenizer: return "WEFT_TOKENIZER";
     case Err::BadArgument: return "WEFT_BAD_ARGUMENT";
     case Err::TokenOutOfRange: return "WEFT_TOKEN_OUT_OF_RANGE";
     case Err::ContextOverflow: return "WEFT_CONTEXT_OVERFLOW";

@@ -1,0 +1,31 @@
+/** One catalog: src/errors.ts, the native list (native/src/common.h) and docs/errors.md agree. */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { expect, test } from 'vitest';
+import { ERRORS, WeftError, toWeftError } from '../src/errors.js';
+
+const root = join(import.meta.dirname, '..');
+const catalog = Object.keys(ERRORS).sort();
+
+test('every catalog code is documented in docs/errors.md, and nothing else is', () => {
+  const doc = readFileSync(join(root, 'docs', 'errors.md'), 'utf8');
+  const documented = [...doc.matchAll(/^\| `(WEFT_[A-Z_]+)` \| (\d+) \|/gm)];
+  expect(documented.map((m) => m[1]).sort()).toEqual(catalog);
+  for (const m of documented) expect(Number(m[2]), m[1]).toBe(ERRORS[m[1] as keyof typeof ERRORS].status);
+});
+
+test('the native code list is the catalog', () => {
+  const header = readFileSync(join(root, 'native', 'src', 'common.h'), 'utf8');
+  const native = [...new Set([...header.matchAll(/return "(WEFT_[A-Z_]+)"/g)].map((m) => m[1]))].sort();
+  expect(native).toEqual(catalog);
+});
+
+test('toWeftError keeps catalog codes and maps anything else to WEFT_INTERNAL', () => {
+  const coded = Object.assign(new Error('no pages'), { code: 'WEFT_KV_EXHAUSTED' });
+  expect(toWeftError(coded).code).toBe('WEFT_KV_EXHAUSTED');
+  expect(toWeftError(coded).status).toBe(503);
+  expect(toWeftError(new Error('boom')).code).toBe('WEFT_INTERNAL');
+  expect(toWeftError(Object.assign(new Error('x'), { code: 'ENOENT' })).code).toBe('WEFT_INTERNAL');
+  const e = new WeftError('WEFT_BAD_ARGUMENT', 'bad');
+  expect(toWeftError(e)).toBe(e);
+});
