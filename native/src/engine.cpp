@@ -30,9 +30,7 @@ ExecContext::ExecContext(const Model& model, const EngineOptions& opt) : opt_(op
   pos_.resize(T);
   seqOf_.resize(T);
   rowToken_.resize(R);
-  const int64_t maxK = std::max<int64_t>({H, qDim, c.ffn});
   const int maxPos = opt.maxContext;
-  panel_.assign(pool_.size(), std::vector<float>(cpu::kPanelRows * maxK));
   scores_.assign(pool_.size(), std::vector<float>(maxPos));
   samplerScratch_.resize(pool_.size());
   for (auto& s : samplerScratch_) {
@@ -102,13 +100,12 @@ void ExecContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     // attention input norm, then the q/k/v projections (one parallel region for all three)
     normRows(L.inputNorm);
     pool_.run([&](int ti, int nth) {
-      float* panel = panel_[ti].data();
       int64_t n0, n1;
       ThreadPool::chunk(qDim, cpu::kPanelRows, ti, nth, n0, n1);
-      gemm(xb_.data(), T, H, L.q, n0, n1, q_.data(), qDim, L.qBias.empty() ? nullptr : L.qBias.data(), false, panel);
+      gemm(xb_.data(), T, H, L.q, n0, n1, q_.data(), qDim, L.qBias.empty() ? nullptr : L.qBias.data(), false);
       ThreadPool::chunk(kvDim, cpu::kPanelRows, ti, nth, n0, n1);
-      gemm(xb_.data(), T, H, L.k, n0, n1, k_.data(), kvDim, L.kBias.empty() ? nullptr : L.kBias.data(), false, panel);
-      gemm(xb_.data(), T, H, L.v, n0, n1, v_.data(), kvDim, L.vBias.empty() ? nullptr : L.vBias.data(), false, panel);
+      gemm(xb_.data(), T, H, L.k, n0, n1, k_.data(), kvDim, L.kBias.empty() ? nullptr : L.kBias.data(), false);
+      gemm(xb_.data(), T, H, L.v, n0, n1, v_.data(), kvDim, L.vBias.empty() ? nullptr : L.vBias.data(), false);
     });
     // RoPE on q and k, then k and v into each token's KV page slot
     pool_.run([&](int ti, int nth) {
@@ -150,17 +147,16 @@ void ExecContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     pool_.run([&](int ti, int nth) {
       int64_t n0, n1;
       ThreadPool::chunk(H, cpu::kPanelRows, ti, nth, n0, n1);
-      gemm(att_.data(), T, qDim, L.o, n0, n1, x_.data(), H, nullptr, true, panel_[ti].data());
+      gemm(att_.data(), T, qDim, L.o, n0, n1, x_.data(), H, nullptr, true);
     });
     // MLP: norm, gate and up with SwiGLU applied to each thread's columns while still in cache
     normRows(L.postNorm);
     pool_.run([&](int ti, int nth) {
-      float* panel = panel_[ti].data();
       int64_t n0, n1;
       ThreadPool::chunk(F, cpu::kPanelRows, ti, nth, n0, n1);
       if (n0 >= n1) return;
-      gemm(xb_.data(), T, H, L.gate, n0, n1, gate_.data(), F, nullptr, false, panel);
-      gemm(xb_.data(), T, H, L.up, n0, n1, up_.data(), F, nullptr, false, panel);
+      gemm(xb_.data(), T, H, L.gate, n0, n1, gate_.data(), F, nullptr, false);
+      gemm(xb_.data(), T, H, L.up, n0, n1, up_.data(), F, nullptr, false);
       for (int64_t t = 0; t < T; t++) {
         float* g = gate_.data() + t * F + n0;
         cpu::siluMul(g, up_.data() + t * F + n0, n1 - n0, g);
@@ -169,7 +165,7 @@ void ExecContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     pool_.run([&](int ti, int nth) {
       int64_t n0, n1;
       ThreadPool::chunk(H, cpu::kPanelRows, ti, nth, n0, n1);
-      gemm(gate_.data(), T, F, L.down, n0, n1, x_.data(), H, nullptr, true, panel_[ti].data());
+      gemm(gate_.data(), T, F, L.down, n0, n1, x_.data(), H, nullptr, true);
     });
   }
 
@@ -184,7 +180,7 @@ void ExecContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
   pool_.run([&](int ti, int nth) {
     int64_t n0, n1;
     ThreadPool::chunk(V, cpu::kPanelRows, ti, nth, n0, n1);
-    gemm(logitIn_.data(), R, H, model.lmHead, n0, n1, logits_.data(), V, nullptr, false, panel_[ti].data());
+    gemm(logitIn_.data(), R, H, model.lmHead, n0, n1, logits_.data(), V, nullptr, false);
   });
   for (size_t e = 0; e < entries.size(); e++) {
     if (entries[e].logits == LogitsMode::None) continue;

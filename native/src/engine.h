@@ -82,7 +82,7 @@ class ExecContext {
   std::vector<float> logits_;        // (R, vocab)
   std::vector<int32_t> tok_, pos_, seqOf_;  // (T)
   std::vector<int32_t> rowToken_;    // (R) which token each logits row comes from
-  std::vector<std::vector<float>> panel_, scores_;  // per thread
+  std::vector<std::vector<float>> scores_;         // per thread: attention scores
   std::vector<SamplerScratch> samplerScratch_;     // per thread
   std::vector<std::vector<const uint8_t*>> pageK_, pageV_;  // per thread page-base lists
 };

@@ -34,17 +34,30 @@ static void convertRows(const void* src, DType dtype, int64_t count, float* dst)
   }
 }
 
+// Weight element loads: f32 directly, f16/bf16 converted in registers (exact conversions, so a
+// dot product gives the same bits whichever path computed it).
+template <DType WT>
+static inline vf loadW(const void* W, int64_t i) {
+#if WEFT_SIMD
+  if constexpr (WT == DType::F16) return loadF16(static_cast<const uint16_t*>(W) + i);
+  else if constexpr (WT == DType::BF16) return loadBF16(static_cast<const uint16_t*>(W) + i);
+  else return load(static_cast<const float*>(W) + i);
+#else
+  return loadScalar(W, WT, i);
+#endif
+}
+
 // out[r * C + c] = dot(X row r, W row c) for an R x C block; one accumulator per output,
-// k ascending, so the value is the same whatever block it is computed in.
-template <int R, int C>
-static void microKernel(const float* X, int64_t ldx, const float* W, int64_t ldw, int64_t K, float* out) {
+// k ascending, so the value is the same whatever block or path it is computed in.
+template <int R, int C, DType WT>
+static void microKernel(const float* X, int64_t ldx, const void* W, int64_t ldw, int64_t K, float* out) {
   vf acc[R][C];
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = zero();
   int64_t k = 0;
   for (; k + VL <= K; k += VL) {
     vf w[C];
-    for (int c = 0; c < C; c++) w[c] = load(W + c * ldw + k);
+    for (int c = 0; c < C; c++) w[c] = loadW<WT>(W, c * ldw + k);
     for (int r = 0; r < R; r++) {
       vf x = load(X + r * ldx + k);
       for (int c = 0; c < C; c++) acc[r][c] = simd::fma(x, w[c], acc[r][c]);
@@ -53,46 +66,49 @@ static void microKernel(const float* X, int64_t ldx, const float* W, int64_t ldw
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) {
       float s = simd::sum(acc[r][c]);
-      for (int64_t kk = k; kk < K; kk++) s = std::fma(X[r * ldx + kk], W[c * ldw + kk], s);
+      for (int64_t kk = k; kk < K; kk++) s = std::fma(X[r * ldx + kk], loadScalar(W, WT, c * ldw + kk), s);
       out[r * C + c] = s;
     }
 }
 
-using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*);
+using MicroFn = void (*)(const float*, int64_t, const void*, int64_t, int64_t, float*);
 
-template <int R, int... Cs>
+template <DType WT, int R, int... Cs>
 static constexpr void fillRow(MicroFn* row, std::integer_sequence<int, Cs...>) {
-  ((row[Cs] = &microKernel<R, Cs + 1>), ...);
+  ((row[Cs] = &microKernel<R, Cs + 1, WT>), ...);
 }
-template <int... Rs>
+template <DType WT, int... Rs>
 static constexpr void fillTable(MicroFn (*table)[kColBlock], std::integer_sequence<int, Rs...>) {
-  ((fillRow<Rs + 1>(table[Rs], std::make_integer_sequence<int, kColBlock>{})), ...);
+  ((fillRow<WT, Rs + 1>(table[Rs], std::make_integer_sequence<int, kColBlock>{})), ...);
 }
 struct MicroTable {
-  MicroFn fn[kRowBlock][kColBlock];
-  MicroTable() { fillTable(fn, std::make_integer_sequence<int, kRowBlock>{}); }
+  MicroFn fn[3][kRowBlock][kColBlock];  // by weight dtype
+  MicroTable() {
+    fillTable<DType::F32>(fn[0], std::make_integer_sequence<int, kRowBlock>{});
+    fillTable<DType::F16>(fn[1], std::make_integer_sequence<int, kRowBlock>{});
+    fillTable<DType::BF16>(fn[2], std::make_integer_sequence<int, kRowBlock>{});
+  }
 };
 static const MicroTable kMicro;
 
+// Weights are read straight from the mapped checkpoint and converted in registers, for any number
+// of rows: a block of kColBlock weight rows (a few KB) stays in L1 while every row block of X
+// passes over it. (Converting panels of weights to f32 scratch first measured slower at every
+// batch size.)
 void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
-          float* Y, int64_t ldy, const float* bias, bool accumulate, float* panel) {
+          float* Y, int64_t ldy, const float* bias, bool accumulate) {
   const int64_t K = W.cols;
+  const size_t elt = dtypeSize(W.dtype);
+  const auto& table = kMicro.fn[int(W.dtype)];
   float out[kRowBlock * kColBlock];
   for (int64_t p = n0; p < n1; p += kPanelRows) {
     const int64_t pc = std::min<int64_t>(kPanelRows, n1 - p);
-    const float* Wp;
-    if (W.dtype == DType::F32) {
-      Wp = static_cast<const float*>(W.data) + p * K;
-    } else {
-      const uint8_t* src = static_cast<const uint8_t*>(W.data) + p * K * 2;
-      convertRows(src, W.dtype, pc * K, panel);
-      Wp = panel;
-    }
+    const uint8_t* Wp = static_cast<const uint8_t*>(W.data) + p * K * elt;
     for (int64_t t = 0; t < T; t += kRowBlock) {
       const int r = int(std::min<int64_t>(kRowBlock, T - t));
       for (int64_t c0 = 0; c0 < pc; c0 += kColBlock) {
         const int c = int(std::min<int64_t>(kColBlock, pc - c0));
-        kMicro.fn[r - 1][c - 1](X + t * ldx, ldx, Wp + c0 * K, K, K, out);
+        table[r - 1][c - 1](X + t * ldx, ldx, Wp + c0 * K * elt, K, K, out);
         for (int i = 0; i < r; i++) {
           float* y = Y + (t + i) * ldy + p + c0;
           for (int j = 0; j < c; j++) {

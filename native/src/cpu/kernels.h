@@ -16,12 +16,11 @@ struct WeightView {
   int64_t cols = 0;  // input features (K)
 };
 
-constexpr int64_t kPanelRows = 16;  // weight rows converted to f32 at a time
+constexpr int64_t kPanelRows = 16;  // weight rows per unit of work (threads split at this grain)
 
 // Y[t, n] = bias[n] + sum_k X[t, k] * W[n, k] (+ Y[t, n] when accumulate), for n in [n0, n1).
-// `panel` is per-thread scratch of kPanelRows * W.cols floats.
 void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
-          float* Y, int64_t ldy, const float* bias, bool accumulate, float* panel);
+          float* Y, int64_t ldy, const float* bias, bool accumulate);
 
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
 void rmsnorm(const float* x, const float* w, float eps, int64_t n, float* out);
