@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/simd.h"
+
 namespace weft {
 
 void Rng::seed(uint64_t s) {
@@ -37,6 +39,25 @@ struct ByLogit {
   bool operator()(int32_t a, int32_t b) const { return l[a] > l[b] || (l[a] == l[b] && a < b); }
 };
 
+// out[i] = exp((l[i] - top) * scale) (all arguments <= 0), returning their sum accumulated per
+// vector lane block in a fixed order (so the same logits always give the same sum).
+double expShifted(const float* l, int n, float top, float scale, float* out) {
+  using namespace simd;
+  const vf vtop = set1(top), vscale = set1(scale);
+  double total = 0;
+  int i = 0;
+  for (; i + VL <= n; i += VL) {
+    vf e = expNonPositive(mul(sub(load(l + i), vtop), vscale));
+    store(out + i, e);
+    total += sum(e);
+  }
+  for (; i < n; i++) {
+    out[i] = std::exp((l[i] - top) * scale);
+    total += out[i];
+  }
+  return total;
+}
+
 int32_t argmax(const float* l, int vocab) {
   int32_t best = 0;
   for (int i = 1; i < vocab; i++)
@@ -52,15 +73,14 @@ SampleResult sample(float* logits, int vocab, SamplerState& state, const std::ve
   SampleResult res;
   scratch.values.resize(vocab);
   scratch.ids.resize(vocab);
+  scratch.probs.resize(vocab);
   float* raw = scratch.values.data();
+  float* prob = scratch.probs.data();
   std::copy(logits, logits + vocab, raw);
 
   // log-softmax normalizer of the model's own distribution (before penalties and temperature)
-  float maxRaw = raw[0];
-  for (int i = 1; i < vocab; i++) maxRaw = std::max(maxRaw, raw[i]);
-  double total = 0;
-  for (int i = 0; i < vocab; i++) total += std::exp(double(raw[i]) - maxRaw);
-  const double logNorm = maxRaw + std::log(total);
+  const float maxRaw = *std::max_element(raw, raw + vocab);
+  const double logNorm = maxRaw + std::log(expShifted(raw, vocab, maxRaw, 1.0f, prob));
 
   // penalties
   if (p.repetitionPenalty != 1.0f) {  // once per distinct token of the history
@@ -93,22 +113,26 @@ SampleResult sample(float* logits, int vocab, SamplerState& state, const std::ve
       sorted = true;
     }
     const float top = sorted ? logits[ids[0]] : *std::max_element(logits, logits + vocab);
-    double mass = 0;  // unnormalized probability mass of the candidates
-    for (int i = 0; i < n; i++) mass += std::exp((double(logits[ids[i]]) - top) * invT);
+    // prob[id]: unnormalized probability at this temperature
+    double mass = expShifted(logits, vocab, top, float(invT), prob);
+    if (n < vocab) {  // top-k: only the candidates count
+      mass = 0;
+      for (int i = 0; i < n; i++) mass += prob[ids[i]];
+    }
     if (p.topP < 1.0f) {
       const double want = double(p.topP) * mass;
       if (!sorted) {  // sort the head first; fall back to a full sort only when it holds too little mass
         int head = std::min(n, 1024);
         std::partial_sort(ids, ids + head, ids + n, by);
         double cum = 0;
-        for (int i = 0; i < head; i++) cum += std::exp((double(logits[ids[i]]) - top) * invT);
+        for (int i = 0; i < head; i++) cum += prob[ids[i]];
         if (cum < want && head < n) std::sort(ids + head, ids + n, by);
         sorted = true;
       }
       double cum = 0;
       int keep = 0;
       while (keep < n) {
-        cum += std::exp((double(logits[ids[keep]]) - top) * invT);
+        cum += prob[ids[keep]];
         keep++;
         if (cum >= want) break;
       }
@@ -122,7 +146,7 @@ SampleResult sample(float* logits, int vocab, SamplerState& state, const std::ve
       for (int i = 0; i < n; i++)
         if (logits[ids[i]] >= floorLogit) {
           ids[w++] = ids[i];
-          kept += std::exp((double(logits[ids[i]]) - top) * invT);
+          kept += prob[ids[i]];
         }
       n = w;
       mass = kept;
@@ -130,7 +154,7 @@ SampleResult sample(float* logits, int vocab, SamplerState& state, const std::ve
     double u = state.rng.uniform() * mass;
     chosen = ids[n - 1];
     for (int i = 0; i < n; i++) {
-      u -= std::exp((double(logits[ids[i]]) - top) * invT);
+      u -= prob[ids[i]];
       if (u < 0) { chosen = ids[i]; break; }
     }
   }

@@ -47,6 +47,7 @@ struct SampleResult {
 struct SamplerScratch {
   std::vector<float> values;
   std::vector<int32_t> ids;
+  std::vector<float> probs;
   std::vector<uint8_t> mark;  // vocab-sized, all zero between calls
 };
 
