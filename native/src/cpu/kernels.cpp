@@ -100,15 +100,24 @@ void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n
   const int64_t K = W.cols;
   const size_t elt = dtypeSize(W.dtype);
   const auto& table = kMicro.fn[int(W.dtype)];
-  float out[kRowBlock * kColBlock];
+  // a single row (decode of one sequence) streams 8 weight rows at a time: more loads in flight
+  const MicroFn wide = W.dtype == DType::F16 ? &microKernel<1, 8, DType::F16>
+                       : W.dtype == DType::BF16 ? &microKernel<1, 8, DType::BF16>
+                                                : &microKernel<1, 8, DType::F32>;
+  float out[kRowBlock * kColBlock > 8 ? kRowBlock * kColBlock : 8];
   for (int64_t p = n0; p < n1; p += kPanelRows) {
     const int64_t pc = std::min<int64_t>(kPanelRows, n1 - p);
     const uint8_t* Wp = static_cast<const uint8_t*>(W.data) + p * K * elt;
     for (int64_t t = 0; t < T; t += kRowBlock) {
       const int r = int(std::min<int64_t>(kRowBlock, T - t));
-      for (int64_t c0 = 0; c0 < pc; c0 += kColBlock) {
-        const int c = int(std::min<int64_t>(kColBlock, pc - c0));
-        table[r - 1][c - 1](X + t * ldx, ldx, Wp + c0 * K * elt, K, K, out);
+      for (int64_t c0 = 0; c0 < pc;) {
+        int c = int(std::min<int64_t>(kColBlock, pc - c0));
+        if (r == 1 && pc - c0 >= 8) {
+          c = 8;
+          wide(X + t * ldx, ldx, Wp + c0 * K * elt, K, K, out);
+        } else {
+          table[r - 1][c - 1](X + t * ldx, ldx, Wp + c0 * K * elt, K, K, out);
+        }
         for (int i = 0; i < r; i++) {
           float* y = Y + (t + i) * ldy + p + c0;
           for (int j = 0; j < c; j++) {
@@ -117,6 +126,7 @@ void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n
             y[j] = accumulate ? y[j] + v : v;
           }
         }
+        c0 += c;
       }
     }
   }
