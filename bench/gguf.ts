@@ -129,44 +129,9 @@ async function readVocab(dir: string, c: ModelConfig): Promise<Vocab> {
 // Numeric conversion
 // ---------------------------------------------------------------------------------------------
 
-const f32buf = new Float32Array(1);
-const u32buf = new Uint32Array(f32buf.buffer);
-
-/** float32 -> IEEE half bits, round to nearest even (NaN kept, overflow to inf). */
-export function f32ToF16Bits(v: number): number {
-  f32buf[0] = v;
-  const x = u32buf[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let h = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (h & 1))) h++;
-    return sign | h;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++; // may carry into the exponent: correct
-  return sign | h;
-}
-
-/** IEEE half bits -> number. */
-export function f16BitsToF32(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >>> 10) & 0x1f;
-  const m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 0x1f) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
+// f16 conversions are the engine's own (src/engine/dtype.ts), under the names this file's callers use.
+export { f32ToF16 as f32ToF16Bits, f16ToF32 as f16BitsToF32 } from '../src/engine/dtype.js';
+import { f32ToF16 as f32ToF16Bits, f16ToF32 as f16BitsToF32 } from '../src/engine/dtype.js';
 
 /** Decode a raw little-endian tensor (F32/F16/BF16) to float32. */
 function toF32(raw: Buffer, dtype: SafeDType): Float32Array {
