@@ -202,6 +202,58 @@ describe('bad steps', () => {
     seqs.slice(1).forEach((s) => s.free());
   });
 
+  test('hostile input straight to the native binding: coerced numbers, getters that free or dispose, huge arrays', async () => {
+    const s = engine.createSequence();
+    await engine.run([{ sequence: s, tokens: [1, 2, 3] }]);
+    // no silent coercion: NaN or 2^32 + 1 is not an integer token count
+    await expectCode(() => engine.native.truncateSequence(s.id, NaN), 'WEFT_BAD_ARGUMENT');
+    await expectCode(() => engine.native.truncateSequence(s.id, 2 ** 32 + 1), 'WEFT_BAD_ARGUMENT');
+    await expectCode(async () => engine.native.step(NaN, [{ seq: s.id, tokens: [4], logits: 0, sample: false }]), 'WEFT_BAD_ARGUMENT');
+    expect(s.numTokens).toBe(3);
+    // a getter that frees the sequence already read, while the entries are being read
+    const victim = engine.createSequence();
+    const entries = [
+      { seq: victim.id, tokens: [1], logits: 0 as const, sample: false },
+      {
+        seq: s.id,
+        get tokens() {
+          engine.native.freeSequence(victim.id);
+          return [5];
+        },
+        logits: 0 as const,
+        sample: false,
+      },
+    ];
+    await expectCode(async () => engine.native.step(0, entries), 'WEFT_SEQUENCE_NOT_FOUND');
+    // a huge sparse array is refused before anything is allocated for it
+    await expectCode(async () => engine.native.step(0, [{ seq: s.id, tokens: new Array(2 ** 32 - 1), logits: 0, sample: false }]), 'WEFT_CONTEXT_OVERFLOW');
+    // penalties that would overflow logits
+    for (const bad of [{ repetitionPenalty: 1e-40 }, { presencePenalty: 3e38 }, { frequencyPenalty: -1e6 }]) {
+      expect(() => s.setSampling(bad), JSON.stringify(bad)).toThrow(expect.objectContaining({ code: 'WEFT_BAD_ARGUMENT' }));
+    }
+    s.free();
+  });
+
+  test('a getter that disposes the engine mid-step is refused, not a use-after-free', async () => {
+    const other = await Engine.load(dir, { threads: 1 });
+    const s = other.createSequence();
+    const entry = {
+      seq: s.id,
+      get tokens() {
+        other.native.dispose();
+        return [1];
+      },
+      logits: 0 as const,
+      sample: false,
+    };
+    await expectCode(async () => other.native.step(0, [entry]), 'WEFT_DISPOSED');
+  });
+
+  test('absurd engine options are refused before any allocation', async () => {
+    await expectCode(Engine.load(dir, { contexts: 64, threads: 256 }), 'WEFT_BAD_ARGUMENT', /contexts x threads/);
+    await expectCode(Engine.load(dir, { maxBatchTokens: 2 ** 31 - 1 }), 'WEFT_BAD_ARGUMENT', /maxBatchTokens/);
+  });
+
   test('a disposed engine refuses work with WEFT_DISPOSED', async () => {
     const other = await Engine.load(dir, { threads: 1 });
     const s = other.createSequence();

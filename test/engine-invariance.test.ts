@@ -165,14 +165,14 @@ describe('sampling', () => {
     const [r] = await engine.run([{ sequence: plain, tokens: PROMPT, logits: 'last', sample: true }]);
     const top = r!.token!;
     // a huge presence penalty on a token sampled before pushes it away next time
-    const pen = engine.createSequence({ presencePenalty: 1e4, ignoreEos: true });
+    const pen = engine.createSequence({ presencePenalty: 100, ignoreEos: true });
     const [a] = await engine.run([{ sequence: pen, tokens: PROMPT, sample: true }]);
     expect(a!.token).toBe(top);
     pen.truncate(PROMPT.length - 1);
     const [b] = await engine.run([{ sequence: pen, tokens: [PROMPT.at(-1)!], sample: true }]);
     expect(b!.token).not.toBe(top);
     // a repetition penalty applies to prompt tokens: when the argmax is in the prompt it moves
-    const rep = engine.createSequence({ repetitionPenalty: 1e4, ignoreEos: true });
+    const rep = engine.createSequence({ repetitionPenalty: 100, ignoreEos: true });
     const [c] = await engine.run([{ sequence: rep, tokens: [...PROMPT, top], sample: true }]);
     expect([...PROMPT, top]).not.toContain(c!.token);
     [plain, pen, rep].forEach((s) => s.free());

@@ -53,6 +53,13 @@ int intField(const Napi::Object& o, const char* key, int fallback, bool required
   return int(d);
 }
 
+int intArg(const Napi::Value& v, const char* what) {
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  if (!std::isfinite(d) || d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0)
+    throw WeftError(Err::BadArgument, std::string(what) + " must be an integer");
+  return int(d);
+}
+
 DType parseDtype(const std::string& s, const std::string& where) {
   if (s == "F32") return DType::F32;
   if (s == "F16") return DType::F16;
@@ -181,8 +188,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
   Napi::Value TruncateSequence(const Napi::CallbackInfo& info) {
     return guarded(info.Env(), [&] {
-      if (info.Length() < 2 || !info[1].IsNumber()) throw WeftError(Err::BadArgument, "truncate(id, numTokens): numTokens must be a number");
-      engine().truncate(seqId(info), info[1].As<Napi::Number>().Int32Value());
+      if (info.Length() < 2) throw WeftError(Err::BadArgument, "truncate(id, numTokens): numTokens is missing");
+      const int n = intArg(info[1], "truncate: numTokens");
+      engine().truncate(seqId(info), n);
       return info.Env().Undefined();
     });
   }
@@ -224,7 +232,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       Napi::Value stop = o.Get("stopTokens");
       if (stop.IsArray()) {
         Napi::Array a = stop.As<Napi::Array>();
-        for (uint32_t i = 0; i < a.Length(); i++) p.stopTokens.push_back(a.Get(i).As<Napi::Number>().Int32Value());
+        for (uint32_t i = 0; i < a.Length(); i++) p.stopTokens.push_back(intArg(a.Get(i), "sampling: a stop token"));
       }
       engine().setSampling(id, p);
       return info.Env().Undefined();
@@ -330,9 +338,10 @@ class StepWorker : public Napi::AsyncWorker {
   }
   void OnOK() override {
     Napi::Env env = Env();
+    const int V = wrap_->engine_->model().cfg.vocab;
     wrap_->engine_->finish(ctx_, entries_, true);
     wrap_->inflight_--;
-    const int V = wrap_->engine_->model().cfg.vocab;
+    wrap_->settled();  // claims are released before any JS value is made (that may throw)
     Napi::Array results = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); i++) {
       const StepOutput& o = out_[i];
@@ -360,7 +369,6 @@ class StepWorker : public Napi::AsyncWorker {
       }
       results.Set(uint32_t(i), r);
     }
-    wrap_->settled();
     deferred_.Resolve(results);
   }
   void OnError(const Napi::Error& err) override {
@@ -382,29 +390,43 @@ class StepWorker : public Napi::AsyncWorker {
 };
 
 // step(ctx, [{seq, tokens: Int32Array | number[], logits: 0|1|2, sample: bool}]) -> Promise<results>
+// Reading the entries can run JS (getters, proxies) that frees sequences or disposes the engine,
+// so every value is copied first and sequences are resolved only afterwards.
 Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    Engine& e = engine();
+    // more tokens than the context limit are refused before any allocation (prepare() checks the
+    // step budget and the sequence's own room)
+    const int maxContext = engine().maxContext();
     if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray())
       throw WeftError(Err::BadArgument, "step(context, entries): context must be a number and entries an array");
-    const int ctx = info[0].As<Napi::Number>().Int32Value();
+    const int ctx = intArg(info[0], "context");
     Napi::Array arr = info[1].As<Napi::Array>();
-    std::vector<StepEntry> entries(arr.Length());
-    for (uint32_t i = 0; i < arr.Length(); i++) {
+    const uint32_t numEntries = arr.Length();
+    if (numEntries > uint32_t(opt_.maxBatchSequences))
+      throw WeftError(Err::BatchTooLarge, "step has " + std::to_string(numEntries) + " sequences, the limit is " + std::to_string(opt_.maxBatchSequences));
+    std::vector<StepEntry> entries(numEntries);
+    std::vector<int64_t> ids(numEntries);
+    for (uint32_t i = 0; i < numEntries; i++) {
       Napi::Value v = arr.Get(i);
       if (!v.IsObject()) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + " must be an object");
       Napi::Object o = v.As<Napi::Object>();
       Napi::Value sv = o.Get("seq");
       if (!sv.IsNumber()) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": seq must be a number");
-      entries[i].seq = &e.get(int64_t(sv.As<Napi::Number>().DoubleValue()));
+      ids[i] = int64_t(sv.As<Napi::Number>().DoubleValue());
       Napi::Value tv = o.Get("tokens");
-      if (tv.IsTypedArray() && tv.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+      const bool typed = tv.IsTypedArray() && tv.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array;
+      if (!typed && !tv.IsArray())
+        throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": tokens must be an Int32Array or an array");
+      const size_t n = typed ? tv.As<Napi::Int32Array>().ElementLength() : tv.As<Napi::Array>().Length();
+      if (n > size_t(maxContext))
+        throw WeftError(Err::ContextOverflow, "step entry " + std::to_string(i) + " has " + std::to_string(n) + " tokens, the context limit is " + std::to_string(maxContext));
+      if (typed) {
         Napi::Int32Array ta = tv.As<Napi::Int32Array>();
-        entries[i].tokens.assign(ta.Data(), ta.Data() + ta.ElementLength());
-      } else if (tv.IsArray()) {
+        entries[i].tokens.assign(ta.Data(), ta.Data() + n);
+      } else {
         Napi::Array ta = tv.As<Napi::Array>();
-        entries[i].tokens.resize(ta.Length());
-        for (uint32_t j = 0; j < ta.Length(); j++) {
+        entries[i].tokens.resize(n);
+        for (uint32_t j = 0; j < n; j++) {
           Napi::Value x = ta.Get(j);
           if (!x.IsNumber()) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": tokens must be integers");
           const double d = x.As<Napi::Number>().DoubleValue();
@@ -412,16 +434,22 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
             throw WeftError(Err::TokenOutOfRange, "token id " + std::to_string(d) + " is not a valid integer id");
           entries[i].tokens[j] = int32_t(d);
         }
-      } else {
-        throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": tokens must be an Int32Array or an array");
       }
       const int lm = intField(o, "logits", 0);
       if (lm < 0 || lm > 2) throw WeftError(Err::BadArgument, "step entry " + std::to_string(i) + ": logits must be 0, 1 or 2");
       entries[i].logits = LogitsMode(lm);
       entries[i].sample = o.Get("sample").ToBoolean();
     }
+    Engine& e = engine();  // again: the reads above may have disposed it
+    for (uint32_t i = 0; i < numEntries; i++) entries[i].seq = &e.get(ids[i]);
     e.prepare(ctx, entries);
-    auto* w = new StepWorker(info.Env(), this, ctx, std::move(entries));
+    StepWorker* w;
+    try {
+      w = new StepWorker(info.Env(), this, ctx, std::move(entries));
+    } catch (...) {
+      e.finish(ctx, entries, false);
+      throw;
+    }
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <string>
 
 namespace weft {
@@ -197,9 +198,13 @@ Engine::Engine(std::unique_ptr<Model> model, const EngineOptions& opt) : model_(
   };
   need(opt_.numContexts >= 1 && opt_.numContexts <= 64, "contexts must be in 1..64");
   need(opt_.numThreads >= 1 && opt_.numThreads <= 256, "threads must be in 1..256");
-  need(opt_.maxBatchTokens >= 1, "maxBatchTokens must be positive");
-  need(opt_.maxBatchSequences >= 1, "maxBatchSequences must be positive");
-  need(opt_.maxLogitRows >= 1, "maxLogitRows must be positive");
+  need(opt_.numThreads * opt_.numContexts <= 1024, "contexts x threads must be at most 1024");
+  need(opt_.maxBatchTokens >= 1 && opt_.maxBatchTokens <= 65536, "maxBatchTokens must be in 1..65536");
+  need(opt_.maxBatchSequences >= 1 && opt_.maxBatchSequences <= 4096, "maxBatchSequences must be in 1..4096");
+  need(opt_.maxLogitRows >= 1 && opt_.maxLogitRows <= 4096, "maxLogitRows must be in 1..4096");
+  need(opt_.kvPageTokens >= 1 && opt_.kvPageTokens <= 4096, "kvPageTokens must be in 1..4096");
+  // the logits buffer is the largest per-context allocation: keep each under 4 GiB
+  need(uint64_t(opt_.maxLogitRows) * uint64_t(c.vocab) * 4 <= (4ull << 30), "maxLogitRows x vocab x 4 bytes must be at most 4 GiB");
   need(opt_.maxContext >= 0, "maxContext must not be negative");
   maxContext_ = opt_.maxContext > 0 ? std::min(opt_.maxContext, c.maxPositions) : c.maxPositions;
   opt_.maxContext = maxContext_;
@@ -290,9 +295,10 @@ void Engine::setSampling(int64_t id, const SamplingParams& p) {
   if (p.topK < 0) bad("top_k must be >= 0");
   if (!(p.topP > 0 && p.topP <= 1)) bad("top_p must be in (0, 1]");
   if (!(p.minP >= 0 && p.minP <= 1)) bad("min_p must be in [0, 1]");
-  if (!(p.repetitionPenalty > 0) || !std::isfinite(p.repetitionPenalty)) bad("repetition_penalty must be a finite number > 0");
-  if (!std::isfinite(p.presencePenalty)) bad("presence_penalty must be finite");
-  if (!std::isfinite(p.frequencyPenalty)) bad("frequency_penalty must be finite");
+  // bounded so that penalized logits stay finite
+  if (!(p.repetitionPenalty >= 0.01f && p.repetitionPenalty <= 100)) bad("repetition_penalty must be in [0.01, 100]");
+  if (!(p.presencePenalty >= -100 && p.presencePenalty <= 100)) bad("presence_penalty must be in [-100, 100]");
+  if (!(p.frequencyPenalty >= -100 && p.frequencyPenalty <= 100)) bad("frequency_penalty must be in [-100, 100]");
   if (p.logprobs < 0 || p.logprobs > 20) bad("logprobs must be in 0..20");
   for (int32_t t : p.stopTokens)
     if (t < 0 || t >= model_->cfg.vocab) throw WeftError(Err::TokenOutOfRange, "stop token " + std::to_string(t) + " is outside the vocabulary", id);
@@ -353,7 +359,8 @@ void Engine::execute(int ctx, std::vector<StepEntry>& entries, std::vector<StepO
     s.tokens.insert(s.tokens.end(), e.tokens.begin(), e.tokens.end());
     s.numTokens += int(e.tokens.size());
   }
-  // Sample from the last row of each entry that asked (logits were copied out first).
+  // Sample from the last row of each entry that asked (logits were copied out first). Should
+  // sampling fail (out of memory), the commit above is undone so that the step changes nothing.
   const int V = model_->cfg.vocab;
   std::vector<int> rowOf(entries.size(), -1);
   int r = 0;
@@ -363,7 +370,15 @@ void Engine::execute(int ctx, std::vector<StepEntry>& entries, std::vector<StepO
     else if (e.logits == LogitsMode::Last || e.sample) r += 1;
     if (e.sample) rowOf[i] = r - 1;
   }
-  cx.sampleRows(entries, rowOf, V, out);
+  try {
+    cx.sampleRows(entries, rowOf, V, out);
+  } catch (...) {
+    for (StepEntry& e : entries) {
+      e.seq->numTokens -= int(e.tokens.size());
+      e.seq->tokens.resize(e.seq->numTokens);
+    }
+    throw;
+  }
 }
 
 void Engine::finish(int ctx, std::vector<StepEntry>& entries, bool ok) {
@@ -376,14 +391,22 @@ void Engine::finish(int ctx, std::vector<StepEntry>& entries, bool ok) {
 }
 
 void ExecContext::sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) {
+  // an exception must not leave a pool thread: each thread keeps its own and the first is rethrown
+  std::vector<std::exception_ptr> failed(pool_.size());
   pool_.run([&](int ti, int nth) {
-    for (size_t i = size_t(ti); i < entries.size(); i += size_t(nth)) {
-      if (rowOf[i] < 0) continue;
-      Sequence& s = *entries[i].seq;
-      out[i].sampled = sample(logits_.data() + int64_t(rowOf[i]) * vocab, vocab, s.sampler, s.tokens, samplerScratch_[ti]);
-      out[i].hasSample = true;
+    try {
+      for (size_t i = size_t(ti); i < entries.size(); i += size_t(nth)) {
+        if (rowOf[i] < 0) continue;
+        Sequence& s = *entries[i].seq;
+        out[i].sampled = sample(logits_.data() + int64_t(rowOf[i]) * vocab, vocab, s.sampler, s.tokens, samplerScratch_[ti]);
+        out[i].hasSample = true;
+      }
+    } catch (...) {
+      failed[ti] = std::current_exception();
     }
   });
+  for (auto& f : failed)
+    if (f) std::rethrow_exception(f);
 }
 
 }  // namespace weft

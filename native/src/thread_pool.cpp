@@ -19,7 +19,18 @@ static inline void backoff(int spins) {
 }
 
 ThreadPool::ThreadPool(int numThreads) : numThreads_(numThreads < 1 ? 1 : numThreads) {
-  for (int i = 1; i < numThreads_; i++) workers_.emplace_back([this, i] { workerLoop(i); });
+  try {
+    for (int i = 1; i < numThreads_; i++) workers_.emplace_back([this, i] { workerLoop(i); });
+  } catch (...) {  // thread creation failed: stop and join the ones started, then report
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_.store(true);
+      generation_.fetch_add(1);
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+    throw;
+  }
 }
 
 ThreadPool::~ThreadPool() {
