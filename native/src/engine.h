@@ -30,7 +30,7 @@ struct EngineOptions {
 // its pages returned); `busy` while it is part of a step in flight.
 struct Sequence {
   int64_t id = 0;
-  int numTokens = 0;                 // tokens whose KV is cached
+  std::atomic<int> numTokens{0};     // tokens whose KV is cached (read by sequenceInfo during a step)
   std::vector<int> pages;            // page table: position p is in pages[p / pageTokens]
   std::vector<int32_t> tokens;       // history (for penalties and truncation)
   SamplerState sampler;
