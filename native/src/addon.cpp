@@ -205,7 +205,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       Sequence& s = engine().get(seqId(info));
       Napi::Object o = Napi::Object::New(info.Env());
       o.Set("id", double(s.id));
-      o.Set("numTokens", s.numTokens);
+      o.Set("numTokens", s.numTokens.load());
       o.Set("numPages", double(s.pages.size()));
       o.Set("parked", s.parked);
       o.Set("busy", s.busy);
