@@ -1,6 +1,8 @@
 #include "thread_pool.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <sched.h>
 
 namespace weft {

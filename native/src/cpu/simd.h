@@ -1,7 +1,9 @@
 // A thin vector abstraction over AVX-512, AVX2/FMA/F16C or scalar code, picked at compile time
 // (the addon is built with -march=native on the machine it is installed on).
 #pragma once
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <cmath>
 #include <cstdint>
