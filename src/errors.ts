@@ -23,6 +23,7 @@ export const ERRORS = {
   WEFT_CONTEXT_BUSY: { status: 409, retryable: true, summary: 'The execution context is already running a step (lease one from the pool).' },
   WEFT_CANCELLED: { status: 499, retryable: false, summary: 'The operation was cancelled by its caller.' },
   WEFT_DISPOSED: { status: 410, retryable: false, summary: 'The engine (or context) was disposed.' },
+  WEFT_OVERLOADED: { status: 503, retryable: true, summary: 'The scheduler admission queue is full (gateway only); retry later.' },
   WEFT_INTERNAL: { status: 500, retryable: false, summary: 'An unexpected internal failure; the message says where.' },
 } as const;
 

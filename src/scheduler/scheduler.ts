@@ -1,0 +1,487 @@
+/**
+ * The iteration loop over the Engine. Requests are submitted (a prompt's tokens to prefill, then
+ * decode) and read back as an async iterator of events, apart from submission. Whenever an
+ * execution context is free and there is runnable work, the scheduler builds one batch for it:
+ *
+ *  - the next decode token of generating requests, least recently served first (round-robin when
+ *    there are more than `maxBatchSequences`), one slot kept for a prefill when one is waiting;
+ *  - prefill chunks under the per-step token budget (chunked prefill: a long prompt takes a few
+ *    steps, and the others' decode tokens ride along in each of them);
+ *  - a request whose consumer is blocked (its `isBlocked()` hook says so, or it has more than
+ *    `maxBufferedEvents` unread events) is skipped until it drains;
+ *  - a request is never in two steps at once; a cancel takes effect within one step.
+ *
+ * Admission: at most `maxActive` requests hold KV and are scheduled; the rest wait in a FIFO
+ * queue of at most `maxQueue` (beyond it submit throws WEFT_OVERLOADED). KV pressure: when a
+ * step fails with WEFT_KV_EXHAUSTED the scheduler parks idle sequences (least recently used
+ * first; sequences handed over with `release()`) and retries; with nothing left to park, the
+ * newest request of the batch fails with WEFT_KV_EXHAUSTED so that older ones can finish.
+ * A step that fails for another reason fails its request when it ran alone; in a larger batch
+ * its requests are retried one per step so that one bad request does not fail the others.
+ */
+import { WeftError, toWeftError, type WeftErrorCode } from '../errors.js';
+import type { Engine, SamplingOptions, Sequence, StepEntry, StepResult } from '../engine/engine.js';
+import type { ContextLease } from '../engine/contextPool.js';
+import { Channel } from './channel.js';
+import { TextStopper } from './text-stop.js';
+
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+/** Lifecycle of a request inside the scheduler. */
+export type RequestState = 'queued' | 'prefilling' | 'generating' | 'done';
+
+export interface TokenEvent {
+  type: 'token';
+  /** 0-based index of the generated token. */
+  index: number;
+  token: number;
+  /** Text completed by this token (only when the request was given a decoder; may be ''). */
+  text?: string;
+  logprob?: number;
+  top?: { token: number; logprob: number }[];
+}
+
+export interface DoneEvent {
+  type: 'done';
+  finishReason: FinishReason;
+  /** Text still held back by the decoder at the end (only with a decoder). */
+  text?: string;
+  error?: { code: WeftErrorCode; message: string };
+  usage: { promptTokens: number; cachedTokens: number; completionTokens: number };
+  timing: { queueMs: number; ttftMs: number; durationMs: number };
+}
+
+export type RequestEvent = TokenEvent | DoneEvent;
+
+export interface SubmitOptions {
+  /** Tokens to prefill (appended to the sequence's cached KV). At least one. */
+  tokens: number[];
+  /** An existing sequence (a session's): its KV is kept and extended. Default: a new one, freed at the end. */
+  sequence?: Sequence;
+  /** Set on the sequence before the first step (reseeds its sampler). Required for a new sequence's non-default sampling. */
+  sampling?: SamplingOptions;
+  /** Most tokens to generate. Default 256. */
+  maxTokens?: number;
+  /** Streaming text: a decoder (`tokenizer.createDecoder()`) and optional stop strings. */
+  decoder?: import('../tokenizer/stream-decoder.js').StreamDecoder;
+  stopStrings?: string[];
+  /** Backpressure hook: true while the consumer has too much buffered (e.g. socket bytes). Call `wake()` when it drains. */
+  isBlocked?: () => boolean;
+  signal?: AbortSignal;
+}
+
+export interface SchedulerOptions {
+  /** Most requests holding KV and being scheduled at once. Default: maxBatchSequences × contexts. */
+  maxActive?: number;
+  /** Most requests waiting for admission. Default 256. */
+  maxQueue?: number;
+  /** Tokens per step (decode tokens + prefill chunks). Default and upper bound: the engine's maxBatchTokens. */
+  maxBatchTokens?: number;
+  /** Sequences per step. Default and upper bound: the engine's maxBatchSequences. */
+  maxBatchSequences?: number;
+  /** Unread events after which a request is skipped until its consumer reads. Default 64. */
+  maxBufferedEvents?: number;
+}
+
+let nextRequestId = 1;
+
+/** A submitted request: its events, its state, and cancel. */
+export class ScheduledRequest implements AsyncIterable<RequestEvent> {
+  readonly id = nextRequestId++;
+  state: RequestState = 'queued';
+  readonly events = new Channel<RequestEvent>();
+  /** Token ids this request appended to the sequence's KV (prompt tokens, then fed decode tokens). */
+  readonly fed: number[] = [];
+  /** Generated token ids (stop token excluded). */
+  readonly generated: number[] = [];
+  finishReason: FinishReason | null = null;
+  readonly done: Promise<DoneEvent>;
+
+  /** @internal */ seq: Sequence | null;
+  /** @internal */ ownsSeq: boolean;
+  /** @internal */ offset = 0;
+  /** @internal */ nextToken = -1;
+  /** @internal */ inFlight = false;
+  /** @internal */ cancelRequested = false;
+  /** @internal */ isolate = false;
+  /** @internal */ lastServed = 0;
+  /** @internal */ cachedAtStart = 0;
+  /** @internal */ readonly submittedAt = performance.now();
+  /** @internal */ admittedAt = 0;
+  /** @internal */ firstTokenAt = 0;
+  /** @internal */ stopper: TextStopper | null;
+  /** @internal */ resolveDone!: (e: DoneEvent) => void;
+
+  constructor(
+    private readonly scheduler: Scheduler,
+    readonly opts: SubmitOptions,
+    readonly maxTokens: number,
+  ) {
+    this.seq = opts.sequence ?? null;
+    this.ownsSeq = !opts.sequence;
+    this.stopper = opts.decoder ? new TextStopper(opts.decoder, opts.stopStrings ?? []) : null;
+    this.done = new Promise((r) => (this.resolveDone = r));
+    this.events.onDrain = () => this.scheduler.wake();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<RequestEvent> {
+    return this.events[Symbol.asyncIterator]();
+  }
+
+  /** Stops the request: at once when it is not in a step, else when its step settles. */
+  cancel(): void {
+    this.scheduler.cancel(this);
+  }
+}
+
+export class Scheduler {
+  private readonly queue: ScheduledRequest[] = [];
+  private readonly active: ScheduledRequest[] = [];
+  /** Idle sequences that may be parked under KV pressure, least recently used first. */
+  private readonly idle = new Map<Sequence, number>();
+  private tick = 0;
+  private pumping = false;
+  private closed = false;
+  private readonly inFlightSteps = new Set<Promise<void>>();
+  readonly maxActive: number;
+  readonly maxQueue: number;
+  readonly maxBatchTokens: number;
+  readonly maxBatchSequences: number;
+  readonly maxBufferedEvents: number;
+  private readonly maxContext: number;
+  private readonly vocabSize: number;
+  /** Counters for tests and metrics. */
+  readonly counters = { steps: 0, kvParks: 0, kvRetries: 0 };
+
+  constructor(
+    readonly engine: Engine,
+    opts: SchedulerOptions = {},
+  ) {
+    const st = engine.stats();
+    const pos = (v: number | undefined, name: string, fallback: number, max = Infinity) => {
+      if (v === undefined) return fallback;
+      if (!Number.isInteger(v) || v < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `${name} must be a positive integer (got ${v})`);
+      return Math.min(v, max);
+    };
+    this.maxBatchTokens = pos(opts.maxBatchTokens, 'maxBatchTokens', st.maxBatchTokens, st.maxBatchTokens);
+    this.maxBatchSequences = pos(opts.maxBatchSequences, 'maxBatchSequences', st.maxBatchSequences, Math.min(st.maxBatchSequences, st.maxLogitRows));
+    this.maxActive = pos(opts.maxActive, 'maxActive', this.maxBatchSequences * st.contexts);
+    this.maxQueue = opts.maxQueue === 0 ? 0 : pos(opts.maxQueue, 'maxQueue', 256);
+    this.maxBufferedEvents = pos(opts.maxBufferedEvents, 'maxBufferedEvents', 64);
+    this.maxContext = st.maxContext;
+    this.vocabSize = engine.config.vocabSize;
+  }
+
+  get numActive(): number {
+    return this.active.length;
+  }
+
+  get numQueued(): number {
+    return this.queue.length;
+  }
+
+  /**
+   * Submits a request. Throws WEFT_OVERLOADED when the admission queue is full, WEFT_BAD_ARGUMENT /
+   * WEFT_TOKEN_OUT_OF_RANGE / WEFT_CONTEXT_OVERFLOW for a request that could never run.
+   */
+  submit(opts: SubmitOptions): ScheduledRequest {
+    if (this.closed) throw new WeftError('WEFT_DISPOSED', 'the scheduler was closed');
+    const { tokens } = opts;
+    if (!Array.isArray(tokens) || tokens.length === 0) throw new WeftError('WEFT_BAD_ARGUMENT', 'submit: tokens must be a non-empty array');
+    for (const t of tokens) {
+      if (!Number.isInteger(t) || t < 0 || t >= this.vocabSize) throw new WeftError('WEFT_TOKEN_OUT_OF_RANGE', `token id ${t} is not in [0, ${this.vocabSize})`);
+    }
+    const maxTokens = opts.maxTokens ?? 256;
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `maxTokens must be a positive integer (got ${maxTokens})`);
+    const cached = opts.sequence ? opts.sequence.numTokens : 0;
+    if (cached + tokens.length > this.maxContext) {
+      throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the prompt (${tokens.length} new + ${cached} cached tokens) does not fit the context of ${this.maxContext}`);
+    }
+    if (opts.sequence && [...this.active, ...this.queue].some((r) => r.seq === opts.sequence)) {
+      throw new WeftError('WEFT_SEQUENCE_BUSY', 'the sequence already has a request in the scheduler');
+    }
+    if (this.active.length >= this.maxActive && this.queue.length >= this.maxQueue) {
+      throw new WeftError('WEFT_OVERLOADED', `the admission queue is full (${this.maxQueue} waiting)`);
+    }
+    if (opts.sampling && opts.sequence) this.engine.setSampling(opts.sequence, opts.sampling); // validates now
+    const req = new ScheduledRequest(this, opts, maxTokens);
+    if (opts.sequence) this.idle.delete(opts.sequence);
+    if (opts.signal) {
+      if (opts.signal.aborted) queueMicrotask(() => req.cancel());
+      else opts.signal.addEventListener('abort', () => req.cancel(), { once: true });
+    }
+    this.queue.push(req);
+    this.admit();
+    this.wake();
+    return req;
+  }
+
+  /**
+   * Hands a sequence back between requests (a session's, idle until its next turn): under KV
+   * pressure it may be parked; the next submit with it restores it. Least recently released is
+   * parked first.
+   */
+  release(seq: Sequence): void {
+    this.idle.delete(seq);
+    this.idle.set(seq, ++this.tick);
+  }
+
+  /** Forgets a sequence (before the owner frees it). */
+  forget(seq: Sequence): void {
+    this.idle.delete(seq);
+  }
+
+  cancel(req: ScheduledRequest): void {
+    if (req.state === 'done') return;
+    req.cancelRequested = true;
+    if (!req.inFlight) this.finish(req, 'cancelled');
+    this.wake();
+  }
+
+  /** Re-runs the loop (after a blocked consumer drained). */
+  wake(): void {
+    if (this.pumping || this.closed) return;
+    this.pumping = true;
+    queueMicrotask(() => {
+      this.pumping = false;
+      this.pump();
+    });
+  }
+
+  /** Cancels everything and waits for steps in flight to settle. */
+  async close(): Promise<void> {
+    for (const r of [...this.queue, ...this.active]) this.cancel(r);
+    this.closed = true;
+    await Promise.allSettled([...this.inFlightSteps]);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private admit(): void {
+    while (this.queue.length > 0 && this.active.length < this.maxActive) {
+      const req = this.queue.shift()!;
+      if (req.state === 'done') continue;
+      try {
+        if (!req.seq) req.seq = this.engine.createSequence(req.opts.sampling);
+        else if (req.seq.info().parked) this.restoreWithPressure(req.seq);
+        req.cachedAtStart = req.seq.numTokens;
+      } catch (err) {
+        this.active.push(req); // so finish() can find it
+        this.fail(req, err);
+        continue;
+      }
+      req.admittedAt = performance.now();
+      req.state = 'prefilling';
+      req.lastServed = 0;
+      this.active.push(req);
+    }
+  }
+
+  private restoreWithPressure(seq: Sequence): void {
+    for (;;) {
+      try {
+        call(() => this.engine.native.restoreSequence(seq.id));
+        return;
+      } catch (err) {
+        if (toWeftError(err).code !== 'WEFT_KV_EXHAUSTED' || !this.parkOne()) throw err;
+      }
+    }
+  }
+
+  /** Parks the least recently used idle sequence that holds pages; false when there is none. */
+  private parkOne(): boolean {
+    for (const seq of this.idle.keys()) {
+      let info;
+      try {
+        info = seq.info();
+      } catch {
+        this.idle.delete(seq); // freed by its owner
+        continue;
+      }
+      if (info.parked || info.busy || info.numPages === 0) continue;
+      call(() => this.engine.native.parkSequence(seq.id));
+      this.counters.kvParks++;
+      return true;
+    }
+    return false;
+  }
+
+  private runnable(r: ScheduledRequest): boolean {
+    if (r.inFlight || r.state === 'done' || r.cancelRequested) return false;
+    if (r.state === 'generating' && (r.events.buffered >= this.maxBufferedEvents || r.opts.isBlocked?.() === true)) return false;
+    return true;
+  }
+
+  private pump(): void {
+    if (this.closed) return;
+    this.admit();
+    for (;;) {
+      const candidates = this.active.filter((r) => this.runnable(r));
+      if (candidates.length === 0) return;
+      const lease = this.engine.contexts.tryAcquire();
+      if (!lease) return;
+      const free = this.engine.contexts.numFree + 1;
+      const batch = this.buildBatch(candidates, Math.ceil(candidates.length / free));
+      if (batch.length === 0) {
+        lease.release();
+        return;
+      }
+      this.launch(lease, batch);
+    }
+  }
+
+  private buildBatch(candidates: ScheduledRequest[], share: number): { req: ScheduledRequest; entry: StepEntry; decode: boolean }[] {
+    candidates.sort((a, b) => a.lastServed - b.lastServed || a.id - b.id);
+    const isolated = candidates.find((r) => r.isolate);
+    const pick = isolated ? [isolated] : candidates;
+    const maxSeqs = Math.min(this.maxBatchSequences, Math.max(1, share));
+    const decodes = pick.filter((r) => r.state === 'generating');
+    const prefills = pick.filter((r) => r.state === 'prefilling');
+    const batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[] = [];
+    let tokens = 0;
+    const decodeSlots = prefills.length > 0 ? Math.max(1, maxSeqs - 1) : maxSeqs;
+    for (const r of decodes) {
+      if (batch.length >= decodeSlots || tokens + 1 > this.maxBatchTokens) break;
+      batch.push({ req: r, entry: { sequence: r.seq!, tokens: [r.nextToken], sample: true }, decode: true });
+      tokens += 1;
+    }
+    for (const r of prefills) {
+      if (batch.length >= maxSeqs || tokens >= this.maxBatchTokens) break;
+      const left = r.opts.tokens.length - r.offset;
+      const n = Math.min(left, this.maxBatchTokens - tokens);
+      const chunk = r.opts.tokens.slice(r.offset, r.offset + n);
+      batch.push({ req: r, entry: { sequence: r.seq!, tokens: chunk, sample: n === left }, decode: false });
+      tokens += n;
+    }
+    const now = ++this.tick;
+    for (const b of batch) {
+      b.req.inFlight = true;
+      b.req.lastServed = now;
+    }
+    return batch;
+  }
+
+  private launch(lease: ContextLease, batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[]): void {
+    this.counters.steps++;
+    const p = this.engine
+      .step(lease, batch.map((b) => b.entry))
+      .then(
+        (results) => this.onResults(batch, results),
+        (err) => this.onStepError(batch, err),
+      )
+      .catch((err) => {
+        for (const b of batch) this.fail(b.req, err);
+      })
+      .finally(() => {
+        for (const b of batch) {
+          b.req.inFlight = false;
+          // a cancel that arrived after the results were handled but before this point
+          if (b.req.cancelRequested) this.finish(b.req, 'cancelled');
+        }
+        lease.release();
+        this.inFlightSteps.delete(p);
+        this.wake();
+      });
+    this.inFlightSteps.add(p);
+  }
+
+  private onResults(batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[], results: StepResult[]): void {
+    batch.forEach((b, i) => {
+      const r = b.req;
+      const res = results[i]!;
+      r.fed.push(...Array.from(b.entry.tokens));
+      r.isolate = false;
+      if (!b.decode) r.offset += b.entry.tokens.length;
+      if (r.state === 'done') return;
+      if (r.cancelRequested) return this.finish(r, 'cancelled');
+      if (!b.entry.sample) return; // more prompt to prefill
+      r.state = 'generating';
+      if (res.stop) return this.finish(r, 'stop');
+      const token = res.token!;
+      if (r.firstTokenAt === 0) r.firstTokenAt = performance.now();
+      r.generated.push(token);
+      const ev: TokenEvent = { type: 'token', index: r.generated.length - 1, token };
+      if (res.logprob !== undefined && r.opts.sampling?.logprobs) {
+        ev.logprob = res.logprob;
+        ev.top = res.top ?? [];
+      }
+      let stopped = false;
+      if (r.stopper) {
+        const out = r.stopper.push(token);
+        ev.text = out.text;
+        stopped = out.stop;
+      }
+      r.events.push(ev);
+      if (stopped) return this.finish(r, 'stop');
+      r.nextToken = token;
+      if (r.generated.length >= r.maxTokens || r.cachedAtStart + r.fed.length >= this.maxContext) return this.finish(r, 'length');
+    });
+  }
+
+  private onStepError(batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[], err: unknown): void {
+    const e = toWeftError(err);
+    const live = batch.filter((b) => b.req.state !== 'done');
+    for (const b of live) if (b.req.cancelRequested) this.finish(b.req, 'cancelled');
+    const rest = live.filter((b) => b.req.state !== 'done');
+    if (rest.length === 0) return;
+    if (e.code === 'WEFT_KV_EXHAUSTED') {
+      this.counters.kvRetries++;
+      if (this.parkOne()) return; // retried on the next pump (pages were freed)
+      // nothing idle to park: the newest request gives way to the older ones
+      const newest = rest.reduce((a, b) => (b.req.admittedAt > a.req.admittedAt || (b.req.admittedAt === a.req.admittedAt && b.req.id > a.req.id) ? b : a));
+      this.fail(newest.req, e);
+      return;
+    }
+    if (rest.length === 1) {
+      this.fail(rest[0]!.req, e);
+      return;
+    }
+    for (const b of rest) b.req.isolate = true;
+  }
+
+  private fail(req: ScheduledRequest, err: unknown): void {
+    const e = toWeftError(err);
+    this.finish(req, 'error', { code: e.code, message: e.message });
+  }
+
+  private finish(req: ScheduledRequest, reason: FinishReason, error?: DoneEvent['error']): void {
+    if (req.state === 'done') return;
+    req.state = 'done';
+    req.finishReason = reason;
+    const qi = this.queue.indexOf(req);
+    if (qi >= 0) this.queue.splice(qi, 1);
+    const ai = this.active.indexOf(req);
+    if (ai >= 0) this.active.splice(ai, 1);
+    const now = performance.now();
+    const admitted = req.admittedAt || now;
+    const done: DoneEvent = {
+      type: 'done',
+      finishReason: reason,
+      usage: { promptTokens: req.opts.tokens.length, cachedTokens: req.cachedAtStart, completionTokens: req.generated.length },
+      timing: { queueMs: admitted - req.submittedAt, ttftMs: req.firstTokenAt ? req.firstTokenAt - req.submittedAt : 0, durationMs: now - req.submittedAt },
+    };
+    if (error) done.error = error;
+    if (req.stopper && reason !== 'stop') done.text = req.stopper.flush();
+    // finish() never runs while the sequence is inside a native step (a cancel during a step
+    // waits for the step to settle), so an owned sequence is freed at once
+    if (req.seq && req.ownsSeq) {
+      try {
+        req.seq.free();
+      } catch {
+        /* already gone */
+      }
+    }
+    req.events.push(done);
+    req.events.close();
+    req.resolveDone(done);
+    this.wake();
+  }
+}
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw toWeftError(err);
+  }
+}
