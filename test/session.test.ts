@@ -1,0 +1,101 @@
+/**
+ * Sessions on the embedded default model (its real chat template): multi-turn KV reuse equals a
+ * fresh session given the whole transcript, the state machine, the context policy.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Engine, type SamplingOptions } from '../src/engine/engine.js';
+import { Scheduler } from '../src/scheduler/scheduler.js';
+import { ChatFormat } from '../src/session/chat-format.js';
+import { Session, SessionState, type Turn, type TurnDone } from '../src/session/session.js';
+
+let engine: Engine;
+let sched: Scheduler;
+const SAMPLING: SamplingOptions = { temperature: 0.8, topK: 40, seed: 11 };
+
+beforeAll(async () => {
+  engine = await Engine.load(join(import.meta.dirname, '..', 'models', 'default'), { threads: 2, contexts: 2, kvMemoryBytes: 64 << 20 });
+  sched = new Scheduler(engine);
+});
+afterAll(async () => {
+  await sched.close();
+  engine.dispose();
+});
+
+async function run(turn: Turn): Promise<{ text: string; seqs: number[]; done: TurnDone }> {
+  let text = '';
+  const seqs: number[] = [];
+  for await (const ev of turn) {
+    if (ev.type === 'delta') {
+      text += ev.text;
+      seqs.push(ev.seq);
+    } else return { text, seqs, done: ev };
+  }
+  throw new Error('no done');
+}
+
+describe('session', () => {
+  test('the default template ends a chat answer at the first newline', () => {
+    const f = new ChatFormat(engine.tokenizer!);
+    expect(f.stopStrings).toEqual(['\n']);
+    expect(f.render([{ role: 'user', content: 'Hi' }], true)).toBe('<|endoftext|>And one asked him, saying, Hi\nAnd he answered and said,');
+  });
+
+  test('a follow-up turn reuses the KV and equals a fresh session given the whole transcript', async () => {
+    const a = new Session(sched, { sampling: SAMPLING, maxTokens: 40 });
+    expect(a.state).toBe(SessionState.Idle);
+    const t1 = a.send('Who made the heaven and the earth?');
+    expect([SessionState.Queued, SessionState.Prefilling]).toContain(a.state);
+    const r1 = await run(t1);
+    expect(a.state).toBe(SessionState.Idle);
+    expect(r1.text).not.toContain('\n');
+    expect(r1.text).toBe(r1.done.text);
+    expect(r1.seqs).toEqual(r1.seqs.map((_, i) => i));
+    expect(['stop', 'length']).toContain(r1.done.finishReason);
+    expect(r1.done.usage.cached_tokens).toBe(0);
+
+    const r2 = await run(a.send('And what did he say unto them?'));
+    expect(r2.done.usage.cached_tokens).toBeGreaterThan(0);
+    expect(r2.done.usage.prompt_tokens).toBeGreaterThan(r2.done.usage.cached_tokens);
+
+    const b = new Session(sched, {
+      sampling: SAMPLING,
+      maxTokens: 40,
+      history: [
+        { role: 'user', content: 'Who made the heaven and the earth?' },
+        { role: 'assistant', content: r1.done.text },
+      ],
+    });
+    const rb = await run(b.send('And what did he say unto them?'));
+    expect(rb.done.usage.cached_tokens).toBe(0);
+    expect(rb.done.usage.prompt_tokens).toBe(r2.done.usage.prompt_tokens);
+    expect(rb.text).toBe(r2.text);
+    expect(rb.done.finishReason).toBe(r2.done.finishReason);
+    expect(a.messages.map((m) => m.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
+    expect(a.messages).toEqual(b.messages);
+
+    const before = engine.stats().sequences;
+    await a.close();
+    await b.close();
+    expect(a.state).toBe(SessionState.Closed);
+    expect(engine.stats().sequences).toBe(before - 2);
+    expect(() => a.send('again')).toThrow(expect.objectContaining({ code: 'WEFT_DISPOSED' }));
+  });
+
+  test('busy, cancel, and the context policy', async () => {
+    const s = new Session(sched, { sampling: { ...SAMPLING, ignoreEos: true }, stop: [], maxTokens: 200 });
+    const t = s.send('Tell me of Moses.', { stop: [] });
+    expect(() => s.send('more')).toThrow(expect.objectContaining({ code: 'WEFT_SEQUENCE_BUSY' }));
+    for await (const ev of t) if (ev.type === 'delta') t.cancel(); // cancel after the first token
+    const d = await t.done;
+    expect(d.usage.completion_tokens).toBeLessThanOrEqual(2);
+    expect(d.finishReason).toBe('cancelled');
+    expect(s.state).toBe(SessionState.Idle);
+    const n = s.messages.length;
+    expect(() => s.send('word '.repeat(600))).toThrow(expect.objectContaining({ code: 'WEFT_CONTEXT_OVERFLOW' }));
+    expect(s.messages.length).toBe(n);
+    const r = await run(s.send('Amen.', { maxTokens: 3 }));
+    expect(r.done.usage.cached_tokens).toBeGreaterThan(0);
+    await s.close();
+  });
+});
