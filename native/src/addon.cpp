@@ -1,4 +1,4 @@
-// The one layer that touches Node-API. src/engine/native.ts mirrors this surface in TypeScript.
+// The Node-API layer (with addon_spec.cpp and addon_util.h): the only code that touches Node-API.
 // Every entry point turns native failures into JS errors carrying a catalog `code`; steps run in
 // an AsyncWorker off the JS thread and settle a Promise.
 #include <napi.h>
@@ -7,65 +7,11 @@
 #include <cmath>
 #include <thread>
 
-#include "engine.h"
+#include "addon_util.h"
 #include "cpu/simd.h"
 
 namespace weft {
 namespace {
-
-Napi::Error codedError(Napi::Env env, const char* code, const std::string& msg, int64_t seq = -1) {
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, code));
-  if (seq >= 0) e.Set("sequence", Napi::Number::New(env, double(seq)));
-  return e;
-}
-
-// Runs fn, rethrowing native failures as coded JS errors.
-template <class F>
-auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const WeftError& e) {
-    throw codedError(env, errCode(e.code), e.what(), e.sequence);
-  } catch (const std::bad_alloc&) {
-    throw codedError(env, "WEFT_INTERNAL", "out of host memory");
-  } catch (const std::exception& e) {
-    throw codedError(env, "WEFT_INTERNAL", e.what());
-  }
-}
-
-double num(const Napi::Object& o, const char* key, double fallback, bool required = false) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined() || v.IsNull()) {
-    if (required) throw WeftError(Err::BadArgument, std::string("missing field ") + key);
-    return fallback;
-  }
-  if (!v.IsNumber()) throw WeftError(Err::BadArgument, std::string("field ") + key + " must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
-
-int intField(const Napi::Object& o, const char* key, int fallback, bool required = false) {
-  double d = num(o, key, fallback, required);
-  if (!std::isfinite(d) || d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0)
-    throw WeftError(Err::BadArgument, std::string("field ") + key + " must be an integer");
-  return int(d);
-}
-
-int intArg(const Napi::Value& v, const char* what) {
-  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
-  if (!std::isfinite(d) || d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0)
-    throw WeftError(Err::BadArgument, std::string(what) + " must be an integer");
-  return int(d);
-}
-
-DType parseDtype(const std::string& s, const std::string& where) {
-  if (s == "F32") return DType::F32;
-  if (s == "F16") return DType::F16;
-  if (s == "BF16") return DType::BF16;
-  throw WeftError(Err::UnsupportedDtype, where + ": dtype " + s + " is not supported (F32, F16, BF16)");
-}
 
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
@@ -89,7 +35,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     guarded(info.Env(), [&] {
       if (info.Length() < 1 || !info[0].IsObject()) throw WeftError(Err::BadArgument, "NativeEngine(spec): spec must be an object");
-      parseSpec(info[0].As<Napi::Object>());
+      parseEngineSpec(info[0].As<Napi::Object>(), cfg_, opt_, files_, tensors_);
       return 0;
     });
   }
@@ -114,64 +60,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   std::vector<TensorSpec> tensors_;
 
  private:
-  void parseSpec(const Napi::Object& spec) {
-    Napi::Object c = spec.Get("config").As<Napi::Object>();
-    if (!spec.Get("config").IsObject()) throw WeftError(Err::BadArgument, "spec.config must be an object");
-    cfg_.hidden = intField(c, "hiddenSize", 0, true);
-    cfg_.numLayers = intField(c, "numLayers", 0, true);
-    cfg_.numHeads = intField(c, "numHeads", 0, true);
-    cfg_.numKvHeads = intField(c, "numKvHeads", 0, true);
-    cfg_.headDim = intField(c, "headDim", 0, true);
-    cfg_.ffn = intField(c, "intermediateSize", 0, true);
-    cfg_.vocab = intField(c, "vocabSize", 0, true);
-    cfg_.maxPositions = intField(c, "maxPositionEmbeddings", 0, true);
-    cfg_.rmsEps = float(num(c, "rmsNormEps", 1e-6, true));
-    cfg_.ropeTheta = num(c, "ropeTheta", 10000, true);
-    cfg_.attentionBias = c.Get("attentionBias").ToBoolean();
-    Napi::Value rs = c.Get("ropeScaling");
-    if (rs.IsObject()) {
-      Napi::Object r = rs.As<Napi::Object>();
-      cfg_.ropeLlama3 = true;
-      cfg_.ropeFactor = num(r, "factor", 1, true);
-      cfg_.ropeLowFreqFactor = num(r, "lowFreqFactor", 1, true);
-      cfg_.ropeHighFreqFactor = num(r, "highFreqFactor", 4, true);
-      cfg_.ropeOriginalMax = num(r, "originalMaxPositionEmbeddings", 8192, true);
-    }
-    Napi::Value f = spec.Get("files");
-    if (!f.IsArray()) throw WeftError(Err::BadArgument, "spec.files must be an array of paths");
-    Napi::Array fa = f.As<Napi::Array>();
-    for (uint32_t i = 0; i < fa.Length(); i++) files_.push_back(fa.Get(i).ToString().Utf8Value());
-    Napi::Value t = spec.Get("tensors");
-    if (!t.IsArray()) throw WeftError(Err::BadArgument, "spec.tensors must be an array");
-    Napi::Array ta = t.As<Napi::Array>();
-    for (uint32_t i = 0; i < ta.Length(); i++) {
-      Napi::Object o = ta.Get(i).As<Napi::Object>();
-      TensorSpec ts;
-      ts.name = o.Get("name").ToString().Utf8Value();
-      ts.file = intField(o, "file", -1, true);
-      ts.offset = uint64_t(num(o, "offset", 0, true));
-      ts.nbytes = uint64_t(num(o, "nbytes", 0, true));
-      ts.dtype = parseDtype(o.Get("dtype").ToString().Utf8Value(), "tensor " + ts.name);
-      Napi::Array shape = o.Get("shape").As<Napi::Array>();
-      for (uint32_t j = 0; j < shape.Length(); j++) ts.shape.push_back(int64_t(shape.Get(j).As<Napi::Number>().DoubleValue()));
-      tensors_.push_back(std::move(ts));
-    }
-    Napi::Value ov = spec.Get("options");
-    Napi::Object o = ov.IsObject() ? ov.As<Napi::Object>() : Napi::Object::New(spec.Env());
-    opt_.numContexts = intField(o, "contexts", 1);
-    opt_.numThreads = intField(o, "threads", 1);
-    opt_.maxBatchTokens = intField(o, "maxBatchTokens", 512);
-    opt_.maxBatchSequences = intField(o, "maxBatchSequences", 64);
-    opt_.maxLogitRows = intField(o, "maxLogitRows", 64);
-    opt_.maxContext = intField(o, "maxContext", 0);
-    opt_.kvPageTokens = intField(o, "kvPageTokens", 16);
-    double mem = num(o, "kvMemoryBytes", double(256ull << 20));
-    if (!(mem > 0) || !std::isfinite(mem)) throw WeftError(Err::BadArgument, "kvMemoryBytes must be a positive number");
-    opt_.kvMemoryBytes = uint64_t(mem);
-    Napi::Value kd = o.Get("kvDtype");
-    opt_.kvDtype = kd.IsString() ? parseDtype(kd.As<Napi::String>().Utf8Value(), "kvDtype") : DType::F32;
-    if (opt_.kvDtype == DType::BF16) throw WeftError(Err::UnsupportedDtype, "kvDtype: BF16 KV is not supported (F32, F16)");
-  }
+
 
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Step(const Napi::CallbackInfo& info);
@@ -453,47 +342,6 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
-  });
-}
-
-// measureBandwidth(bytes, threads) -> {readBytesPerS}: best of several passes summing a buffer
-// with `threads` threads (each its own slice). Blocks the calling thread: for benchmarks only.
-Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const double bytesD = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : double(512ull << 20);
-    const int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 1;
-    if (!(bytesD >= 1 << 20) || threads < 1 || threads > 256) throw WeftError(Err::BadArgument, "measureBandwidth(bytes >= 1 MiB, threads 1..256)");
-    const size_t n = size_t(bytesD) / sizeof(float);
-    std::vector<float> buf(n, 1.0f);
-    ThreadPool pool(threads);
-    double best = 1e30;
-    std::vector<double> sink(threads);
-    for (int pass = 0; pass < 6; pass++) {
-      auto t0 = std::chrono::steady_clock::now();
-      pool.run([&](int ti, int nth) {
-        int64_t b, e;
-        ThreadPool::chunk(int64_t(n), 4096, ti, nth, b, e);
-        simd::vf acc0 = simd::zero(), acc1 = simd::zero(), acc2 = simd::zero(), acc3 = simd::zero();
-        int64_t i = b;
-        for (; i + 4 * simd::VL <= e; i += 4 * simd::VL) {
-          acc0 = simd::add(acc0, simd::load(buf.data() + i));
-          acc1 = simd::add(acc1, simd::load(buf.data() + i + simd::VL));
-          acc2 = simd::add(acc2, simd::load(buf.data() + i + 2 * simd::VL));
-          acc3 = simd::add(acc3, simd::load(buf.data() + i + 3 * simd::VL));
-        }
-        float s = simd::sum(simd::add(simd::add(acc0, acc1), simd::add(acc2, acc3)));
-        for (; i < e; i++) s += buf[i];
-        sink[ti] = s;
-      });
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (pass > 0) best = std::min(best, dt);
-    }
-    Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("readBytesPerS", double(n * sizeof(float)) / best);
-    o.Set("bytes", double(n * sizeof(float)));
-    o.Set("threads", threads);
-    o.Set("checksum", sink[0]);
-    return o;
   });
 }
 
