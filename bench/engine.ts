@@ -4,13 +4,14 @@
  * bound. Prints a markdown table of absolute numbers and weft/llama.cpp ratios, and a JSON line.
  *
  *   npm run bench:engine -- [--threads 2] [--sequences 1,4,16,64] [--prompt-tokens 512]
- *                           [--decode-prompt-tokens 64] [--gen-tokens 32] [--skip-peer]
+ *                           [--decode-prompt-tokens 64] [--gen-tokens 32] [--repeats 3] [--skip-peer]
+ * Both engines report the best of `repeats` timed runs per measure.
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseFlags } from '../src/cli/args.js';
-import { benchEngine, kvBytesFor } from '../src/engine/benchmark.js';
+import { benchEngine, kvBytesFor, type BenchResult } from '../src/engine/benchmark.js';
 import { Engine } from '../src/engine/engine.js';
 import { native } from '../src/engine/native.js';
 import { makeTinyModel, PRESETS } from '../scripts/make-tiny-model.js';
@@ -19,8 +20,9 @@ import { greedyTokens, runLlamaCpp } from './llamacpp.js';
 
 const f = parseFlags(process.argv.slice(2), {
   threads: 'number', sequences: 'list', 'prompt-tokens': 'number', 'decode-prompt-tokens': 'number', 'gen-tokens': 'number',
-  'skip-peer': 'boolean', dir: 'string',
+  'skip-peer': 'boolean', dir: 'string', repeats: 'number',
 });
+const repeats = (f.repeats as number | undefined) ?? 3;
 const threads = (f.threads as number | undefined) ?? 2;
 const sequences = (f.sequences as number[] | undefined) ?? [1, 4, 16, 64];
 const promptTokens = (f['prompt-tokens'] as number | undefined) ?? 512;
@@ -55,8 +57,21 @@ const engine = await Engine.load(modelDir, {
 const stats = engine.stats();
 log(`weft: ${native().simd}, weights read per step ${(stats.weightBytes / 1e6).toFixed(1)} MB, KV ${stats.kvBytesPerToken} B/token`);
 await benchEngine(engine, { sequences: [1], promptTokens: 32, genTokens: 4 }); // warm-up
-const [prefill] = await benchEngine(engine, { sequences: [1], promptTokens, genTokens: 1 });
-const weftDecode = await benchEngine(engine, { sequences, promptTokens: decodePromptTokens, genTokens });
+// best of `repeats` runs per measure, as the llama.cpp runner does
+const best = (runs: BenchResult[][]) =>
+  runs[0]!.map((r, i) => ({
+    ...r,
+    prefill_tokens_per_s: Math.max(...runs.map((x) => x[i]!.prefill_tokens_per_s)),
+    decode_tokens_per_s: Math.max(...runs.map((x) => x[i]!.decode_tokens_per_s)),
+    decode_step_ms: Math.min(...runs.map((x) => x[i]!.decode_step_ms)),
+  }));
+const repeat = async <T>(n: number, fn: () => Promise<T>) => {
+  const out: T[] = [];
+  for (let i = 0; i < n; i++) out.push(await fn());
+  return out;
+};
+const [prefill] = best(await repeat(repeats, () => benchEngine(engine, { sequences: [1], promptTokens, genTokens: 1 })));
+const weftDecode = best(await repeat(repeats, () => benchEngine(engine, { sequences, promptTokens: decodePromptTokens, genTokens })));
 const checkPrompt = Array.from({ length: 16 }, (_, i) => (i * 7919 + 13) % config.vocabSize);
 const weftGreedy: number[] = [];
 {
@@ -84,7 +99,7 @@ if (!f['skip-peer']) {
     await exportGguf(modelDir, ggufPath, { dtype: 'f16' });
   }
   peerGreedy = await greedyTokens(ggufPath, checkPrompt, 16, { threads });
-  peer = await runLlamaCpp(ggufPath, { threads, promptTokens, genTokens, sequences, decodePromptTokens, log });
+  peer = await runLlamaCpp(ggufPath, { threads, promptTokens, genTokens, sequences, decodePromptTokens, repeats, log });
 }
 
 // 4. report
