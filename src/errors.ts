@@ -24,6 +24,13 @@ export const ERRORS = {
   WEFT_CANCELLED: { status: 499, retryable: false, summary: 'The operation was cancelled by its caller.' },
   WEFT_DISPOSED: { status: 410, retryable: false, summary: 'The engine (or context) was disposed.' },
   WEFT_OVERLOADED: { status: 503, retryable: true, summary: 'The scheduler admission queue is full (gateway only); retry later.' },
+  WEFT_BAD_FRAME: { status: 400, retryable: false, summary: 'A gateway frame is not JSON text, not an object, or has a missing or mistyped field (gateway only).' },
+  WEFT_UNKNOWN_TYPE: { status: 400, retryable: false, summary: 'A gateway frame has a type the protocol does not define (gateway only).' },
+  WEFT_FRAME_TOO_LARGE: { status: 413, retryable: false, summary: 'A gateway frame is larger than the frame size limit (gateway only).' },
+  WEFT_RESPONSE_IN_PROGRESS: { status: 409, retryable: true, summary: 'message.create or session.update while a response is running in the session (gateway only).' },
+  WEFT_NO_RESPONSE: { status: 409, retryable: false, summary: 'response.cancel while no response is running (gateway only).' },
+  WEFT_TOO_MANY_SESSIONS: { status: 503, retryable: true, summary: 'The gateway holds its maximum number of sessions (gateway only).' },
+  WEFT_NOT_READY: { status: 503, retryable: true, summary: 'The model is still loading (gateway only).' },
   WEFT_INTERNAL: { status: 500, retryable: false, summary: 'An unexpected internal failure; the message says where.' },
 } as const;
 

@@ -1,0 +1,164 @@
+/**
+ * Protocol v1 (docs/protocol.md): client frames are JSON text objects with a `type` and an
+ * optional `event_id` that the server's answer echoes. `parseClientFrame` turns one frame into a
+ * typed ClientEvent or a ProtocolError (code from the catalog in src/errors.ts).
+ */
+import type { WeftErrorCode } from '../errors.js';
+import type { SamplingOptions } from '../engine/engine.js';
+
+/** Sampling as it travels on the wire (snake case). */
+export interface WireSampling {
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  presence_penalty?: number;
+  frequency_penalty?: number;
+  seed?: number;
+  max_tokens?: number;
+  stop?: string[];
+}
+
+export type ClientEvent =
+  | { type: 'session.update'; event_id?: string; session: { system?: string; sampling?: WireSampling } }
+  | { type: 'message.create'; event_id?: string; content: string; sampling?: WireSampling }
+  | { type: 'response.cancel'; event_id?: string }
+  | { type: 'session.close'; event_id?: string };
+
+export interface ErrorEvent {
+  type: 'error';
+  code: WeftErrorCode;
+  message: string;
+  event_id?: string;
+}
+
+export class ProtocolError {
+  constructor(
+    readonly code: WeftErrorCode,
+    readonly message: string,
+    readonly event_id?: string,
+  ) {}
+
+  toEvent(): ErrorEvent {
+    const ev: ErrorEvent = { type: 'error', code: this.code, message: this.message };
+    if (this.event_id !== undefined) ev.event_id = this.event_id;
+    return ev;
+  }
+}
+
+export const CLIENT_EVENT_TYPES = ['session.update', 'message.create', 'response.cancel', 'session.close'] as const;
+
+/** Most characters an event_id may have. */
+export const MAX_EVENT_ID = 256;
+
+const NUMERIC: Record<Exclude<keyof WireSampling, 'stop'>, 'number' | 'integer'> = {
+  temperature: 'number',
+  top_p: 'number',
+  top_k: 'integer',
+  min_p: 'number',
+  repetition_penalty: 'number',
+  presence_penalty: 'number',
+  frequency_penalty: 'number',
+  seed: 'integer',
+  max_tokens: 'integer',
+};
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function parseSampling(v: unknown, where: string, id: string | undefined): WireSampling {
+  const bad = (msg: string) => new ProtocolError('WEFT_BAD_FRAME', `${where}: ${msg}`, id);
+  if (!isObject(v)) throw bad('must be an object');
+  const out: WireSampling = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (k === 'stop') {
+      if (!Array.isArray(val) || val.some((s) => typeof s !== 'string')) throw bad('stop must be an array of strings');
+      if (val.length > 16) throw bad('stop takes at most 16 strings');
+      out.stop = val as string[];
+      continue;
+    }
+    const kind = NUMERIC[k as keyof typeof NUMERIC];
+    if (!kind) throw bad(`unknown field ${k}`);
+    if (typeof val !== 'number' || !Number.isFinite(val)) throw bad(`${k} must be a finite number`);
+    if (kind === 'integer' && !Number.isInteger(val)) throw bad(`${k} must be an integer`);
+    if (k === 'max_tokens' && val < 1) throw bad('max_tokens must be at least 1');
+    (out as Record<string, number>)[k] = val;
+  }
+  return out;
+}
+
+/**
+ * Parses one client frame. `data` is the frame's payload; `isBinary` whether it came as a binary
+ * frame. Throws nothing: a rejected frame comes back as a ProtocolError.
+ */
+export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFrameBytes: number): ClientEvent | ProtocolError {
+  const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+  if (size > maxFrameBytes) return new ProtocolError('WEFT_FRAME_TOO_LARGE', `the frame has ${size} bytes; the limit is ${maxFrameBytes}`);
+  if (isBinary) return new ProtocolError('WEFT_BAD_FRAME', 'binary frames are not accepted: send JSON text frames');
+  let msg: unknown;
+  try {
+    msg = JSON.parse(typeof data === 'string' ? data : data.toString('utf8'));
+  } catch {
+    return new ProtocolError('WEFT_BAD_FRAME', 'the frame is not valid JSON');
+  }
+  if (!isObject(msg)) return new ProtocolError('WEFT_BAD_FRAME', 'a frame must be a JSON object');
+  let id: string | undefined;
+  if (msg.event_id !== undefined) {
+    if (typeof msg.event_id !== 'string' || msg.event_id.length > MAX_EVENT_ID) {
+      return new ProtocolError('WEFT_BAD_FRAME', `event_id must be a string of at most ${MAX_EVENT_ID} characters`);
+    }
+    id = msg.event_id;
+  }
+  const withId = <T extends object>(ev: T): T & { event_id?: string } => (id === undefined ? ev : { ...ev, event_id: id });
+  try {
+    switch (msg.type) {
+      case 'session.update': {
+        if (!isObject(msg.session)) throw new ProtocolError('WEFT_BAD_FRAME', 'session.update needs a session object', id);
+        const s = msg.session;
+        const session: { system?: string; sampling?: WireSampling } = {};
+        for (const k of Object.keys(s)) {
+          if (k !== 'system' && k !== 'sampling') throw new ProtocolError('WEFT_BAD_FRAME', `session.update: unknown field session.${k}`, id);
+        }
+        if (s.system !== undefined) {
+          if (typeof s.system !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'session.system must be a string', id);
+          session.system = s.system;
+        }
+        if (s.sampling !== undefined) session.sampling = parseSampling(s.sampling, 'session.sampling', id);
+        return withId({ type: 'session.update' as const, session });
+      }
+      case 'message.create': {
+        if (typeof msg.content !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'message.create needs content (a string)', id);
+        const ev: Extract<ClientEvent, { type: 'message.create' }> = { type: 'message.create', content: msg.content };
+        if (msg.sampling !== undefined) ev.sampling = parseSampling(msg.sampling, 'sampling', id);
+        return withId(ev);
+      }
+      case 'response.cancel':
+        return withId({ type: 'response.cancel' as const });
+      case 'session.close':
+        return withId({ type: 'session.close' as const });
+      default:
+        if (typeof msg.type !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'a frame needs a type (a string)', id);
+        throw new ProtocolError('WEFT_UNKNOWN_TYPE', `unknown event type ${JSON.stringify(msg.type.slice(0, 64))}`, id);
+    }
+  } catch (err) {
+    if (err instanceof ProtocolError) return err;
+    throw err;
+  }
+}
+
+/** Wire sampling → the engine's options, max_tokens and stop strings. */
+export function toTurnSampling(w: WireSampling): { sampling: SamplingOptions; maxTokens?: number; stop?: string[] } {
+  const s: SamplingOptions = {};
+  if (w.temperature !== undefined) s.temperature = w.temperature;
+  if (w.top_p !== undefined) s.topP = w.top_p;
+  if (w.top_k !== undefined) s.topK = w.top_k;
+  if (w.min_p !== undefined) s.minP = w.min_p;
+  if (w.repetition_penalty !== undefined) s.repetitionPenalty = w.repetition_penalty;
+  if (w.presence_penalty !== undefined) s.presencePenalty = w.presence_penalty;
+  if (w.frequency_penalty !== undefined) s.frequencyPenalty = w.frequency_penalty;
+  if (w.seed !== undefined) s.seed = w.seed;
+  const out: { sampling: SamplingOptions; maxTokens?: number; stop?: string[] } = { sampling: s };
+  if (w.max_tokens !== undefined) out.maxTokens = w.max_tokens;
+  if (w.stop !== undefined) out.stop = w.stop;
+  return out;
+}
