@@ -1,0 +1,188 @@
+/**
+ * One client connection speaking protocol v1 (docs/protocol.md) over any transport: it owns one
+ * Session (its transcript and KV), runs at most one response at a time, and frees the session's
+ * KV as soon as the transport closes.
+ */
+import { toWeftError, type WeftErrorCode } from '../errors.js';
+import { Session, type Turn } from '../session/session.js';
+import type { Gateway } from './server.js';
+import { ProtocolError, parseClientFrame, toTurnSampling, type ClientEvent, type WireSampling } from './protocol.js';
+
+/** What a transport gives a connection. */
+export interface TransportSocket {
+  /** Sends one text frame; `onSent` runs once the frame has been handed to the OS. */
+  send(text: string, onSent?: () => void): void;
+  /** Bytes queued and not yet written out. */
+  readonly bufferedAmount: number;
+  close(code?: number, reason?: string): void;
+}
+
+let nextResponseId = 1;
+
+export class Connection {
+  session: Session | null = null;
+  private sampling: WireSampling = {};
+  private system: string | undefined;
+  private running: { id: string; turn: Turn; cancelEventId?: string } | null = null;
+  private closed = false;
+  private blocked = false;
+
+  constructor(
+    private readonly gw: Gateway,
+    private readonly sock: TransportSocket,
+  ) {}
+
+  /** Called by the transport once the WebSocket is open. */
+  open(): void {
+    const scheduler = this.gw.scheduler;
+    if (!scheduler || !this.gw.format) return this.refuse('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
+    if (this.gw.sessions.size >= this.gw.maxSessions) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway holds its maximum of ${this.gw.maxSessions} sessions`);
+    const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens });
+    this.session = session;
+    this.gw.sessions.add(session);
+    this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
+    this.send({
+      type: 'session.created',
+      session: { id: session.id, model: this.gw.modelName, limits: this.gw.limits() },
+      resume_token: null,
+    });
+  }
+
+  /** Called by the transport for every frame. Never throws. */
+  onMessage(data: Buffer | string, isBinary: boolean): void {
+    if (this.closed) return;
+    const ev = parseClientFrame(data, isBinary, this.gw.maxFrameBytes);
+    if (ev instanceof ProtocolError) return this.error(ev.code, ev.message, ev.event_id);
+    try {
+      this.handle(ev);
+    } catch (err) {
+      const e = toWeftError(err);
+      this.error(e.code, e.message, ev.event_id);
+    }
+  }
+
+  /** Called by the transport when the socket is gone (either side). Frees the session's KV. */
+  onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.gw.connections.delete(this);
+    this.gw.metrics.connections.set(this.gw.connections.size);
+    this.running?.turn.cancel();
+    const session = this.session;
+    if (session) {
+      void session.close().finally(() => {
+        this.gw.sessions.delete(session);
+        this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
+      });
+    }
+  }
+
+  private handle(ev: ClientEvent): void {
+    const session = this.session!;
+    switch (ev.type) {
+      case 'session.update': {
+        if (this.running) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'session.update while a response is running', ev.event_id);
+        if (ev.session.sampling) this.sampling = { ...this.sampling, ...ev.session.sampling };
+        if (ev.session.system !== undefined) {
+          this.system = ev.session.system || undefined;
+          const msgs = session.messages;
+          if (msgs[0]?.role === 'system') msgs.splice(0, 1);
+          if (this.system) msgs.unshift({ role: 'system', content: this.system });
+        }
+        return this.send(withId({ type: 'session.updated', session: { id: session.id, system: this.system ?? null, sampling: this.sampling } }, ev.event_id));
+      }
+      case 'message.create':
+        return this.create(session, ev);
+      case 'response.cancel':
+        if (!this.running) return this.error('WEFT_NO_RESPONSE', 'no response is running', ev.event_id);
+        this.running.cancelEventId = ev.event_id;
+        this.running.turn.cancel();
+        return;
+      case 'session.close':
+        this.send(withId({ type: 'session.closed', session: { id: session.id } }, ev.event_id));
+        this.sock.close(1000, 'session.close');
+        this.onClose();
+        return;
+    }
+  }
+
+  private create(session: Session, ev: Extract<ClientEvent, { type: 'message.create' }>): void {
+    if (this.running) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'a response is already running in this session (wait for response.done or send response.cancel)', ev.event_id);
+    const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
+    const threshold = this.gw.backpressureBytes;
+    const turn = session.send(ev.content, {
+      sampling: opts.sampling,
+      maxTokens: opts.maxTokens,
+      stop: opts.stop,
+      isBlocked: () => {
+        if (this.sock.bufferedAmount > threshold) this.blocked = true;
+        return this.blocked;
+      },
+    });
+    const id = `resp_${nextResponseId++}`;
+    this.running = { id, turn };
+    this.send(withId({ type: 'response.created', response_id: id }, ev.event_id));
+    void this.stream(id, turn);
+  }
+
+  private async stream(id: string, turn: Turn): Promise<void> {
+    const m = this.gw.metrics;
+    let last = 0;
+    try {
+      for await (const ev of turn) {
+        if (ev.type === 'delta') {
+          const now = performance.now();
+          if (ev.seq > 0 && last > 0) m.interToken.observe((now - last) / 1000);
+          last = now;
+          this.send({ type: 'response.delta', response_id: id, seq: ev.seq, text: ev.text });
+          continue;
+        }
+        m.ttft.observe(ev.timing.ttft_ms / 1000);
+        m.queueWait.observe(ev.timing.queue_ms / 1000);
+        m.promptTokens.inc(ev.usage.prompt_tokens);
+        m.cachedTokens.inc(ev.usage.cached_tokens);
+        m.generatedTokens.inc(ev.usage.completion_tokens);
+        const done: Record<string, unknown> = { type: 'response.done', response_id: id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing };
+        if (ev.error) {
+          done.error = ev.error;
+          m.errors.inc({ code: ev.error.code });
+        }
+        const cancelId = this.running?.id === id ? this.running.cancelEventId : undefined;
+        this.running = null;
+        this.send(withId(done, cancelId));
+      }
+    } catch (err) {
+      const e = toWeftError(err);
+      this.running = null;
+      this.send({ type: 'response.done', response_id: id, finish_reason: 'error', error: { code: e.code, message: e.message } });
+      m.errors.inc({ code: e.code });
+    }
+  }
+
+  private refuse(code: WeftErrorCode, message: string): void {
+    this.error(code, message);
+    this.sock.close(1013, code);
+    this.closed = true;
+    this.gw.connections.delete(this);
+    this.gw.metrics.connections.set(this.gw.connections.size);
+  }
+
+  private error(code: WeftErrorCode, message: string, eventId?: string): void {
+    this.gw.metrics.errors.inc({ code });
+    this.send(withId({ type: 'error', code, message }, eventId));
+  }
+
+  private send(ev: object): void {
+    if (this.closed) return;
+    this.sock.send(JSON.stringify(ev), () => {
+      if (this.blocked && this.sock.bufferedAmount <= this.gw.backpressureBytes) {
+        this.blocked = false;
+        this.gw.scheduler?.wake();
+      }
+    });
+  }
+}
+
+function withId<T extends object>(ev: T, eventId: string | undefined): T {
+  return eventId === undefined ? ev : { ...ev, event_id: eventId };
+}

@@ -1,0 +1,40 @@
+/** Prometheus metrics of one gateway (its own prom-client Registry; `weft_` prefix). */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Engine } from '../engine/engine.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  readonly ttft = new Histogram({ name: 'weft_time_to_first_token_seconds', help: 'Time from message.create to the first generated token.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly interToken = new Histogram({ name: 'weft_inter_token_latency_seconds', help: 'Time between consecutive response.delta events of a response.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly queueWait = new Histogram({ name: 'weft_queue_wait_seconds', help: 'Time a turn waited in the scheduler admission queue.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly sessionsActive = new Gauge({ name: 'weft_sessions_active', help: 'Sessions open on the gateway.', registers: [this.registry] });
+  readonly connections = new Gauge({ name: 'weft_open_connections', help: 'Open WebSocket connections.', registers: [this.registry] });
+  readonly promptTokens = new Counter({ name: 'weft_prompt_tokens_total', help: 'Prompt tokens of finished turns (cached included).', registers: [this.registry] });
+  readonly cachedTokens = new Counter({ name: 'weft_cached_tokens_total', help: 'Prompt tokens served from a session KV cache instead of prefilled.', registers: [this.registry] });
+  readonly generatedTokens = new Counter({ name: 'weft_generated_tokens_total', help: 'Generated (completion) tokens.', registers: [this.registry] });
+  readonly errors = new Counter({ name: 'weft_errors_total', help: 'error events sent and responses that ended in error, by code.', labelNames: ['code'], registers: [this.registry] });
+
+  constructor(getEngine: () => Engine | null, getScheduler: () => Scheduler | null) {
+    const reg = this.registry;
+    new Gauge({
+      name: 'weft_sessions_queued', help: 'Turns waiting in the scheduler admission queue.', registers: [reg],
+      collect() { this.set(getScheduler()?.numQueued ?? 0); },
+    });
+    new Gauge({
+      name: 'weft_kv_pages_used', help: 'KV cache pages in use.', registers: [reg],
+      collect() { const s = getEngine()?.stats(); this.set(s ? s.kvPagesTotal - s.kvPagesFree : 0); },
+    });
+    new Gauge({
+      name: 'weft_kv_pages_total', help: 'KV cache pages in the pool.', registers: [reg],
+      collect() { this.set(getEngine()?.stats().kvPagesTotal ?? 0); },
+    });
+    new Gauge({
+      name: 'weft_contexts_busy', help: 'Execution contexts running a step.', registers: [reg],
+      collect() { this.set(getEngine()?.stats().contextsBusy ?? 0); },
+    });
+    collectDefaultMetrics({ register: reg, prefix: 'weft_process_' });
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The gateway: HTTP and WebSocket on one port. `GET /healthz` (process up), `GET /readyz` (model
+ * loaded, accepting sessions), `GET /metrics` (Prometheus text), and protocol v1 at `/v1/ws`
+ * (docs/protocol.md) through the `ws` transport.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { basename } from 'node:path';
+import type { Engine } from '../engine/engine.js';
+import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
+import { ChatFormat } from '../session/chat-format.js';
+import type { Session } from '../session/session.js';
+import { WeftError } from '../errors.js';
+import { Connection, type TransportSocket } from './connection.js';
+import { GatewayMetrics } from './metrics.js';
+import { attachWsTransport, WS_PATH } from './transport-ws.js';
+
+export interface GatewayOptions {
+  host?: string;
+  /** 0 picks a free port. Default 8080. */
+  port?: number;
+  /** Most sessions (connections) at once. Default 1024. */
+  maxSessions?: number;
+  /** Largest client frame in bytes. Default 1 MiB. */
+  maxFrameBytes?: number;
+  /** A session whose socket has more than this many bytes buffered is skipped by the scheduler until it drains. Default 256 KiB. */
+  backpressureBytes?: number;
+  /** max_tokens when a message does not set one. Default 256. */
+  defaultMaxTokens?: number;
+  scheduler?: SchedulerOptions;
+}
+
+export class Gateway {
+  engine: Engine | null = null;
+  scheduler: Scheduler | null = null;
+  format: ChatFormat | null = null;
+  modelName = '';
+  readonly sessions = new Set<Session>();
+  readonly connections = new Set<Connection>();
+  readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler);
+  readonly maxSessions: number;
+  readonly maxFrameBytes: number;
+  readonly backpressureBytes: number;
+  readonly defaultMaxTokens: number;
+  readonly http: Server;
+  private readonly ws: { close(): void };
+  private closing = false;
+
+  constructor(readonly options: GatewayOptions = {}) {
+    const pos = (v: number | undefined, name: string, fallback: number) => {
+      if (v === undefined) return fallback;
+      if (!Number.isInteger(v) || v < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `${name} must be a positive integer (got ${v})`);
+      return v;
+    };
+    this.maxSessions = pos(options.maxSessions, 'maxSessions', 1024);
+    this.maxFrameBytes = pos(options.maxFrameBytes, 'maxFrameBytes', 1 << 20);
+    this.backpressureBytes = pos(options.backpressureBytes, 'backpressureBytes', 256 << 10);
+    this.defaultMaxTokens = pos(options.defaultMaxTokens, 'defaultMaxTokens', 256);
+    this.http = createServer((req, res) => {
+      const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+      const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
+        res.writeHead(status, { 'content-type': type });
+        res.end(body);
+      };
+      if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'method not allowed\n');
+      if (path === '/healthz') return text(200, 'ok\n');
+      if (path === '/readyz') return this.scheduler && !this.closing ? text(200, 'ready\n') : text(503, 'loading\n');
+      if (path === '/metrics') {
+        this.metrics.registry.metrics().then(
+          (body) => text(200, body, this.metrics.registry.contentType),
+          (err: Error) => text(500, `${err.message}\n`),
+        );
+        return;
+      }
+      if (path === WS_PATH) return text(426, 'upgrade to WebSocket\n');
+      return text(404, 'not found\n');
+    });
+    this.ws = attachWsTransport(this, this.http);
+  }
+
+  /** Makes the gateway ready: sessions are served by this engine (the caller keeps ownership of it). */
+  attach(engine: Engine): void {
+    if (!engine.tokenizer) throw new WeftError('WEFT_TOKENIZER', `${engine.dir} has no tokenizer.json: the gateway needs one`);
+    this.format = new ChatFormat(engine.tokenizer);
+    this.scheduler = new Scheduler(engine, this.options.scheduler);
+    this.modelName = basename(engine.dir);
+    this.engine = engine;
+  }
+
+  limits(): Record<string, number> {
+    const st = this.engine!.stats();
+    return { max_context: st.maxContext, max_frame_bytes: this.maxFrameBytes, default_max_tokens: this.defaultMaxTokens };
+  }
+
+  /** A transport's new socket. */
+  connect(sock: TransportSocket): Connection {
+    const conn = new Connection(this, sock);
+    this.connections.add(conn);
+    this.metrics.connections.set(this.connections.size);
+    return conn;
+  }
+
+  async listen(): Promise<{ host: string; port: number; url: string }> {
+    const host = this.options.host ?? '127.0.0.1';
+    await new Promise<void>((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(this.options.port ?? 8080, host, () => {
+        this.http.off('error', reject);
+        resolve();
+      });
+    });
+    const port = (this.http.address() as AddressInfo).port;
+    const h = host.includes(':') ? `[${host}]` : host;
+    return { host, port, url: `http://${h}:${port}` };
+  }
+
+  /** Closes every connection (their sessions free their KV), the scheduler and the server; not the engine. */
+  async close(): Promise<void> {
+    this.closing = true;
+    this.ws.close();
+    for (const c of [...this.connections]) c.onClose();
+    await Promise.allSettled([...this.sessions].map((s) => s.close()));
+    await this.scheduler?.close();
+    this.http.closeAllConnections();
+    await new Promise<void>((r) => this.http.close(() => r()));
+  }
+}

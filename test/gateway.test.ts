@@ -1,0 +1,235 @@
+/**
+ * The gateway end to end: real sockets on loopback (port 0), the real engine on the embedded
+ * default model, protocol v1 through the `ws` transport.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import WebSocket from 'ws';
+import { Engine } from '../src/engine/engine.js';
+import { Gateway } from '../src/gateway/server.js';
+import { Session, type TurnDone } from '../src/session/session.js';
+
+type Ev = Record<string, any>;
+
+class Client {
+  readonly events: Ev[] = [];
+  private waiters: (() => void)[] = [];
+  closed = false;
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (d) => {
+      this.events.push(JSON.parse(d.toString()));
+      for (const w of this.waiters.splice(0)) w();
+    });
+    ws.on('close', () => {
+      this.closed = true;
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+  static async open(url: string): Promise<Client> {
+    const ws = new WebSocket(url);
+    const c = new Client(ws);
+    await new Promise<void>((res, rej) => {
+      ws.once('open', () => res());
+      ws.once('error', rej);
+    });
+    return c;
+  }
+  send(ev: unknown): void {
+    this.ws.send(typeof ev === 'string' ? ev : JSON.stringify(ev));
+  }
+  private pos = 0;
+  /** The next event (after those already taken) that matches. */
+  async next(pred: (e: Ev) => boolean = () => true, timeoutMs = 20_000): Promise<Ev> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      while (this.pos < this.events.length) {
+        const e = this.events[this.pos++]!;
+        if (pred(e)) return e;
+      }
+      if (this.closed) throw new Error('closed');
+      if (Date.now() > deadline) throw new Error('timeout');
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 100);
+      });
+    }
+  }
+  async waitClosed(): Promise<void> {
+    while (!this.closed) await new Promise<void>((r) => this.waiters.push(r));
+  }
+  /** Sends a message and collects the response to its done event. */
+  async turn(content: string, sampling?: object): Promise<{ created: Ev; deltas: Ev[]; done: Ev; text: string }> {
+    this.send({ type: 'message.create', content, sampling, event_id: `m-${content.length}` });
+    const created = await this.next((e) => e.type === 'response.created');
+    const deltas: Ev[] = [];
+    for (;;) {
+      const e = await this.next((x) => x.response_id === created.response_id);
+      if (e.type === 'response.delta') deltas.push(e);
+      else if (e.type === 'response.done') return { created, deltas, done: e, text: deltas.map((d) => d.text).join('') };
+    }
+  }
+}
+
+let engine: Engine;
+let gw: Gateway;
+let base: string;
+let wsUrl: string;
+const SAMPLING = { temperature: 0.8, top_k: 40, seed: 5, max_tokens: 40 };
+
+beforeAll(async () => {
+  engine = await Engine.load(join(import.meta.dirname, '..', 'models', 'default'), { threads: 2, contexts: 2, kvMemoryBytes: 64 << 20 });
+  gw = new Gateway({ port: 0, maxFrameBytes: 64 << 10 });
+  gw.attach(engine);
+  const { url } = await gw.listen();
+  base = url;
+  wsUrl = url.replace('http', 'ws') + '/v1/ws';
+});
+afterAll(async () => {
+  await gw.close();
+  engine.dispose();
+});
+
+async function direct(history: { role: 'user' | 'assistant'; content: string }[], content: string): Promise<TurnDone> {
+  const s = new Session(gw.scheduler!, { format: gw.format!, history, sampling: { temperature: 0.8, topK: 40, seed: 5 }, maxTokens: 40 });
+  const t = s.send(content);
+  for await (const _ of t);
+  const d = await t.done;
+  await s.close();
+  return d;
+}
+
+const until = async (cond: () => boolean, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+describe('gateway', () => {
+  test('healthz, readyz before and after the model, metrics, too many sessions', async () => {
+    const g2 = new Gateway({ port: 0, maxSessions: 1 });
+    const { url } = await g2.listen();
+    expect((await fetch(url + '/healthz')).status).toBe(200);
+    expect((await fetch(url + '/readyz')).status).toBe(503);
+    const early = await Client.open(url.replace('http', 'ws') + '/v1/ws');
+    expect(await early.next()).toMatchObject({ type: 'error', code: 'WEFT_NOT_READY' });
+    await early.waitClosed();
+    g2.attach(engine);
+    expect((await fetch(url + '/readyz')).status).toBe(200);
+    const a = await Client.open(url.replace('http', 'ws') + '/v1/ws');
+    expect((await a.next()).type).toBe('session.created');
+    const b = await Client.open(url.replace('http', 'ws') + '/v1/ws');
+    expect(await b.next()).toMatchObject({ type: 'error', code: 'WEFT_TOO_MANY_SESSIONS' });
+    await b.waitClosed();
+    a.ws.close();
+    await g2.close();
+
+    expect((await fetch(base + '/nope')).status).toBe(404);
+    const m = await fetch(base + '/metrics');
+    expect(m.status).toBe(200);
+    const body = await m.text();
+    for (const name of ['weft_time_to_first_token_seconds', 'weft_inter_token_latency_seconds', 'weft_queue_wait_seconds', 'weft_sessions_active', 'weft_open_connections', 'weft_generated_tokens_total', 'weft_prompt_tokens_total', 'weft_cached_tokens_total', 'weft_errors_total', 'weft_kv_pages_used', 'weft_kv_pages_total']) {
+      expect(body, name).toContain(name);
+    }
+  });
+
+  test('streaming end to end, then a follow-up turn that reuses the KV', async () => {
+    const c = await Client.open(wsUrl);
+    const created = await c.next();
+    expect(created).toMatchObject({ type: 'session.created', session: { id: expect.any(String), model: 'default', limits: { max_context: 512 } } });
+    const r1 = await c.turn('Who made the heaven and the earth?', SAMPLING);
+    expect(r1.created.event_id).toBe('m-34');
+    expect(r1.deltas.length).toBeGreaterThan(0);
+    expect(r1.deltas.map((d) => d.seq)).toEqual(r1.deltas.map((_, i) => i));
+    expect(['stop', 'length']).toContain(r1.done.finish_reason);
+    expect(r1.done.usage).toMatchObject({ cached_tokens: 0, completion_tokens: expect.any(Number), prompt_tokens: expect.any(Number) });
+    expect(Object.keys(r1.done.timing).sort()).toEqual(['duration_ms', 'queue_ms', 'ttft_ms']);
+    const d1 = await direct([], 'Who made the heaven and the earth?');
+    expect(r1.text).toBe(d1.text);
+
+    const r2 = await c.turn('And what did he say unto them?', SAMPLING);
+    expect(r2.done.usage.cached_tokens).toBeGreaterThan(0);
+    expect(r2.deltas.map((d) => d.seq)).toEqual(r2.deltas.map((_, i) => i));
+    const d2 = await direct(
+      [
+        { role: 'user', content: 'Who made the heaven and the earth?' },
+        { role: 'assistant', content: r1.text },
+      ],
+      'And what did he say unto them?',
+    );
+    expect(r2.text).toBe(d2.text);
+    expect(r2.done.usage.prompt_tokens).toBe(d2.usage.prompt_tokens);
+    c.send({ type: 'session.close', event_id: 'bye' });
+    expect(await c.next()).toMatchObject({ type: 'session.closed', event_id: 'bye' });
+    await c.waitClosed();
+  });
+
+  test('cancellation, and every bad frame gets its code with the connection still usable', async () => {
+    const c = await Client.open(wsUrl);
+    await c.next((e) => e.type === 'session.created');
+    c.send({ type: 'message.create', content: 'Tell me of Moses.', sampling: { max_tokens: 200 } });
+    c.send({ type: 'message.create', content: 'again', event_id: 'busy' });
+    c.send({ type: 'response.cancel', event_id: 'stop-it' });
+    expect(await c.next((e) => e.type === 'error')).toMatchObject({ code: 'WEFT_RESPONSE_IN_PROGRESS', event_id: 'busy' });
+    const done = await c.next((e) => e.type === 'response.done');
+    expect(done).toMatchObject({ finish_reason: 'cancelled', event_id: 'stop-it' });
+    expect(done.usage.completion_tokens).toBeLessThanOrEqual(1);
+
+    const bad: [unknown, string][] = [
+      ['not json', 'WEFT_BAD_FRAME'],
+      [Buffer.from('{"type":"session.close"}'), 'WEFT_BAD_FRAME'],
+      [{ type: 'nope', event_id: 'u' }, 'WEFT_UNKNOWN_TYPE'],
+      [{ type: 'message.create', event_id: 'x' }, 'WEFT_BAD_FRAME'],
+      [{ type: 'message.create', content: 1 }, 'WEFT_BAD_FRAME'],
+      [{ type: 'message.create', content: 'a', sampling: { top_k: 'many' } }, 'WEFT_BAD_FRAME'],
+      [{ type: 'message.create', content: 'a', sampling: { temperature: -1 } }, 'WEFT_BAD_ARGUMENT'],
+      [{ type: 'message.create', content: 'x'.repeat(100 << 10) }, 'WEFT_FRAME_TOO_LARGE'],
+      [{ type: 'message.create', content: 'word '.repeat(600) }, 'WEFT_CONTEXT_OVERFLOW'],
+      [{ type: 'response.cancel' }, 'WEFT_NO_RESPONSE'],
+      [{ type: 'session.update', session: { system: 3 } }, 'WEFT_BAD_FRAME'],
+    ];
+    for (const [frame, code] of bad) {
+      if (Buffer.isBuffer(frame)) c.ws.send(frame);
+      else c.send(frame);
+      const e = await c.next();
+      expect(e, JSON.stringify(frame).slice(0, 80)).toMatchObject({ type: 'error', code });
+      const id = (frame as { event_id?: string }).event_id;
+      if (id) expect(e.event_id).toBe(id);
+    }
+    c.send({ type: 'session.update', session: { system: 'Be brief.', sampling: { max_tokens: 3 } }, event_id: 'up' });
+    expect(await c.next()).toMatchObject({ type: 'session.updated', event_id: 'up', session: { system: 'Be brief.', sampling: { max_tokens: 3 } } });
+    const r = await c.turn('Amen.');
+    expect(r.done.usage.completion_tokens).toBeLessThanOrEqual(3);
+    expect(r.deltas.length).toBeGreaterThan(0);
+    c.ws.close();
+  });
+
+  test('concurrent sessions all progress', async () => {
+    const N = 12;
+    const clients = await Promise.all(Array.from({ length: N }, () => Client.open(wsUrl)));
+    await Promise.all(clients.map((c) => c.next((e) => e.type === 'session.created')));
+    expect(gw.sessions.size).toBeGreaterThanOrEqual(N);
+    const results = await Promise.all(clients.map((c, i) => c.turn(`Who was the son of David? ${i}`, { temperature: 0.9, seed: i, max_tokens: 24 })));
+    for (const r of results) {
+      expect(r.done.usage.completion_tokens).toBeGreaterThan(0);
+      expect(r.deltas.map((d) => d.seq)).toEqual(r.deltas.map((_, i) => i));
+    }
+    for (const c of clients) c.ws.close();
+  });
+
+  test('disconnect mid-stream frees the KV', async () => {
+    await until(() => gw.sessions.size === 0);
+    const before = engine.stats().sequences;
+    const c = await Client.open(wsUrl);
+    await c.next((e) => e.type === 'session.created');
+    expect(engine.stats().sequences).toBe(before + 1);
+    c.send({ type: 'message.create', content: 'Tell me of the kings of Israel.', sampling: { max_tokens: 200 } });
+    await c.next((e) => e.type === 'response.created');
+    await c.next((e) => e.type === 'response.delta');
+    c.ws.terminate();
+    await until(() => engine.stats().sequences === before && gw.sessions.size === 0);
+    const free = engine.stats();
+    expect(free.kvPagesFree).toBe(free.kvPagesTotal);
+  });
+});
