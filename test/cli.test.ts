@@ -77,3 +77,29 @@ test('errors exit 1 with a code', async () => {
   const nan = await cli(['generate', '--model', dir, '--prompt-ids', '1', '--temperature', 'abc']);
   expect(nan.stderr).toMatch(/WEFT_BAD_ARGUMENT.*temperature/);
 });
+
+test('serve prints its URL, becomes ready on the default model, and stops on SIGTERM; bad sizes are coded errors', async () => {
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--threads', '1'], { env: { ...process.env, WEFT_KV_MEMORY: '32MiB' } });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  try {
+    const deadline = Date.now() + 20_000;
+    while (!out.includes('ready') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const url = /http:\/\/[^ ]+/.exec(out)![0];
+    expect(out).toContain('/v1/ws');
+    expect((await fetch(url + '/readyz')).status).toBe(200);
+    expect((await fetch(url + '/healthz')).status).toBe(200);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  expect(await exited).toBe(0);
+  const bad = await cli(['serve', '--kv-memory', 'lots']);
+  expect(bad.code).toBe(1);
+  expect(bad.stderr).toContain('WEFT_BAD_ARGUMENT');
+  const { parseSize } = await import('../src/cli/args.js');
+  expect(parseSize('256MiB', 'x')).toBe(256 << 20);
+  expect(parseSize('1.5k', 'x')).toBe(1536);
+  expect(parseSize('4096', 'x')).toBe(4096);
+});

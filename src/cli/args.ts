@@ -31,3 +31,14 @@ export function parseFlags(argv: string[], spec: FlagSpec): Flags {
   }
   return out;
 }
+
+/** A byte size: `268435456`, `256MiB`, `1.5GiB`, `512k`, `64MB` (K/M/G and KiB/MiB/GiB are powers of 1024). */
+export function parseSize(value: string, name: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$/i.exec(value);
+  if (!m) throw new WeftError('WEFT_BAD_ARGUMENT', `${name} must be a size such as 256MiB (got ${value})`);
+  const unit = (m[2] ?? 'b').toLowerCase()[0]!;
+  const mult = unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1;
+  const n = Math.floor(Number(m[1]) * mult);
+  if (n <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `${name} must be positive (got ${value})`);
+  return n;
+}

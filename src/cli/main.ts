@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * weft's command line: `weft generate`, `weft bench`. Errors print `error CODE: message` on
+ * weft's command line: `weft serve`, `weft generate`, `weft bench`. Errors print `error CODE: message` on
  * stderr (and an {"error": {...}} object on stdout with --json) and exit with status 1.
  */
 import { existsSync } from 'node:fs';
@@ -10,11 +10,14 @@ import { WeftError, toWeftError } from '../errors.js';
 import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
 import { Engine } from '../engine/engine.js';
 import { generate } from '../engine/generate.js';
-import { parseFlags, type Flags } from './args.js';
+import { Gateway } from '../gateway/server.js';
+import { parseFlags, parseSize, type Flags } from './args.js';
 
 const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 
 usage:
+  weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--contexts N] [--threads N]
+                [--kv-memory SIZE] [--max-sessions N] [--max-tokens N] [--max-frame-bytes N]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -23,7 +26,14 @@ usage:
                 [--threads N] [--json]
 
 --model defaults to the embedded model (models/default) when it is present.
+
+weft serve: HTTP and WebSocket on one port: protocol v1 at ws://HOST:PORT/v1/ws
+(docs/protocol.md), GET /healthz, /readyz, /metrics. Every option has an environment
+equivalent, the flag winning: WEFT_MODEL, WEFT_PORT, WEFT_HOST, WEFT_CONTEXTS, WEFT_THREADS,
+WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS, WEFT_MAX_TOKENS,
+WEFT_MAX_FRAME_BYTES.
 `;
+
 
 function defaultModel(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -116,12 +126,65 @@ async function cmdBench(argv: string[]): Promise<void> {
   }
 }
 
+/** serve's options: the flag, else the WEFT_* environment variable. */
+function serveOption(f: Flags, name: string, kind: 'string' | 'int' | 'size'): string | number | undefined {
+  const env = process.env['WEFT_' + name.toUpperCase().replace(/-/g, '_')];
+  const v = f[name] ?? (env === undefined || env === '' ? undefined : env);
+  if (v === undefined) return undefined;
+  if (kind === 'string') return String(v);
+  if (kind === 'size') return typeof v === 'number' ? v : parseSize(String(v), `--${name}`);
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `--${name} must be a non-negative integer (got ${String(v)})`);
+  return n;
+}
+
+async function cmdServe(argv: string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(HELP);
+    return;
+  }
+  const f = parseFlags(argv, {
+    model: 'string', port: 'string', host: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
+    'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string',
+  });
+  const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
+  const port = int('port') ?? 8080;
+  if (port > 65535) throw new WeftError('WEFT_BAD_ARGUMENT', `--port must be at most 65535 (got ${port})`);
+  const model = (serveOption(f, 'model', 'string') as string | undefined) ?? defaultModel();
+  const engineOptions = { contexts: int('contexts'), threads: int('threads'), kvMemoryBytes: serveOption(f, 'kv-memory', 'size') as number | undefined };
+  const gw = new Gateway({
+    host: (serveOption(f, 'host', 'string') as string | undefined) ?? '127.0.0.1',
+    port,
+    maxSessions: int('max-sessions'),
+    defaultMaxTokens: int('max-tokens'),
+    maxFrameBytes: int('max-frame-bytes'),
+  });
+  const { url } = await gw.listen();
+  process.stdout.write(`weft listening on ${url} (WebSocket ${url.replace(/^http/, 'ws')}/v1/ws); loading ${model}\n`);
+  const engine = await Engine.load(model, engineOptions);
+  gw.attach(engine);
+  process.stdout.write(`weft ready: model ${gw.modelName}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      gw.close().finally(() => {
+        engine.dispose();
+        resolve();
+      });
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
 async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
     process.stdout.write(HELP);
     return;
   }
+  if (cmd === 'serve') return cmdServe(rest);
   if (cmd === 'generate') return cmdGenerate(rest);
   if (cmd === 'bench') return cmdBench(rest);
   throw new WeftError('WEFT_BAD_ARGUMENT', `unknown command ${cmd} (try weft --help)`);
