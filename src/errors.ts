@@ -30,6 +30,7 @@ export const ERRORS = {
   WEFT_RESPONSE_IN_PROGRESS: { status: 409, retryable: true, summary: 'message.create or session.update while a response is running in the session (gateway only).' },
   WEFT_NO_RESPONSE: { status: 409, retryable: false, summary: 'response.cancel while no response is running (gateway only).' },
   WEFT_TOO_MANY_SESSIONS: { status: 503, retryable: true, summary: 'The gateway holds its maximum number of sessions (gateway only).' },
+  WEFT_RESUME_UNKNOWN: { status: 404, retryable: false, summary: 'A resume token that is unknown or whose TTL ran out; a new session follows (gateway only).' },
   WEFT_NOT_READY: { status: 503, retryable: true, summary: 'The model is still loading (gateway only).' },
   WEFT_INTERNAL: { status: 500, retryable: false, summary: 'An unexpected internal failure; the message says where.' },
 } as const;

@@ -24,6 +24,7 @@ const TS_ONLY = [
   'WEFT_NO_RESPONSE',
   'WEFT_TOO_MANY_SESSIONS',
   'WEFT_NOT_READY',
+  'WEFT_RESUME_UNKNOWN',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

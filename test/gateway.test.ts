@@ -218,18 +218,64 @@ describe('gateway', () => {
     for (const c of clients) c.ws.close();
   });
 
-  test('disconnect mid-stream frees the KV', async () => {
-    await until(() => gw.sessions.size === 0);
-    const before = engine.stats().sequences;
+  test('disconnect mid-stream returns the KV pages at once; resume within the TTL gets the same session', async () => {
     const c = await Client.open(wsUrl);
-    await c.next((e) => e.type === 'session.created');
-    expect(engine.stats().sequences).toBe(before + 1);
+    const created = await c.next((e) => e.type === 'session.created');
+    expect(typeof created.resume_token).toBe('string');
+    const r1 = await c.turn('Who made the heaven and the earth?', SAMPLING);
     c.send({ type: 'message.create', content: 'Tell me of the kings of Israel.', sampling: { max_tokens: 200 } });
     await c.next((e) => e.type === 'response.created');
     await c.next((e) => e.type === 'response.delta');
     c.ws.terminate();
-    await until(() => engine.stats().sequences === before && gw.sessions.size === 0);
-    const free = engine.stats();
-    expect(free.kvPagesFree).toBe(free.kvPagesTotal);
+    // every session of this gateway is now idle or detached: all KV pages are back in the pool (parked)
+    await until(() => {
+      const st = engine.stats();
+      return st.kvPagesFree === st.kvPagesTotal;
+    });
+
+    const r = await Client.open(`${wsUrl}?resume=${encodeURIComponent(created.resume_token)}`);
+    const resumed = await r.next();
+    expect(resumed).toMatchObject({ type: 'session.resumed', session: { id: created.session.id }, resume_token: created.resume_token });
+    const r2 = await r.turn('And what did he say unto them?', SAMPLING);
+    expect(r2.done.usage.cached_tokens).toBeGreaterThan(0); // restored from host memory, not prefilled again
+    expect(r2.deltas.map((d) => d.seq)).toEqual(r2.deltas.map((_, i) => i));
+    // the same token cannot be used twice while its session is connected
+    const again = await Client.open(`${wsUrl}?resume=${encodeURIComponent(created.resume_token)}`);
+    expect(await again.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
+    expect((await again.next()).type).toBe('session.created');
+    again.ws.close();
+    expect(r1.done.usage.cached_tokens).toBe(0);
+    r.send({ type: 'session.close' });
+    await r.waitClosed();
+  });
+
+  test('with resume off (or after the TTL) a disconnect frees the session; an expired token gets an error and a fresh session', async () => {
+    const g3 = new Gateway({ port: 0, resumeTtlMs: 150 });
+    g3.attach(engine);
+    const url = (await g3.listen()).url.replace('http', 'ws') + '/v1/ws';
+    const before = engine.stats().sequences;
+    const c = await Client.open(url);
+    const created = await c.next();
+    c.send({ type: 'message.create', content: 'Tell me of Moses.', sampling: { max_tokens: 200 } });
+    await c.next((e) => e.type === 'response.delta');
+    c.ws.terminate();
+    await until(() => engine.stats().sequences === before && g3.sessions.size === 0);
+    const late = await Client.open(`${url}?resume=${created.resume_token}`);
+    expect(await late.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
+    expect(await late.next()).toMatchObject({ type: 'session.created' });
+    late.ws.close();
+    await g3.close();
+
+    const g4 = new Gateway({ port: 0, resumeTtlMs: 0 });
+    g4.attach(engine);
+    const url4 = (await g4.listen()).url.replace('http', 'ws') + '/v1/ws';
+    const d = await Client.open(url4);
+    expect(await d.next()).toMatchObject({ type: 'session.created', resume_token: null });
+    expect(engine.stats().sequences).toBe(before + 1);
+    d.send({ type: 'message.create', content: 'Tell me of Moses.', sampling: { max_tokens: 200 } });
+    await d.next((e) => e.type === 'response.delta');
+    d.ws.terminate();
+    await until(() => engine.stats().sequences === before && g4.sessions.size === 0);
+    await g4.close();
   });
 });

@@ -1,8 +1,11 @@
 /**
  * One client connection speaking protocol v1 (docs/protocol.md) over any transport: it owns one
- * Session (its transcript and KV), runs at most one response at a time, and frees the session's
- * KV as soon as the transport closes.
+ * Session (its transcript and KV) and runs at most one response at a time. When the transport
+ * closes, a running response is cancelled and the session's KV pages are returned to the pool at
+ * once: with resume enabled the KV is parked in host memory and the session waits for a
+ * reconnect with its resume_token until the TTL runs out; otherwise the session is freed.
  */
+import { randomBytes } from 'node:crypto';
 import { toWeftError, type WeftErrorCode } from '../errors.js';
 import { Session, type Turn } from '../session/session.js';
 import type { Gateway } from './server.js';
@@ -26,25 +29,39 @@ export class Connection {
   private running: { id: string; turn: Turn; cancelEventId?: string } | null = null;
   private closed = false;
   private blocked = false;
+  private resumeToken: string | null = null;
 
   constructor(
     private readonly gw: Gateway,
     private readonly sock: TransportSocket,
+    private readonly resume?: string,
   ) {}
 
   /** Called by the transport once the WebSocket is open. */
   open(): void {
     const scheduler = this.gw.scheduler;
     if (!scheduler || !this.gw.format) return this.refuse('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
+    if (this.resume !== undefined) {
+      const d = this.gw.takeDetached(this.resume);
+      if (d) {
+        this.session = d.session;
+        this.sampling = d.sampling;
+        this.system = d.system;
+        this.resumeToken = this.resume;
+        return this.send({ type: 'session.resumed', session: { id: d.session.id, model: this.gw.modelName, limits: this.gw.limits() }, resume_token: this.resume });
+      }
+      this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
+    }
     if (this.gw.sessions.size >= this.gw.maxSessions) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway holds its maximum of ${this.gw.maxSessions} sessions`);
     const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens });
     this.session = session;
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
+    this.resumeToken = this.gw.resumeTtlMs > 0 ? randomBytes(24).toString('base64url') : null;
     this.send({
       type: 'session.created',
       session: { id: session.id, model: this.gw.modelName, limits: this.gw.limits() },
-      resume_token: null,
+      resume_token: this.resumeToken,
     });
   }
 
@@ -61,14 +78,23 @@ export class Connection {
     }
   }
 
-  /** Called by the transport when the socket is gone (either side). Frees the session's KV. */
-  onClose(): void {
+  /**
+   * Called by the transport when the socket is gone (either side). Cancels a running response; the
+   * session is detached for resume (its KV parked) or, with `end` or resume disabled, closed.
+   */
+  onClose(end = false): void {
     if (this.closed) return;
     this.closed = true;
     this.gw.connections.delete(this);
     this.gw.metrics.connections.set(this.gw.connections.size);
-    this.running?.turn.cancel();
+    const running = this.running;
+    running?.turn.cancel();
     const session = this.session;
+    if (session && this.resumeToken && !end && this.gw.resumeTtlMs > 0) {
+      this.gw.detach(this.resumeToken, { session, sampling: this.sampling, system: this.system });
+      void (running ? running.turn.done : Promise.resolve()).then(() => session.park()).catch(() => undefined);
+      return;
+    }
     if (session) {
       void session.close().finally(() => {
         this.gw.sessions.delete(session);
@@ -101,7 +127,7 @@ export class Connection {
       case 'session.close':
         this.send(withId({ type: 'session.closed', session: { id: session.id } }, ev.event_id));
         this.sock.close(1000, 'session.close');
-        this.onClose();
+        this.onClose(true);
         return;
     }
   }

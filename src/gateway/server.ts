@@ -13,6 +13,7 @@ import type { Session } from '../session/session.js';
 import { WeftError } from '../errors.js';
 import { Connection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
+import type { WireSampling } from './protocol.js';
 import { attachWsTransport, WS_PATH } from './transport-ws.js';
 
 export interface GatewayOptions {
@@ -27,7 +28,19 @@ export interface GatewayOptions {
   backpressureBytes?: number;
   /** max_tokens when a message does not set one. Default 256. */
   defaultMaxTokens?: number;
+  /**
+   * How long a disconnected session waits (its KV parked in host memory) for a reconnect with its
+   * resume_token, in ms. 0 disables resume: a disconnect frees the session. Default 60000.
+   */
+  resumeTtlMs?: number;
   scheduler?: SchedulerOptions;
+}
+
+/** A session whose connection is gone, kept for resume. */
+export interface DetachedSession {
+  session: Session;
+  sampling: WireSampling;
+  system: string | undefined;
 }
 
 export class Gateway {
@@ -42,6 +55,8 @@ export class Gateway {
   readonly maxFrameBytes: number;
   readonly backpressureBytes: number;
   readonly defaultMaxTokens: number;
+  readonly resumeTtlMs: number;
+  private readonly detached = new Map<string, DetachedSession & { timer: NodeJS.Timeout }>();
   readonly http: Server;
   private readonly ws: { close(): void };
   private closing = false;
@@ -56,6 +71,9 @@ export class Gateway {
     this.maxFrameBytes = pos(options.maxFrameBytes, 'maxFrameBytes', 1 << 20);
     this.backpressureBytes = pos(options.backpressureBytes, 'backpressureBytes', 256 << 10);
     this.defaultMaxTokens = pos(options.defaultMaxTokens, 'defaultMaxTokens', 256);
+    const ttl = options.resumeTtlMs ?? 60_000;
+    if (!Number.isFinite(ttl) || ttl < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `resumeTtlMs must be a non-negative number (got ${ttl})`);
+    this.resumeTtlMs = ttl;
     this.http = createServer((req, res) => {
       const path = new URL(req.url ?? '/', 'http://localhost').pathname;
       const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
@@ -92,9 +110,35 @@ export class Gateway {
     return { max_context: st.maxContext, max_frame_bytes: this.maxFrameBytes, default_max_tokens: this.defaultMaxTokens };
   }
 
-  /** A transport's new socket. */
-  connect(sock: TransportSocket): Connection {
-    const conn = new Connection(this, sock);
+  /** Keeps a disconnected session for resume until the TTL runs out (then closes it). */
+  detach(token: string, d: DetachedSession): void {
+    const timer = setTimeout(() => {
+      if (this.detached.get(token)?.session !== d.session) return;
+      this.detached.delete(token);
+      void this.endSession(d.session);
+    }, this.resumeTtlMs);
+    timer.unref();
+    this.detached.set(token, { ...d, timer });
+  }
+
+  /** The detached session of a resume token (removed from the detached set), or undefined. */
+  takeDetached(token: string): DetachedSession | undefined {
+    const d = this.detached.get(token);
+    if (!d) return undefined;
+    clearTimeout(d.timer);
+    this.detached.delete(token);
+    return d;
+  }
+
+  private async endSession(session: Session): Promise<void> {
+    await session.close();
+    this.sessions.delete(session);
+    this.metrics.sessionsActive.set(this.sessions.size);
+  }
+
+  /** A transport's new socket (`resume`: the resume token of the URL, if any). */
+  connect(sock: TransportSocket, resume?: string): Connection {
+    const conn = new Connection(this, sock, resume);
     this.connections.add(conn);
     this.metrics.connections.set(this.connections.size);
     return conn;
@@ -118,7 +162,9 @@ export class Gateway {
   async close(): Promise<void> {
     this.closing = true;
     this.ws.close();
-    for (const c of [...this.connections]) c.onClose();
+    for (const c of [...this.connections]) c.onClose(true);
+    for (const d of this.detached.values()) clearTimeout(d.timer);
+    this.detached.clear();
     await Promise.allSettled([...this.sessions].map((s) => s.close()));
     await this.scheduler?.close();
     this.http.closeAllConnections();

@@ -16,8 +16,8 @@ export function attachWsTransport(gw: Gateway, server: Server): { close(): void 
   // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
   const wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-    if (path !== WS_PATH) {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname !== WS_PATH) {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
@@ -28,7 +28,7 @@ export function attachWsTransport(gw: Gateway, server: Server): { close(): void 
           return ws.bufferedAmount;
         },
         close: (code, reason) => ws.close(code, reason),
-      });
+      }, url.searchParams.get('resume') ?? undefined);
       ws.on('message', (data, isBinary) => conn.onMessage(toBuffer(data), isBinary));
       ws.on('close', () => conn.onClose());
       ws.on('error', () => conn.onClose());

@@ -146,8 +146,18 @@ export class Session {
     const sampling = { ...this.defaults.sampling, ...opts.sampling };
     const stopStrings = [...this.format.stopStrings, ...(this.defaults.stop ?? []), ...(opts.stop ?? [])];
     if (keep < this.cached.length) {
-      if (seq.info().parked) {
-        // truncating needs the pages in place: a parked sequence that must be cut is replaced (full re-prefill);
+      let parked = seq.info().parked;
+      if (parked) {
+        // truncating needs the pages in place: restore now when the pool has room
+        try {
+          this.scheduler.engine.native.restoreSequence(seq.id);
+          parked = false;
+        } catch {
+          /* no free pages: replaced below */
+        }
+      }
+      if (parked) {
+        // a parked sequence that must be cut and cannot be restored is replaced (full re-prefill);
         // one that is only extended is restored by the scheduler at admission
         this.scheduler.forget(seq);
         seq.free();
@@ -194,6 +204,17 @@ export class Session {
     };
     if (ev.error) done.error = ev.error;
     return done;
+  }
+
+  /**
+   * Parks the conversation's KV in host memory, returning its pages to the pool (an idle session
+   * only; no-op otherwise). The next turn restores it (or re-prefills when the prefix changed).
+   */
+  async park(): Promise<void> {
+    if (this.closed || !this.seq || this.state !== SessionState.Idle) return;
+    const info = this.seq.info();
+    if (info.parked || info.busy || info.numPages === 0) return;
+    await this.seq.park();
   }
 
   /** Cancels a running turn and frees the KV (once the turn's step settles). */
