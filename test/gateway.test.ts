@@ -279,3 +279,71 @@ describe('gateway', () => {
     await g4.close();
   });
 });
+
+describe('gateway under load (answers that run to max_tokens: EOS ignored, no template stop string)', () => {
+  let g5: Gateway;
+  let url5: string;
+  beforeAll(async () => {
+    g5 = new Gateway({ port: 0, sessionSampling: { ignoreEos: true }, backpressureBytes: 1024 });
+    g5.attach(engine);
+    // the default model's template ends a turn at a newline: drop that stop string so answers run to max_tokens
+    g5.format = Object.assign(Object.create(Object.getPrototypeOf(g5.format)), g5.format, { stopStrings: [] });
+    url5 = (await g5.listen()).url.replace('http', 'ws') + '/v1/ws';
+  });
+  afterAll(() => g5.close());
+
+  test('32 concurrent sessions: every one gets its first token before any finishes its 64-token answer', async () => {
+    const N = 32;
+    const clients = await Promise.all(Array.from({ length: N }, () => Client.open(url5)));
+    await Promise.all(clients.map((c) => c.next((e) => e.type === 'session.created')));
+    const firstAt: number[] = [];
+    const doneAt: number[] = [];
+    const results = await Promise.all(
+      clients.map(async (c, i) => {
+        c.send({ type: 'message.create', content: `Who was the son of David? ${i}`, sampling: { temperature: 0.9, seed: i, max_tokens: 64 } });
+        const created = await c.next((e) => e.type === 'response.created');
+        const deltas: Ev[] = [];
+        for (;;) {
+          const e = await c.next((x) => x.response_id === created.response_id);
+          if (e.type === 'response.delta') {
+            if (deltas.length === 0) firstAt[i] = performance.now();
+            deltas.push(e);
+          } else {
+            doneAt[i] = performance.now();
+            return { deltas, done: e };
+          }
+        }
+      }),
+    );
+    for (const r of results) {
+      expect(r.done.finish_reason).toBe('length');
+      expect(r.done.usage.completion_tokens).toBe(64);
+      expect(r.deltas.map((d) => d.seq)).toEqual(r.deltas.map((_, i) => i));
+    }
+    expect(Math.max(...firstAt)).toBeLessThan(Math.min(...doneAt));
+    for (const c of clients) c.ws.close();
+  });
+
+  test('backpressure: a reader with a full socket buffer is skipped until it drains, and others do not wait for it', async () => {
+    const sent: Record<string, any>[] = [];
+    const callbacks: (() => void)[] = [];
+    const fake = { bufferedAmount: 0, send: (t: string, cb?: () => void) => (sent.push(JSON.parse(t)), cb && callbacks.push(cb)), close: () => undefined };
+    const conn = g5.connect(fake);
+    conn.open();
+    expect(sent[0]!.type).toBe('session.created');
+    fake.bufferedAmount = 1 << 20; // the client stopped reading: its socket holds 1 MiB
+    conn.onMessage(JSON.stringify({ type: 'message.create', content: 'Tell me of Moses.', sampling: { max_tokens: 64 } }), false);
+    const other = await Client.open(url5);
+    await other.next((e) => e.type === 'session.created');
+    const r = await other.turn('And God said', { max_tokens: 64 });
+    expect(r.done.usage.completion_tokens).toBe(64);
+    const deltas = () => sent.filter((e) => e.type === 'response.delta').length;
+    expect(deltas()).toBeLessThanOrEqual(2); // blocked after its first token while the other streamed 64
+    fake.bufferedAmount = 0; // drained: the transport reports its sends done
+    for (const cb of callbacks.splice(0)) cb();
+    await until(() => sent.some((e) => e.type === 'response.done'), 10_000);
+    expect(deltas()).toBe(64);
+    conn.onClose(true);
+    other.ws.close();
+  });
+});

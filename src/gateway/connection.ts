@@ -53,7 +53,7 @@ export class Connection {
       this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
     }
     if (this.gw.sessions.size >= this.gw.maxSessions) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway holds its maximum of ${this.gw.maxSessions} sessions`);
-    const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens });
+    const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens, sampling: this.gw.options.sessionSampling });
     this.session = session;
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);

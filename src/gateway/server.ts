@@ -6,7 +6,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename } from 'node:path';
-import type { Engine } from '../engine/engine.js';
+import type { Engine, SamplingOptions } from '../engine/engine.js';
 import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
 import { ChatFormat } from '../session/chat-format.js';
 import type { Session } from '../session/session.js';
@@ -33,6 +33,8 @@ export interface GatewayOptions {
    * resume_token, in ms. 0 disables resume: a disconnect frees the session. Default 60000.
    */
   resumeTtlMs?: number;
+  /** Server-side sampling defaults of every session (a client's sampling overrides them field by field). */
+  sessionSampling?: SamplingOptions;
   scheduler?: SchedulerOptions;
 }
 
