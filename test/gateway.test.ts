@@ -78,16 +78,8 @@ const SAMPLING = { temperature: 0.8, top_k: 40, seed: 5, max_tokens: 40 };
 
 beforeAll(async () => {
   engine = await Engine.load(join(import.meta.dirname, '..', 'models', 'default'), { threads: 2, contexts: 2, kvMemoryBytes: 64 << 20 });
-  gw = new Gateway({ port: 0, maxFrameBytes: 64 << 10 });
-  gw.attach(engine);
-  const { url } = await gw.listen();
-  base = url;
-  wsUrl = url.replace('http', 'ws') + '/v1/ws';
 });
-afterAll(async () => {
-  await gw.close();
-  engine.dispose();
-});
+afterAll(() => engine.dispose());
 
 async function direct(history: { role: 'user' | 'assistant'; content: string }[], content: string): Promise<TurnDone> {
   const s = new Session(gw.scheduler!, { format: gw.format!, history, sampling: { temperature: 0.8, topK: 40, seed: 5 }, maxTokens: 40 });
@@ -106,9 +98,19 @@ const until = async (cond: () => boolean, ms = 5000) => {
   }
 };
 
+describe.each(['ws', 'uws'] as const)('gateway over %s', (transport) => {
+beforeAll(async () => {
+  gw = new Gateway({ transport, port: 0, maxFrameBytes: 64 << 10 });
+  gw.attach(engine);
+  const { url } = await gw.listen();
+  base = url;
+  wsUrl = url.replace('http', 'ws') + '/v1/ws';
+});
+afterAll(() => gw.close());
+
 describe('gateway', () => {
   test('healthz, readyz before and after the model, metrics, too many sessions', async () => {
-    const g2 = new Gateway({ port: 0, maxSessions: 1 });
+    const g2 = new Gateway({ transport, port: 0, maxSessions: 1 });
     const { url } = await g2.listen();
     expect((await fetch(url + '/healthz')).status).toBe(200);
     expect((await fetch(url + '/readyz')).status).toBe(503);
@@ -250,7 +252,7 @@ describe('gateway', () => {
   });
 
   test('with resume off (or after the TTL) a disconnect frees the session; an expired token gets an error and a fresh session', async () => {
-    const g3 = new Gateway({ port: 0, resumeTtlMs: 150 });
+    const g3 = new Gateway({ transport, port: 0, resumeTtlMs: 150 });
     g3.attach(engine);
     const url = (await g3.listen()).url.replace('http', 'ws') + '/v1/ws';
     const before = engine.stats().sequences;
@@ -266,7 +268,7 @@ describe('gateway', () => {
     late.ws.close();
     await g3.close();
 
-    const g4 = new Gateway({ port: 0, resumeTtlMs: 0 });
+    const g4 = new Gateway({ transport, port: 0, resumeTtlMs: 0 });
     g4.attach(engine);
     const url4 = (await g4.listen()).url.replace('http', 'ws') + '/v1/ws';
     const d = await Client.open(url4);
@@ -284,7 +286,7 @@ describe('gateway under load (answers that run to max_tokens: EOS ignored, no te
   let g5: Gateway;
   let url5: string;
   beforeAll(async () => {
-    g5 = new Gateway({ port: 0, sessionSampling: { ignoreEos: true }, backpressureBytes: 1024 });
+    g5 = new Gateway({ transport, port: 0, sessionSampling: { ignoreEos: true }, backpressureBytes: 1024 });
     g5.attach(engine);
     // the default model's template ends a turn at a newline: drop that stop string so answers run to max_tokens
     g5.format = Object.assign(Object.create(Object.getPrototypeOf(g5.format)), g5.format, { stopStrings: [] });
@@ -346,4 +348,5 @@ describe('gateway under load (answers that run to max_tokens: EOS ignored, no te
     conn.onClose(true);
     other.ws.close();
   });
+});
 });

@@ -18,7 +18,7 @@ const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 usage:
   weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--contexts N] [--threads N]
                 [--kv-memory SIZE] [--max-sessions N] [--max-tokens N] [--max-frame-bytes N]
-                [--resume-ttl SECONDS]
+                [--resume-ttl SECONDS] [--transport ws|uws]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -33,7 +33,8 @@ weft serve: HTTP and WebSocket on one port: protocol v1 at ws://HOST:PORT/v1/ws
 equivalent, the flag winning: WEFT_MODEL, WEFT_PORT, WEFT_HOST, WEFT_CONTEXTS, WEFT_THREADS,
 WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS, WEFT_MAX_TOKENS,
 WEFT_MAX_FRAME_BYTES, WEFT_RESUME_TTL (seconds a disconnected session waits for a resume;
-default 60, 0 disables resume).
+default 60, 0 disables resume), WEFT_TRANSPORT (ws, the default: node:http + ws; or uws:
+uWebSockets.js).
 `;
 
 
@@ -147,7 +148,7 @@ async function cmdServe(argv: string[]): Promise<void> {
   }
   const f = parseFlags(argv, {
     model: 'string', port: 'string', host: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
-    'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string',
+    'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
@@ -160,6 +161,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     maxSessions: int('max-sessions'),
     defaultMaxTokens: int('max-tokens'),
     maxFrameBytes: int('max-frame-bytes'),
+    transport: serveOption(f, 'transport', 'string') as 'ws' | 'uws' | undefined,
     resumeTtlMs: ((t) => (t === undefined ? undefined : t * 1000))(int('resume-ttl')),
   });
   const { url } = await gw.listen();

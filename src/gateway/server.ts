@@ -1,10 +1,8 @@
 /**
  * The gateway: HTTP and WebSocket on one port. `GET /healthz` (process up), `GET /readyz` (model
  * loaded, accepting sessions), `GET /metrics` (Prometheus text), and protocol v1 at `/v1/ws`
- * (docs/protocol.md) through the `ws` transport.
+ * (docs/protocol.md), through the `ws` transport (node:http + ws) or uWebSockets.js.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { basename } from 'node:path';
 import type { Engine, SamplingOptions } from '../engine/engine.js';
 import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
@@ -14,7 +12,8 @@ import { WeftError } from '../errors.js';
 import { Connection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
 import type { WireSampling } from './protocol.js';
-import { attachWsTransport, WS_PATH } from './transport-ws.js';
+import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
+import { UwsTransport } from './transport-uws.js';
 
 export interface GatewayOptions {
   host?: string;
@@ -33,6 +32,8 @@ export interface GatewayOptions {
    * resume_token, in ms. 0 disables resume: a disconnect frees the session. Default 60000.
    */
   resumeTtlMs?: number;
+  /** `ws` (the ws package on node:http, default) or `uws` (uWebSockets.js): same protocol, same port layout. */
+  transport?: 'ws' | 'uws';
   /** Server-side sampling defaults of every session (a client's sampling overrides them field by field). */
   sessionSampling?: SamplingOptions;
   scheduler?: SchedulerOptions;
@@ -59,8 +60,8 @@ export class Gateway {
   readonly defaultMaxTokens: number;
   readonly resumeTtlMs: number;
   private readonly detached = new Map<string, DetachedSession & { timer: NodeJS.Timeout }>();
-  readonly http: Server;
-  private readonly ws: { close(): void };
+  readonly transportName: 'ws' | 'uws';
+  private readonly transport: Transport;
   private closing = false;
 
   constructor(readonly options: GatewayOptions = {}) {
@@ -76,26 +77,26 @@ export class Gateway {
     const ttl = options.resumeTtlMs ?? 60_000;
     if (!Number.isFinite(ttl) || ttl < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `resumeTtlMs must be a non-negative number (got ${ttl})`);
     this.resumeTtlMs = ttl;
-    this.http = createServer((req, res) => {
-      const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-      const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
-        res.writeHead(status, { 'content-type': type });
-        res.end(body);
-      };
-      if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'method not allowed\n');
-      if (path === '/healthz') return text(200, 'ok\n');
-      if (path === '/readyz') return this.scheduler && !this.closing ? text(200, 'ready\n') : text(503, 'loading\n');
-      if (path === '/metrics') {
-        this.metrics.registry.metrics().then(
-          (body) => text(200, body, this.metrics.registry.contentType),
-          (err: Error) => text(500, `${err.message}\n`),
-        );
-        return;
+    this.transportName = options.transport ?? 'ws';
+    if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
+    this.transport = this.transportName === 'uws' ? new UwsTransport(this) : new WsTransport(this);
+  }
+
+  /** The answer to a plain HTTP request (both transports serve these). */
+  async httpResponse(method: string, path: string): Promise<{ status: number; body: string; type: string }> {
+    const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => ({ status, body, type });
+    if (method.toUpperCase() !== 'GET' && method.toUpperCase() !== 'HEAD') return text(405, 'method not allowed\n');
+    if (path === '/healthz') return text(200, 'ok\n');
+    if (path === '/readyz') return this.scheduler && !this.closing ? text(200, 'ready\n') : text(503, 'loading\n');
+    if (path === '/metrics') {
+      try {
+        return text(200, await this.metrics.registry.metrics(), this.metrics.registry.contentType);
+      } catch (err) {
+        return text(500, `${(err as Error).message}\n`);
       }
-      if (path === WS_PATH) return text(426, 'upgrade to WebSocket\n');
-      return text(404, 'not found\n');
-    });
-    this.ws = attachWsTransport(this, this.http);
+    }
+    if (path === WS_PATH) return text(426, 'upgrade to WebSocket\n');
+    return text(404, 'not found\n');
   }
 
   /** Makes the gateway ready: sessions are served by this engine (the caller keeps ownership of it). */
@@ -148,14 +149,7 @@ export class Gateway {
 
   async listen(): Promise<{ host: string; port: number; url: string }> {
     const host = this.options.host ?? '127.0.0.1';
-    await new Promise<void>((resolve, reject) => {
-      this.http.once('error', reject);
-      this.http.listen(this.options.port ?? 8080, host, () => {
-        this.http.off('error', reject);
-        resolve();
-      });
-    });
-    const port = (this.http.address() as AddressInfo).port;
+    const port = await this.transport.listen(host, this.options.port ?? 8080);
     const h = host.includes(':') ? `[${host}]` : host;
     return { host, port, url: `http://${h}:${port}` };
   }
@@ -163,13 +157,11 @@ export class Gateway {
   /** Closes every connection (their sessions free their KV), the scheduler and the server; not the engine. */
   async close(): Promise<void> {
     this.closing = true;
-    this.ws.close();
     for (const c of [...this.connections]) c.onClose(true);
     for (const d of this.detached.values()) clearTimeout(d.timer);
     this.detached.clear();
     await Promise.allSettled([...this.sessions].map((s) => s.close()));
     await this.scheduler?.close();
-    this.http.closeAllConnections();
-    await new Promise<void>((r) => this.http.close(() => r()));
+    await this.transport.close();
   }
 }

@@ -1,10 +1,19 @@
-/** The `ws` transport: protocol v1 at /v1/ws on the gateway's HTTP server. */
-import type { IncomingMessage, Server } from 'node:http';
+/** The `ws` transport: node:http for the HTTP routes, the ws package for protocol v1 at /v1/ws. */
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData } from 'ws';
 import type { Gateway } from './server.js';
 
 export const WS_PATH = '/v1/ws';
+
+/** A gateway transport: HTTP routes and protocol v1 on one port. */
+export interface Transport {
+  /** Listens; resolves with the bound port. */
+  listen(host: string, port: number): Promise<number>;
+  /** Drops every socket and stops listening. */
+  close(): Promise<void>;
+}
 
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
@@ -12,35 +21,61 @@ function toBuffer(data: RawData): Buffer {
   return Buffer.from(data);
 }
 
-export function attachWsTransport(gw: Gateway, server: Server): { close(): void } {
-  // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
-  const wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
-  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+export class WsTransport implements Transport {
+  readonly http: Server;
+  private readonly wss: WebSocketServer;
+
+  constructor(private readonly gw: Gateway) {
+    this.http = createServer((req, res) => {
+      const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+      void gw.httpResponse(req.method ?? 'GET', path).then((r) => {
+        res.writeHead(r.status, { 'content-type': r.type });
+        res.end(req.method === 'HEAD' ? undefined : r.body);
+      });
+    });
+    // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
+    this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
+  }
+
+  private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (url.pathname !== WS_PATH) {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      const conn = gw.connect({
-        send: (text, onSent) => ws.send(text, (err) => (err ? undefined : onSent?.())),
-        get bufferedAmount() {
-          return ws.bufferedAmount;
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const conn = this.gw.connect(
+        {
+          send: (text, onSent) => ws.send(text, (err) => (err ? undefined : onSent?.())),
+          get bufferedAmount() {
+            return ws.bufferedAmount;
+          },
+          close: (code, reason) => ws.close(code, reason),
         },
-        close: (code, reason) => ws.close(code, reason),
-      }, url.searchParams.get('resume') ?? undefined);
+        url.searchParams.get('resume') ?? undefined,
+      );
       ws.on('message', (data, isBinary) => conn.onMessage(toBuffer(data), isBinary));
       ws.on('close', () => conn.onClose());
       ws.on('error', () => conn.onClose());
       conn.open();
     });
-  };
-  server.on('upgrade', onUpgrade);
-  return {
-    close() {
-      server.off('upgrade', onUpgrade);
-      for (const c of wss.clients) c.terminate();
-      wss.close();
-    },
-  };
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(port, host, () => {
+        this.http.off('error', reject);
+        resolve((this.http.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.wss.clients) c.terminate();
+    this.wss.close();
+    this.http.closeAllConnections();
+    await new Promise<void>((r) => this.http.close(() => r()));
+  }
 }

@@ -1,0 +1,135 @@
+/**
+ * The uWebSockets.js transport (@trufflesuite/uws-js-unofficial: prebuilt binaries shipped in the
+ * npm package): the same HTTP routes and protocol v1 at /v1/ws on a uWS App.
+ */
+import { createRequire } from 'node:module';
+import type * as UWS from '@trufflesuite/uws-js-unofficial';
+import { WeftError } from '../errors.js';
+import type { Connection } from './connection.js';
+import type { Gateway } from './server.js';
+import { WS_PATH, type Transport } from './transport-ws.js';
+
+interface UserData {
+  resume?: string;
+  conn?: Connection;
+  closed?: boolean;
+  /** Send callbacks waiting for the socket's buffer to drain. */
+  pending?: (() => void)[];
+}
+
+const STATUS: Record<number, string> = { 200: '200 OK', 404: '404 Not Found', 405: '405 Method Not Allowed', 426: '426 Upgrade Required', 500: '500 Internal Server Error', 503: '503 Service Unavailable' };
+
+let uws: typeof UWS | undefined;
+function load(): typeof UWS {
+  if (uws) return uws;
+  try {
+    uws = createRequire(import.meta.url)('@trufflesuite/uws-js-unofficial') as typeof UWS;
+  } catch (err) {
+    throw new WeftError('WEFT_BAD_ARGUMENT', `the uws transport is not available on this platform: ${(err as Error).message}`, { cause: err });
+  }
+  return uws;
+}
+
+export class UwsTransport implements Transport {
+  private readonly app: UWS.TemplatedApp;
+  private listenSocket: UWS.us_listen_socket | null = null;
+  private readonly sockets = new Set<UWS.WebSocket<UserData>>();
+
+  constructor(private readonly gw: Gateway) {
+    const u = load();
+    this.app = u.App();
+    this.app.ws<UserData>(WS_PATH, {
+      maxPayloadLength: gw.maxFrameBytes * 4,
+      maxBackpressure: 64 << 20,
+      idleTimeout: 0,
+      upgrade: (res, req, context) => {
+        const resume = req.getQuery('resume');
+        res.upgrade<UserData>(
+          { resume: resume || undefined },
+          req.getHeader('sec-websocket-key'),
+          req.getHeader('sec-websocket-protocol'),
+          req.getHeader('sec-websocket-extensions'),
+          context,
+        );
+      },
+      open: (ws) => {
+        this.sockets.add(ws);
+        const ud = ws.getUserData();
+        ud.pending = [];
+        const conn = gw.connect(
+          {
+            send: (text, onSent) => {
+              if (ud.closed) return;
+              ws.send(text, false);
+              if (!onSent) return;
+              if (ws.getBufferedAmount() === 0) queueMicrotask(onSent);
+              else ud.pending!.push(onSent);
+            },
+            get bufferedAmount() {
+              return ud.closed ? 0 : ws.getBufferedAmount();
+            },
+            close: (code, reason) => {
+              if (ud.closed) return;
+              ud.closed = true;
+              ws.end(code, reason);
+            },
+          },
+          ud.resume,
+        );
+        ud.conn = conn;
+        conn.open();
+      },
+      message: (ws, message, isBinary) => {
+        // the ArrayBuffer is valid during this callback only: parsing is synchronous
+        ws.getUserData().conn?.onMessage(Buffer.from(message), isBinary);
+      },
+      drain: (ws) => {
+        const ud = ws.getUserData();
+        if (ws.getBufferedAmount() > 0) return;
+        for (const cb of ud.pending!.splice(0)) cb();
+      },
+      close: (ws) => {
+        this.sockets.delete(ws);
+        const ud = ws.getUserData();
+        ud.closed = true;
+        ud.conn?.onClose();
+      },
+    });
+    this.app.any('/*', (res, req) => {
+      const method = req.getMethod();
+      const path = req.getUrl();
+      let aborted = false;
+      res.onAborted(() => (aborted = true));
+      void gw.httpResponse(method, path).then((r) => {
+        if (aborted) return;
+        res.cork(() => {
+          res.writeStatus(STATUS[r.status] ?? String(r.status)).writeHeader('content-type', r.type).end(method.toUpperCase() === 'HEAD' ? '' : r.body);
+        });
+      });
+    });
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    const u = load();
+    return new Promise((resolve, reject) => {
+      this.app.listen(host, port, (token) => {
+        if (!token) return reject(new WeftError('WEFT_BAD_ARGUMENT', `cannot listen on ${host}:${port}`));
+        this.listenSocket = token;
+        resolve(u.us_socket_local_port(token as unknown as UWS.us_socket));
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const ws of [...this.sockets]) {
+      const ud = ws.getUserData();
+      if (!ud.closed) {
+        ud.closed = true;
+        ws.close();
+      }
+    }
+    this.sockets.clear();
+    if (this.listenSocket) load().us_listen_socket_close(this.listenSocket);
+    this.listenSocket = null;
+  }
+}
