@@ -131,7 +131,7 @@ describe('gateway', () => {
     const m = await fetch(base + '/metrics');
     expect(m.status).toBe(200);
     const body = await m.text();
-    for (const name of ['weft_time_to_first_token_seconds', 'weft_inter_token_latency_seconds', 'weft_queue_wait_seconds', 'weft_sessions_active', 'weft_open_connections', 'weft_generated_tokens_total', 'weft_prompt_tokens_total', 'weft_cached_tokens_total', 'weft_errors_total', 'weft_kv_pages_used', 'weft_kv_pages_total']) {
+    for (const name of ['weft_time_to_first_token_seconds', 'weft_inter_token_latency_seconds', 'weft_queue_wait_seconds', 'weft_sessions_active', 'weft_open_connections', 'weft_generated_tokens_total', 'weft_prompt_tokens_total', 'weft_cached_tokens_total', 'weft_errors_total', 'weft_kv_pages_used', 'weft_kv_pages_total', 'weft_step_duration_seconds', 'weft_batch_sequences', 'weft_batch_tokens', 'weft_contexts_busy', 'weft_sessions_queued']) {
       expect(body, name).toContain(name);
     }
   });

@@ -104,6 +104,11 @@ export class Gateway {
     if (!engine.tokenizer) throw new WeftError('WEFT_TOKENIZER', `${engine.dir} has no tokenizer.json: the gateway needs one`);
     this.format = new ChatFormat(engine.tokenizer);
     this.scheduler = new Scheduler(engine, this.options.scheduler);
+    this.scheduler.onStep = (st) => {
+      this.metrics.stepDuration.observe(st.durationMs / 1000);
+      this.metrics.batchSequences.observe(st.sequences);
+      this.metrics.batchTokens.observe(st.tokens);
+    };
     this.modelName = basename(engine.dir);
     this.engine = engine;
   }

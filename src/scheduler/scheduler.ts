@@ -152,6 +152,8 @@ export class Scheduler {
   private readonly vocabSize: number;
   /** Counters for tests and metrics. */
   readonly counters = { steps: 0, kvParks: 0, kvRetries: 0 };
+  /** Observer of every step that completed (metrics: step duration, batch size). */
+  onStep: ((step: { durationMs: number; sequences: number; tokens: number }) => void) | null = null;
 
   constructor(
     readonly engine: Engine,
@@ -363,10 +365,22 @@ export class Scheduler {
 
   private launch(lease: ContextLease, batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[]): void {
     this.counters.steps++;
+    const started = performance.now();
     const p = this.engine
       .step(lease, batch.map((b) => b.entry))
       .then(
-        (results) => this.onResults(batch, results),
+        (results) => {
+          if (this.onStep) {
+            let tokens = 0;
+            for (const b of batch) tokens += b.entry.tokens.length;
+            try {
+              this.onStep({ durationMs: performance.now() - started, sequences: batch.length, tokens });
+            } catch {
+              /* an observer never breaks the loop */
+            }
+          }
+          return this.onResults(batch, results);
+        },
         (err) => this.onStepError(batch, err),
       )
       .catch((err) => {
