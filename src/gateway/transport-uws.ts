@@ -60,7 +60,8 @@ export class UwsTransport implements Transport {
           {
             send: (text, onSent) => {
               if (ud.closed) return;
-              ws.send(text, false);
+              // sends come from scheduler callbacks, outside uWS's own (corked) handlers: cork each one
+              ws.cork(() => ws.send(text, false));
               if (!onSent) return;
               if (ws.getBufferedAmount() === 0) queueMicrotask(onSent);
               else ud.pending!.push(onSent);
