@@ -37,8 +37,17 @@ export class Connection {
     private readonly resume?: string,
   ) {}
 
-  /** Called by the transport once the WebSocket is open. */
+  /** Called by the transport once the WebSocket is open. Never throws. */
   open(): void {
+    try {
+      this.start();
+    } catch (err) {
+      const e = toWeftError(err);
+      this.refuse(e.code, e.message);
+    }
+  }
+
+  private start(): void {
     const scheduler = this.gw.scheduler;
     if (!scheduler || !this.gw.format) return this.refuse('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
     if (this.resume !== undefined) {
@@ -96,10 +105,13 @@ export class Connection {
       return;
     }
     if (session) {
-      void session.close().finally(() => {
-        this.gw.sessions.delete(session);
-        this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
-      });
+      void session
+        .close()
+        .catch(() => undefined)
+        .finally(() => {
+          this.gw.sessions.delete(session);
+          this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
+        });
     }
   }
 

@@ -139,7 +139,7 @@ export class Gateway {
   }
 
   private async endSession(session: Session): Promise<void> {
-    await session.close();
+    await session.close().catch(() => undefined);
     this.sessions.delete(session);
     this.metrics.sessionsActive.set(this.sessions.size);
   }
