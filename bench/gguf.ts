@@ -15,7 +15,8 @@
  *
  * Tensor data is streamed: one tensor is read, converted and written at a time.
  */
-import { open, readFile, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { loadModelConfig, type ModelConfig } from '../src/engine/config.js';
@@ -46,14 +47,6 @@ export type GgufValue = GgufScalar | GgufScalar[];
 // Checkpoint reading: config.json, safetensors (src/engine loaders) and tokenizer.json
 // ---------------------------------------------------------------------------------------------
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** GPT-2 byte-level alphabet: byte -> printable unicode char (the standard bytes_to_unicode table). */
 function byteToUnicode(): string[] {
@@ -85,7 +78,7 @@ async function readVocab(dir: string, c: ModelConfig): Promise<Vocab> {
   let bos = c.bosTokenId;
   let eos: number | null = c.eosTokenIds[0] ?? null;
   const tjPath = path.join(dir, 'tokenizer.json');
-  if (await exists(tjPath)) {
+  if (existsSync(tjPath)) {
     const tj = JSON.parse(await readFile(tjPath, 'utf8')) as {
       model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[] };
       added_tokens?: { id: number; content: string; special?: boolean }[];

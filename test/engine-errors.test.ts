@@ -6,6 +6,7 @@ import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Engine, type Sequence } from '../src/engine/engine.js';
+import { generate } from '../src/engine/generate.js';
 import { TinyModels } from './helpers/models.js';
 
 const models = new TinyModels();
@@ -141,6 +142,14 @@ describe('bad steps', () => {
     await expectCode(engine.run([{ sequence: s, tokens: [1, 2, 3, 4, 5] }]), 'WEFT_CONTEXT_OVERFLOW');
     expect(s.numTokens).toBe(60);
     s.free();
+  });
+
+  test('generation that reaches the context limit ends with length, not an error', async () => {
+    const prompt = Array.from({ length: 60 }, (_, i) => (i * 7) % 500);
+    const out = await generate(engine, prompt, { maxTokens: 100, ignoreEos: true });
+    // 60 prompt tokens + 4 fed back = 64 = the limit; the 5th sampled token is returned unfed
+    expect(out.tokens).toHaveLength(5);
+    expect(out.finishReason).toBe('length');
   });
 
   test('freed, parked and busy sequences; oversized batches; busy context', async () => {

@@ -22,7 +22,7 @@ export async function generate(engine: Engine, prompt: number[], opts: GenerateO
   const maxTokens = opts.maxTokens ?? 64;
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `maxTokens must be a positive integer (got ${maxTokens})`);
   if (prompt.length === 0) throw new WeftError('WEFT_BAD_ARGUMENT', 'the prompt is empty');
-  const budget = engine.stats().maxBatchTokens;
+  const { maxBatchTokens: budget, maxContext } = engine.stats();
   const seq = engine.createSequence(opts);
   try {
     const result: GenerateResult = { tokens: [], logprobs: [], finishReason: 'length', timing: { prefillTokensPerS: 0, decodeTokensPerS: 0, prefillMs: 0, decodeMs: 0 } };
@@ -42,7 +42,9 @@ export async function generate(engine: Engine, prompt: number[], opts: GenerateO
       result.tokens.push(r.token!);
       if (opts.logprobs) result.logprobs.push({ token: r.token!, logprob: r.logprob!, top: r.top ?? [] });
       opts.onToken?.(r.token!);
-      if (result.tokens.length >= maxTokens || seq.numTokens >= engine.stats().maxContext) break;
+      // the sequence holds the prompt and every generated token but the last (not fed yet): stop
+      // when feeding that one would pass the context limit
+      if (result.tokens.length >= maxTokens || prompt.length + result.tokens.length - 1 >= maxContext) break;
       [r] = await engine.run([{ sequence: seq, tokens: [r.token!], sample: true }], opts.signal);
     }
     const t2 = performance.now();
