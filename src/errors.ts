@@ -32,6 +32,9 @@ export const ERRORS = {
   WEFT_TOO_MANY_SESSIONS: { status: 503, retryable: true, summary: 'The gateway holds its maximum number of sessions (gateway only).' },
   WEFT_RESUME_UNKNOWN: { status: 404, retryable: false, summary: 'A resume token that is unknown or whose TTL ran out; a new session follows (gateway only).' },
   WEFT_NOT_READY: { status: 503, retryable: true, summary: 'The model is still loading (gateway only).' },
+  WEFT_BACKEND_UNAVAILABLE: { status: 501, retryable: false, summary: 'The requested backend (cuda) was not built or no GPU is present.' },
+  WEFT_DEVICE_OUT_OF_MEMORY: { status: 507, retryable: true, summary: 'GPU memory ran out (weights, KV pages or a step workspace); the step changed nothing.' },
+  WEFT_DEVICE_ERROR: { status: 500, retryable: false, summary: 'A CUDA or cuBLAS call failed (launch failure, device fault); the message names the call.' },
   WEFT_INTERNAL: { status: 500, retryable: false, summary: 'An unexpected internal failure; the message says where.' },
 } as const;
 

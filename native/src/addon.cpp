@@ -136,6 +136,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("kvPageTokens", e.kv().pageTokens());
       o.Set("kvBytesPerToken", double(e.kv().bytesPerToken()));
       o.Set("kvDtype", e.kv().dtype() == DType::F16 ? "F16" : "F32");
+      o.Set("backend", e.backend().name());
+      o.Set("device", e.backend().deviceName());
       o.Set("contexts", e.numContexts());
       o.Set("contextsBusy", e.numBusyContexts());
       o.Set("threadsPerContext", e.options().numThreads);
@@ -348,6 +350,14 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", EngineWrap::Define(env));
   exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth));
+#ifdef WEFT_HAVE_CUDA
+  exports.Set("cudaBuilt", true);
+#else
+  exports.Set("cudaBuilt", false);
+#endif
+  exports.Set("cudaDeviceCount", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return Napi::Number::New(info.Env(), cudaDeviceCount());
+  }));
 #if defined(__AVX512F__)
   exports.Set("simd", "avx512");
 #elif WEFT_SIMD

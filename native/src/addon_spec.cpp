@@ -53,6 +53,11 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
   }
   Napi::Value ov = spec.Get("options");
   Napi::Object o = ov.IsObject() ? ov.As<Napi::Object>() : Napi::Object::New(spec.Env());
+  Napi::Value be = o.Get("backend");
+  const std::string backend = be.IsString() ? be.As<Napi::String>().Utf8Value() : "cpu";
+  if (backend != "cpu" && backend != "cuda") throw WeftError(Err::BadArgument, "backend must be \"cpu\" or \"cuda\"");
+  opt_.backend = backend == "cuda" ? BackendKind::Cuda : BackendKind::Cpu;
+  opt_.cudaDevice = intField(o, "cudaDevice", 0);
   opt_.numContexts = intField(o, "contexts", 1);
   opt_.numThreads = intField(o, "threads", 1);
   opt_.maxBatchTokens = intField(o, "maxBatchTokens", 512);

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -12,7 +13,8 @@ namespace weft {
 enum class Err {
   ModelNotFound, ModelFormat, UnsupportedArch, UnsupportedDtype, TensorMissing, TensorShape, Tokenizer,
   BadArgument, TokenOutOfRange, ContextOverflow, BatchTooLarge, KvExhausted, SequenceNotFound,
-  SequenceParked, SequenceBusy, ContextBusy, Cancelled, Disposed, Internal,
+  SequenceParked, SequenceBusy, ContextBusy, Cancelled, Disposed, Internal, BackendUnavailable,
+  DeviceOutOfMemory, Device,
 };
 
 inline const char* errCode(Err e) {
@@ -36,6 +38,9 @@ inline const char* errCode(Err e) {
     case Err::Cancelled: return "WEFT_CANCELLED";
     case Err::Disposed: return "WEFT_DISPOSED";
     case Err::Internal: return "WEFT_INTERNAL";
+    case Err::BackendUnavailable: return "WEFT_BACKEND_UNAVAILABLE";
+    case Err::DeviceOutOfMemory: return "WEFT_DEVICE_OUT_OF_MEMORY";
+    case Err::Device: return "WEFT_DEVICE_ERROR";
   }
   return "WEFT_INTERNAL";
 }
@@ -44,6 +49,12 @@ struct WeftError : std::runtime_error {
   Err code;
   int64_t sequence = -1;  // the sequence at fault, when there is one
   WeftError(Err c, const std::string& msg, int64_t seq = -1) : std::runtime_error(msg), code(c), sequence(seq) {}
+};
+
+// A block of host memory whose owner decides how it is allocated (pinned on CUDA).
+struct HostBuffer {
+  std::shared_ptr<uint8_t> data;
+  uint64_t size = 0;
 };
 
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };

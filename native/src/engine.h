@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common.h"
 #include "kv_cache.h"
 #include "model.h"
 #include "sampler.h"
@@ -14,14 +15,18 @@
 
 namespace weft {
 
+enum class BackendKind { Cpu = 0, Cuda = 1 };
+
 struct EngineOptions {
+  BackendKind backend = BackendKind::Cpu;
+  int cudaDevice = 0;
   int numContexts = 1;
   int numThreads = 1;         // per context
   int maxBatchTokens = 512;   // tokens in one step, per context
   int maxBatchSequences = 64; // sequences in one step
   int maxLogitRows = 64;      // rows of logits one step may return / sample from
   int maxContext = 0;         // 0: the model's max_position_embeddings
-  uint64_t kvMemoryBytes = 256ull << 20;
+  uint64_t kvMemoryBytes = 256ull << 20;  // on CUDA: at most this, and what device memory allows
   int kvPageTokens = 16;
   DType kvDtype = DType::F32;
 };
@@ -35,7 +40,7 @@ struct Sequence {
   std::vector<int32_t> tokens;       // history (for penalties and truncation)
   SamplerState sampler;
   bool parked = false;
-  std::vector<uint8_t> parkedKv;     // host copy while parked
+  HostBuffer parkedKv;               // host copy while parked (pinned memory on CUDA)
   bool busy = false;
 };
 
@@ -58,34 +63,11 @@ struct StepOutput {
   int logitRows = 0;
 };
 
-class ExecContext {
- public:
-  ExecContext(const Model& model, const EngineOptions& opt);
-  ThreadPool& pool() { return pool_; }
-  bool busy = false;
+}  // namespace weft
 
-  // One forward pass over `entries` (KV pages already allocated), writing requested logits/samples.
-  void forward(const Model& model, KvPool& kv, std::vector<StepEntry>& entries, std::vector<StepOutput>& out);
-  // Samples entry i from logits row rowOf[i] (skipped when -1), in parallel across entries.
-  void sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out);
+#include "backend.h"
 
- private:
-  const EngineOptions opt_;
-  ThreadPool pool_;
-  // Workspace, preallocated for maxBatchTokens (T) and maxLogitRows (R): no allocation per step.
-  std::vector<float> x_, xb_;        // (T, hidden) residual stream, normed input
-  std::vector<float> q_, k_, v_;     // (T, heads*headDim), (T, kvHeads*headDim) x2
-  std::vector<float> att_;           // (T, heads*headDim)
-  std::vector<float> gate_, up_;     // (T, ffn)
-  std::vector<float> cos_, sin_;     // (T, headDim/2)
-  std::vector<float> logitIn_;       // (R, hidden)
-  std::vector<float> logits_;        // (R, vocab)
-  std::vector<int32_t> tok_, pos_, seqOf_;  // (T)
-  std::vector<int32_t> rowToken_;    // (R) which token each logits row comes from
-  std::vector<std::vector<float>> scores_;         // per thread: attention scores
-  std::vector<SamplerScratch> samplerScratch_;     // per thread
-  std::vector<std::vector<const uint8_t*>> pageK_, pageV_;  // per thread page-base lists
-};
+namespace weft {
 
 class Engine {
  public:
@@ -94,6 +76,7 @@ class Engine {
   const Model& model() const { return *model_; }
   const EngineOptions& options() const { return opt_; }
   KvPool& kv() { return *kv_; }
+  Backend& backend() { return *backend_; }
   int maxContext() const { return maxContext_; }
   int numContexts() const { return int(contexts_.size()); }
   int numBusyContexts() const;
@@ -119,6 +102,7 @@ class Engine {
   std::unique_ptr<Model> model_;
   EngineOptions opt_;
   int maxContext_;
+  std::unique_ptr<Backend> backend_;
   std::unique_ptr<KvPool> kv_;
   std::vector<std::unique_ptr<ExecContext>> contexts_;
   std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;

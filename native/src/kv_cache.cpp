@@ -6,7 +6,7 @@
 
 namespace weft {
 
-KvPool::KvPool(int numLayers, int numKvHeads, int headDim, int pageTokens, DType dtype, uint64_t budgetBytes)
+KvPool::KvPool(int numLayers, int numKvHeads, int headDim, int pageTokens, DType dtype, uint64_t budgetBytes, bool hostMemory)
     : numLayers_(numLayers), numKvHeads_(numKvHeads), headDim_(headDim), pageTokens_(pageTokens), dtype_(dtype) {
   if (pageTokens <= 0) throw WeftError(Err::BadArgument, "kvPageTokens must be positive");
   blockBytes_ = uint64_t(pageTokens) * headDim * dtypeSize(dtype);
@@ -17,12 +17,13 @@ KvPool::KvPool(int numLayers, int numKvHeads, int headDim, int pageTokens, DType
                                           std::to_string(pageBytes_) + " bytes");
   if (pages > (1u << 30)) pages = 1u << 30;
   numPages_ = int(pages);
+  free_.reserve(numPages_);
+  for (int i = numPages_ - 1; i >= 0; i--) free_.push_back(i);
+  if (!hostMemory) return;
   // Anonymous mapping: pages are committed on first touch, and returned to the OS on destruction.
   void* p = ::mmap(nullptr, uint64_t(numPages_) * pageBytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw WeftError(Err::BadArgument, "cannot reserve " + std::to_string(budgetBytes) + " bytes of KV memory");
   memory_ = static_cast<uint8_t*>(p);
-  free_.reserve(numPages_);
-  for (int i = numPages_ - 1; i >= 0; i--) free_.push_back(i);
 }
 
 KvPool::~KvPool() {

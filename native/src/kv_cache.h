@@ -11,7 +11,8 @@ namespace weft {
 
 class KvPool {
  public:
-  KvPool(int numLayers, int numKvHeads, int headDim, int pageTokens, DType dtype, uint64_t budgetBytes);
+  // hostMemory: the pages live in host memory owned by the pool (else the backend holds them).
+  KvPool(int numLayers, int numKvHeads, int headDim, int pageTokens, DType dtype, uint64_t budgetBytes, bool hostMemory = true);
   ~KvPool();
   KvPool(const KvPool&) = delete;
   KvPool& operator=(const KvPool&) = delete;
@@ -22,6 +23,7 @@ class KvPool {
   DType dtype() const { return dtype_; }
   uint64_t pageBytes() const { return pageBytes_; }
   uint64_t bytesPerToken() const { return pageBytes_ / pageTokens_; }
+  uint64_t blockBytes() const { return blockBytes_; }
 
   // Takes `count` pages or none: throws KvExhausted when fewer are free.
   void allocate(int count, std::vector<int>& into);
