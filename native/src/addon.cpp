@@ -358,6 +358,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaDeviceCount", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
     return Napi::Number::New(info.Env(), cudaDeviceCount());
   }));
+  // cudaCopyBandwidth(bytes, device = 0) -> bytes/s of device-to-device copy (read + write)
+  exports.Set("cudaCopyBandwidth", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      const double bytes = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : double(1ull << 30);
+      const int device = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+      if (!(bytes >= (1 << 20)) || !(bytes <= double(1ull << 36))) throw WeftError(Err::BadArgument, "cudaCopyBandwidth(bytes in 1 MiB..64 GiB)");
+      return Napi::Number::New(info.Env(), cudaCopyBandwidth(device, uint64_t(bytes)));
+    });
+  }));
 #if defined(__AVX512F__)
   exports.Set("simd", "avx512");
 #elif WEFT_SIMD

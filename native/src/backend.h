@@ -58,5 +58,8 @@ std::unique_ptr<Backend> makeCpuBackend();
 std::unique_ptr<Backend> makeCudaBackend(const Model& model, const EngineOptions& opt);
 // Number of usable CUDA devices (0 when built without CUDA or none is present).
 int cudaDeviceCount();
+// Device-to-device copy bandwidth in bytes/s (read + write counted), best of several copies of
+// `bytes`; blocks the calling thread (benchmarks only).
+double cudaCopyBandwidth(int device, uint64_t bytes);
 
 }  // namespace weft

@@ -130,6 +130,7 @@ void Engine::setSampling(int64_t id, const SamplingParams& p) {
   s.sampler.params = p;
   s.sampler.rng.seed(p.seed);
   s.sampler.sampledCounts.clear();
+  s.sampler.draws = 0;
 }
 
 void Engine::prepare(int ctx, std::vector<StepEntry>& entries) {
@@ -224,5 +225,6 @@ std::unique_ptr<Backend> makeCudaBackend(const Model&, const EngineOptions&) {
   throw WeftError(Err::BackendUnavailable, "this build of weft has no CUDA backend (rebuild with the CUDA toolkit present, or WEFT_CUDA=1)");
 }
 int cudaDeviceCount() { return 0; }
+double cudaCopyBandwidth(int, uint64_t) { throw WeftError(Err::BackendUnavailable, "this build of weft has no CUDA backend"); }
 }  // namespace weft
 #endif

@@ -34,6 +34,7 @@ struct SamplerState {
   SamplingParams params;
   Rng rng;
   std::unordered_map<int32_t, int32_t> sampledCounts;  // for presence/frequency penalties
+  uint64_t draws = 0;  // random draws taken (the CUDA sampler's counter-based stream)
 };
 
 struct SampleResult {

@@ -8,7 +8,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WeftError, toWeftError } from '../errors.js';
 import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
-import { Engine } from '../engine/engine.js';
+import { loadModelConfig } from '../engine/config.js';
+import { Engine, defaultBackend, type BackendName } from '../engine/engine.js';
 import { generate } from '../engine/generate.js';
 import { Gateway } from '../gateway/server.js';
 import { parseFlags, parseSize, type Flags } from './args.js';
@@ -16,22 +17,24 @@ import { parseFlags, parseSize, type Flags } from './args.js';
 const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 
 usage:
-  weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--contexts N] [--threads N]
+  weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--backend cpu|cuda] [--contexts N] [--threads N]
                 [--kv-memory SIZE] [--max-sessions N] [--max-tokens N] [--max-frame-bytes N]
                 [--resume-ttl SECONDS] [--transport ws|uws]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
-                [--logprobs N] [--threads N] [--json]
+                [--logprobs N] [--backend cpu|cuda] [--threads N] [--json]
   weft bench    [--model DIR] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
-                [--threads N] [--json]
+                [--backend cpu|cuda] [--threads N] [--json]
 
 --model defaults to the embedded model (models/default) when it is present.
+--backend defaults to cuda when weft was built with CUDA and a GPU is visible, else cpu
+(WEFT_BACKEND sets the default).
 
 weft serve: HTTP and WebSocket on one port: protocol v1 at ws://HOST:PORT/v1/ws
 (docs/protocol.md), GET /healthz, /readyz, /metrics. Every option has an environment
 equivalent, the flag winning: WEFT_MODEL, WEFT_PORT, WEFT_HOST, WEFT_CONTEXTS, WEFT_THREADS,
-WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS, WEFT_MAX_TOKENS,
+WEFT_BACKEND, WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS, WEFT_MAX_TOKENS,
 WEFT_MAX_FRAME_BYTES, WEFT_RESUME_TTL (seconds a disconnected session waits for a resume;
 default 60, 0 disables resume), WEFT_TRANSPORT (ws, the default: node:http + ws; or uws:
 uWebSockets.js).
@@ -50,14 +53,22 @@ function defaultModel(): string {
 
 const num = (f: Flags, k: string) => f[k] as number | undefined;
 
+function backendFlag(v: unknown): BackendName | undefined {
+  if (v === undefined) return undefined;
+  if (v !== 'cpu' && v !== 'cuda') throw new WeftError('WEFT_BAD_ARGUMENT', `--backend must be cpu or cuda (got ${String(v)})`);
+  return v;
+}
+
 async function cmdGenerate(argv: string[]): Promise<void> {
   const f = parseFlags(argv, {
     model: 'string', prompt: 'string', 'prompt-ids': 'list', 'max-tokens': 'number', temperature: 'number', 'top-p': 'number',
     'top-k': 'number', 'min-p': 'number', seed: 'number', 'repetition-penalty': 'number', 'presence-penalty': 'number',
-    'frequency-penalty': 'number', logprobs: 'number', threads: 'number', json: 'boolean',
+    'frequency-penalty': 'number', logprobs: 'number', threads: 'number', json: 'boolean', backend: 'string',
   });
   if ((f.prompt === undefined) === (f['prompt-ids'] === undefined)) throw new WeftError('WEFT_BAD_ARGUMENT', 'give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
-  const engine = await Engine.load((f.model as string | undefined) ?? defaultModel(), { threads: num(f, 'threads'), maxBatchSequences: 1, maxLogitRows: 1 });
+  const engine = await Engine.load((f.model as string | undefined) ?? defaultModel(), {
+    backend: backendFlag(f.backend), threads: num(f, 'threads'), maxBatchSequences: 1, maxLogitRows: 1,
+  });
   try {
     const tok = engine.tokenizer;
     let prompt: number[];
@@ -95,20 +106,19 @@ async function cmdGenerate(argv: string[]): Promise<void> {
 }
 
 async function cmdBench(argv: string[]): Promise<void> {
-  const f = parseFlags(argv, { model: 'string', sequences: 'list', 'prompt-tokens': 'number', 'gen-tokens': 'number', threads: 'number', json: 'boolean' });
+  const f = parseFlags(argv, { model: 'string', sequences: 'list', 'prompt-tokens': 'number', 'gen-tokens': 'number', threads: 'number', json: 'boolean', backend: 'string' });
+  const backend = backendFlag(f.backend);
   const sequences = (f.sequences as number[] | undefined) ?? [1, 4, 16, 64];
   const promptTokens = num(f, 'prompt-tokens') ?? 128;
   const genTokens = num(f, 'gen-tokens') ?? 32;
   if (sequences.some((n) => n < 1) || promptTokens < 1 || genTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', 'sequences, prompt and gen tokens must be positive');
   const maxSeq = Math.max(...sequences);
   const dir = (f.model as string | undefined) ?? defaultModel();
-  const probe = await Engine.load(dir, { threads: 1, kvMemoryBytes: 1 << 20, maxBatchTokens: 1, tokenizer: false }).catch((e) => {
-    throw toWeftError(e);
-  });
-  const kvElt = probe.stats().kvDtype === 'F32' ? 4 : 2;
-  const config = probe.config;
-  probe.dispose();
+  const config = await loadModelConfig(dir);
+  const resolved = backend ?? defaultBackend();
+  const kvElt = resolved === 'cpu' ? 4 : 2; // an upper bound on the CPU (f32 or f16 KV; pages are committed on first use)
   const engine = await Engine.load(dir, {
+    backend: resolved,
     threads: num(f, 'threads'),
     maxBatchTokens: Math.max(512, maxSeq),
     maxBatchSequences: maxSeq,
@@ -147,14 +157,14 @@ async function cmdServe(argv: string[]): Promise<void> {
     return;
   }
   const f = parseFlags(argv, {
-    model: 'string', port: 'string', host: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
+    model: 'string', port: 'string', host: 'string', backend: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
     'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
   if (port > 65535) throw new WeftError('WEFT_BAD_ARGUMENT', `--port must be at most 65535 (got ${port})`);
   const model = (serveOption(f, 'model', 'string') as string | undefined) ?? defaultModel();
-  const engineOptions = { contexts: int('contexts'), threads: int('threads'), kvMemoryBytes: serveOption(f, 'kv-memory', 'size') as number | undefined };
+  const engineOptions = { backend: backendFlag(serveOption(f, 'backend', 'string')), contexts: int('contexts'), threads: int('threads'), kvMemoryBytes: serveOption(f, 'kv-memory', 'size') as number | undefined };
   const gw = new Gateway({
     host: (serveOption(f, 'host', 'string') as string | undefined) ?? '127.0.0.1',
     port,

@@ -14,10 +14,27 @@ import { native, type NativeEngine, type NativeStats, type NativeTensorSpec } fr
 import { readSafetensorsIndex, type TensorInfo } from './safetensors.js';
 import { resolveWeights } from './weights.js';
 
+export type BackendName = 'cpu' | 'cuda';
+
+/**
+ * The backend a load gets when none is named: WEFT_BACKEND when set, else cuda when this build
+ * has the CUDA backend and a GPU is visible, else cpu.
+ */
+export function defaultBackend(): BackendName {
+  const env = process.env.WEFT_BACKEND;
+  if (env === 'cpu' || env === 'cuda') return env;
+  const addon = native();
+  return addon.cudaBuilt && addon.cudaDeviceCount() > 0 ? 'cuda' : 'cpu';
+}
+
 export interface EngineOptions {
+  /** cpu or cuda. Default: defaultBackend(). */
+  backend?: BackendName;
+  /** CUDA device ordinal. Default 0. */
+  cudaDevice?: number;
   /** Execution contexts (steps that may run at the same time). Default 1. */
   contexts?: number;
-  /** Threads per context. Default: the machine's cores divided among the contexts. */
+  /** Threads per context (CPU backend). Default: the machine's cores divided among the contexts. */
   threads?: number;
   /** Most tokens in one step (prefill chunk + decode tokens). Default 512. */
   maxBatchTokens?: number;
@@ -27,11 +44,11 @@ export interface EngineOptions {
   maxLogitRows?: number;
   /** Context length limit; default and upper bound: the model's max_position_embeddings. */
   maxContext?: number;
-  /** KV pool size in bytes. Default 256 MiB. */
+  /** KV pool size in bytes. Default 256 MiB (on CUDA: at most what device memory leaves). */
   kvMemoryBytes?: number;
   /** Tokens per KV page. Default 16. */
   kvPageTokens?: number;
-  /** KV element type. Default: f32 for f32 checkpoints, f16 otherwise. */
+  /** KV element type. Default: f32 for f32 checkpoints on the CPU, f16 otherwise. */
   kvDtype?: 'f32' | 'f16';
   /** Load tokenizer.json from the directory (default true when present). */
   tokenizer?: boolean;
@@ -174,7 +191,9 @@ export class Engine {
     const maxBatchSequences = intOption(options.maxBatchSequences, 'maxBatchSequences', 64, 1);
     const kvMemoryBytes = options.kvMemoryBytes ?? 256 * 2 ** 20;
     if (!Number.isFinite(kvMemoryBytes) || kvMemoryBytes <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `kvMemoryBytes must be a positive number (got ${kvMemoryBytes})`);
-    const kvDtype = options.kvDtype ?? (weights.embed.dtype === 'F32' ? 'f32' : 'f16');
+    const backend = options.backend ?? defaultBackend();
+    if (backend !== 'cpu' && backend !== 'cuda') throw new WeftError('WEFT_BAD_ARGUMENT', `backend must be cpu or cuda (got ${String(backend)})`);
+    const kvDtype = options.kvDtype ?? (weights.embed.dtype === 'F32' && backend === 'cpu' ? 'f32' : 'f16');
     if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new WeftError('WEFT_BAD_ARGUMENT', `kvDtype must be f32 or f16 (got ${String(kvDtype)})`);
 
     const addon = native();
@@ -197,6 +216,8 @@ export class Engine {
             kvMemoryBytes,
             kvPageTokens: intOption(options.kvPageTokens, 'kvPageTokens', 16, 1),
             kvDtype: kvDtype === 'f32' ? 'F32' : 'F16',
+            backend,
+            cudaDevice: intOption(options.cudaDevice, 'cudaDevice', 0, 0),
           },
         }),
     );

@@ -29,6 +29,7 @@ export interface NativeEngineSpec {
   options: {
     contexts: number; threads: number; maxBatchTokens: number; maxBatchSequences: number; maxLogitRows: number;
     maxContext: number; kvMemoryBytes: number; kvPageTokens: number; kvDtype: 'F32' | 'F16';
+    backend: 'cpu' | 'cuda'; cudaDevice: number;
   };
 }
 
@@ -55,6 +56,7 @@ export interface NativeStats {
   kvPagesTotal: number; kvPagesFree: number; kvPageTokens: number; kvBytesPerToken: number; kvDtype: 'F32' | 'F16';
   contexts: number; contextsBusy: number; threadsPerContext: number; maxContext: number; maxBatchTokens: number;
   maxBatchSequences: number; maxLogitRows: number; sequences: number; weightBytes: number;
+  backend: 'cpu' | 'cuda'; device: string;
 }
 
 export interface NativeEngine {
@@ -76,6 +78,12 @@ export interface NativeAddon {
   measureBandwidth(bytes: number, threads: number): { readBytesPerS: number; bytes: number; threads: number };
   simd: 'avx512' | 'avx2' | 'scalar';
   hardwareThreads: number;
+  /** Whether this build has the CUDA backend. */
+  cudaBuilt: boolean;
+  /** Visible CUDA devices (0 without CUDA). */
+  cudaDeviceCount(): number;
+  /** Device-to-device copy bandwidth in bytes/s (read + write), for benchmarks. */
+  cudaCopyBandwidth(bytes?: number, device?: number): number;
 }
 
 let addon: NativeAddon | undefined;

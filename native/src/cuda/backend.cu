@@ -1,0 +1,235 @@
+#include "backend.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace weft {
+
+namespace cuda {
+
+const int kGraphBatchSizes[9] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+
+namespace {
+
+uint16_t f32ToBf16(float f) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1);
+  return uint16_t(u >> 16);
+}
+
+// Copies rows [0, w.rows) of a host matrix into `dst` (device), converting to the device dtype.
+void uploadMatrix(uint8_t* dst, const cpu::WeightView& w, bool bf16) {
+  const uint64_t n = uint64_t(w.rows) * uint64_t(w.cols);
+  const DType target = bf16 ? DType::BF16 : DType::F16;
+  if (w.dtype == target) {
+    WEFT_CU(cudaMemcpy(dst, w.data, n * 2, cudaMemcpyHostToDevice));
+    return;
+  }
+  const uint64_t chunk = 1ull << 24;
+  std::vector<uint16_t> staging(std::min(n, chunk));
+  for (uint64_t b = 0; b < n; b += chunk) {
+    const uint64_t e = std::min(n, b + chunk);
+    for (uint64_t i = b; i < e; i++) {
+      const float f = loadScalar(w.data, w.dtype, i);
+      staging[i - b] = bf16 ? f32ToBf16(f) : f32ToF16(f);
+    }
+    WEFT_CU(cudaMemcpy(dst + b * 2, staging.data(), (e - b) * 2, cudaMemcpyHostToDevice));
+  }
+}
+
+void uploadFloats(DeviceBuffer& buf, const std::vector<float>& v) {
+  buf.alloc(v.size() * 4);
+  if (!v.empty()) WEFT_CU(cudaMemcpy(buf.ptr, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+}
+
+// Stacks matrices with the same column count into one device matrix (q|k|v, gate|up).
+void uploadStacked(DeviceBuffer& buf, std::initializer_list<const cpu::WeightView*> parts, bool bf16) {
+  uint64_t rows = 0;
+  for (auto* p : parts) rows += uint64_t(p->rows);
+  const uint64_t cols = uint64_t((*parts.begin())->cols);
+  buf.alloc(rows * cols * 2);
+  uint8_t* dst = buf.as<uint8_t>();
+  for (auto* p : parts) {
+    uploadMatrix(dst, *p, bf16);
+    dst += uint64_t(p->rows) * cols * 2;
+  }
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(model), opt_(opt) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    throw WeftError(Err::BackendUnavailable, "backend cuda: no CUDA device is visible");
+  }
+  if (opt.cudaDevice < 0 || opt.cudaDevice >= count)
+    throw WeftError(Err::BadArgument, "cudaDevice " + std::to_string(opt.cudaDevice) + " does not exist (" + std::to_string(count) + " visible)");
+  device = opt.cudaDevice;
+  WEFT_CU(cudaSetDevice(device));
+  cudaDeviceProp prop;
+  WEFT_CU(cudaGetDeviceProperties(&prop, device));
+  deviceName_ = prop.name;
+
+  const ModelConfig& c = model.cfg;
+  DeviceWeights& w = weights;
+  w.bf16 = model.weightDtype == DType::BF16;
+  const uint64_t H = c.hidden;
+  w.embed.alloc(uint64_t(c.vocab) * H * 2);
+  uploadMatrix(w.embed.as<uint8_t>(), model.embed, w.bf16);
+  if (model.lmHead.data == model.embed.data) {
+    w.lmHeadPtr = w.embed.ptr;
+  } else {
+    w.lmHead.alloc(uint64_t(c.vocab) * H * 2);
+    uploadMatrix(w.lmHead.as<uint8_t>(), model.lmHead, w.bf16);
+    w.lmHeadPtr = w.lmHead.ptr;
+  }
+  uploadFloats(w.finalNorm, model.finalNorm);
+  std::vector<float> invFreq(model.invFreq.begin(), model.invFreq.end());
+  uploadFloats(w.invFreq, invFreq);
+  w.layers.resize(c.numLayers);
+  for (int l = 0; l < c.numLayers; l++) {
+    const LayerWeights& L = model.layers[l];
+    DeviceLayer& d = w.layers[l];
+    uploadStacked(d.qkv, {&L.q, &L.k, &L.v}, w.bf16);
+    uploadStacked(d.o, {&L.o}, w.bf16);
+    uploadStacked(d.gateUp, {&L.gate, &L.up}, w.bf16);
+    uploadStacked(d.down, {&L.down}, w.bf16);
+    uploadFloats(d.inputNorm, L.inputNorm);
+    uploadFloats(d.postNorm, L.postNorm);
+    if (!L.qBias.empty()) {
+      std::vector<float> b(L.qBias);
+      b.insert(b.end(), L.kBias.begin(), L.kBias.end());
+      b.insert(b.end(), L.vBias.begin(), L.vBias.end());
+      uploadFloats(d.qkvBias, b);
+    }
+  }
+  w.bytes = w.embed.bytes + w.lmHead.bytes;
+  for (const DeviceLayer& d : w.layers) w.bytes += d.qkv.bytes + d.o.bytes + d.gateUp.bytes + d.down.bytes;
+  WEFT_CU(cudaStreamCreateWithFlags(&transfer, cudaStreamNonBlocking));
+  WEFT_CU(cudaEventCreateWithFlags(&transferDone, cudaEventDisableTiming));
+  WEFT_CU(cudaEventRecord(transferDone, transfer));
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(device);
+  if (transfer) cudaStreamSynchronize(transfer);
+  for (auto& p : pendingRestores_) cudaEventDestroy(p.first);
+  if (transferDone) cudaEventDestroy(transferDone);
+  if (transfer) cudaStreamDestroy(transfer);
+}
+
+// Workspace one context allocates (see CudaContext's constructor), to leave room for it.
+uint64_t CudaBackend::contextBytes(const EngineOptions& opt) const {
+  const ModelConfig& c = model_.cfg;
+  const uint64_t T = opt.maxBatchTokens, R = opt.maxLogitRows, H = c.hidden, D = c.headDim;
+  const uint64_t q = uint64_t(c.numHeads) * D, kv = uint64_t(c.numKvHeads) * D;
+  const uint64_t act = T * H * 4 + std::max(T, R) * H * 2 + T * (q + 2 * kv) * 4 + T * q * 2 + T * c.ffn * 2 * 4 +
+                       T * c.ffn * 2 + T * D * 4 + R * uint64_t(c.vocab) * 8;
+  return act + (32ull << 20) + (64ull << 20);  // cuBLAS workspace, index and graphs
+}
+
+uint64_t CudaBackend::kvBudget(uint64_t requested) {
+  WEFT_CU(cudaSetDevice(device));
+  size_t freeBytes = 0, total = 0;
+  WEFT_CU(cudaMemGetInfo(&freeBytes, &total));
+  const uint64_t reserve = contextBytes(opt_) * uint64_t(opt_.numContexts) + (512ull << 20);
+  if (freeBytes <= reserve)
+    throw WeftError(Err::DeviceOutOfMemory, "device memory: " + std::to_string(freeBytes >> 20) + " MiB free after the weights, the " +
+                                                std::to_string(opt_.numContexts) + " contexts need about " + std::to_string(reserve >> 20) + " MiB");
+  return std::min<uint64_t>(requested, freeBytes - reserve);
+}
+
+void CudaBackend::attachKv(KvPool& kv) {
+  WEFT_CU(cudaSetDevice(device));
+  kvMemory.alloc((uint64_t(kv.numPages()) + 1) * kv.pageBytes());
+  WEFT_CU(cudaMemset(kvMemory.ptr, 0, kvMemory.bytes));
+}
+
+std::unique_ptr<ExecContext> CudaBackend::makeContext(const Model& model, const EngineOptions& opt, KvPool& kv) {
+  WEFT_CU(cudaSetDevice(device));
+  return std::make_unique<CudaContext>(*this, model, opt, kv);
+}
+
+void CudaBackend::reapRestores() {
+  for (size_t i = 0; i < pendingRestores_.size();) {
+    if (cudaEventQuery(pendingRestores_[i].first) == cudaSuccess) {
+      cudaEventDestroy(pendingRestores_[i].first);
+      pendingRestores_.erase(pendingRestores_.begin() + long(i));
+    } else {
+      i++;
+    }
+  }
+}
+
+// Parking copies the pages to pinned host memory on the transfer stream and returns at once; the
+// pages go back to the pool, and every later step waits for the copy (CudaContext::beforeStep).
+HostBuffer CudaBackend::parkPages(KvPool& kv, const std::vector<int>& pages) {
+  WEFT_CU(cudaSetDevice(device));
+  reapRestores();
+  const uint64_t pb = kv.pageBytes();
+  HostBuffer b;
+  b.size = pages.size() * pb;
+  void* p = nullptr;
+  WEFT_CU(cudaMallocHost(&p, b.size ? b.size : 1));
+  b.data = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [](uint8_t* q) { cudaFreeHost(q); });
+  for (size_t i = 0; i < pages.size(); i++)
+    WEFT_CU(cudaMemcpyAsync(b.data.get() + i * pb, kvMemory.as<uint8_t>() + uint64_t(pages[i]) * pb, pb, cudaMemcpyDeviceToHost, transfer));
+  WEFT_CU(cudaEventRecord(transferDone, transfer));
+  return b;
+}
+
+void CudaBackend::restorePages(KvPool& kv, const std::vector<int>& pages, const HostBuffer& from) {
+  WEFT_CU(cudaSetDevice(device));
+  reapRestores();
+  const uint64_t pb = kv.pageBytes();
+  for (size_t i = 0; i < pages.size(); i++)
+    WEFT_CU(cudaMemcpyAsync(kvMemory.as<uint8_t>() + uint64_t(pages[i]) * pb, from.data.get() + i * pb, pb, cudaMemcpyHostToDevice, transfer));
+  WEFT_CU(cudaEventRecord(transferDone, transfer));
+  cudaEvent_t e;
+  WEFT_CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  WEFT_CU(cudaEventRecord(e, transfer));
+  pendingRestores_.emplace_back(e, from);  // the pinned buffer lives until the copy is done
+}
+
+}  // namespace cuda
+
+std::unique_ptr<Backend> makeCudaBackend(const Model& model, const EngineOptions& opt) {
+  return std::make_unique<cuda::CudaBackend>(model, opt);
+}
+
+double cudaCopyBandwidth(int device, uint64_t bytes) {
+  using cuda::check;
+  WEFT_CU(cudaSetDevice(device));
+  cuda::DeviceBuffer a(bytes), b(bytes);
+  WEFT_CU(cudaMemset(a.ptr, 1, bytes));
+  cudaEvent_t e0, e1;
+  WEFT_CU(cudaEventCreate(&e0));
+  WEFT_CU(cudaEventCreate(&e1));
+  float best = 1e30f;
+  for (int i = 0; i < 8; i++) {
+    WEFT_CU(cudaEventRecord(e0));
+    WEFT_CU(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice));
+    WEFT_CU(cudaEventRecord(e1));
+    WEFT_CU(cudaEventSynchronize(e1));
+    float ms = 0;
+    WEFT_CU(cudaEventElapsedTime(&ms, e0, e1));
+    if (i > 0) best = std::min(best, ms);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 2.0 * double(bytes) / (double(best) * 1e-3);
+}
+
+int cudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace weft

@@ -1,0 +1,109 @@
+// The CUDA backend: weights uploaded once and shared by every context; KV pages in device
+// memory; per context a stream, a cuBLAS handle, a preallocated workspace, pinned staging buffers
+// and CUDA graphs of the decode step at the common batch sizes.
+#pragma once
+#include <map>
+#include <vector>
+
+#include "../engine.h"
+#include "common.cuh"
+#include "kernels.h"
+
+namespace weft::cuda {
+
+struct DeviceLayer {
+  DeviceBuffer qkv, o, gateUp, down;  // (q|k|v rows, hidden), (hidden, q), (gate|up rows, hidden), (hidden, ffn)
+  DeviceBuffer inputNorm, postNorm;   // f32
+  DeviceBuffer qkvBias;               // f32, empty when the model has no attention bias
+};
+
+struct DeviceWeights {
+  bool bf16 = false;                   // activation/weight dtype on the device: bf16, else f16
+  DeviceBuffer embed, lmHead, finalNorm, invFreq;
+  const void* lmHeadPtr = nullptr;     // embed's buffer when the embeddings are tied
+  std::vector<DeviceLayer> layers;
+  uint64_t bytes = 0;
+};
+
+class CudaBackend;
+
+class CudaContext : public ExecContext {
+ public:
+  CudaContext(CudaBackend& backend, const Model& model, const EngineOptions& opt, KvPool& kv);
+  ~CudaContext() override;
+  void beforeStep() override;
+  void forward(const Model& model, KvPool& kv, std::vector<StepEntry>& entries, std::vector<StepOutput>& out) override;
+  void sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) override;
+
+ private:
+  void enqueueForward(int T, int R, int numTiles, int tileTokens);
+  void gemm(const void* W, const void* X, float* Y, int N, int T, int K, float beta);
+  void captureGraphs();
+  void ensurePenaltyCapacity(size_t n);
+
+  CudaBackend& be_;
+  const Model& model_;
+  const EngineOptions opt_;
+  KvLayout kvl_{};
+  int qkvDim_ = 0, maxTileTokens_ = 1, maxTokens_ = 0, maxRows_ = 0, pageCap_ = 0, scratchPage_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cudaEvent_t done_ = nullptr;
+  DeviceBuffer blasWorkspace_;
+  // workspace (T = maxBatchTokens, R = maxLogitRows)
+  DeviceBuffer x_;        // (T, hidden) f32 residual stream
+  DeviceBuffer xb_;       // (max(T, R), hidden) normed activations
+  DeviceBuffer qkv_;      // (T, q + 2 kv) f32
+  DeviceBuffer att_;      // (T, q) attention output
+  DeviceBuffer gateUp_;   // (T, 2 ffn) f32
+  DeviceBuffer h_;        // (T, ffn) SwiGLU output
+  DeviceBuffer cos_, sin_;  // (T, headDim / 2)
+  DeviceBuffer logits_;   // (R, vocab) f32
+  DeviceBuffer probs_;    // (R, vocab) f32 sampler scratch
+  // step index: fixed segments so that captured graphs read this step's values
+  DeviceBuffer index_;
+  PinnedBuffer hostIndex_;
+  StepIndex ix_{};
+  size_t segTok_ = 0, segPos_ = 0, segTokPages_ = 0, segPageIdx_ = 0, segRowToken_ = 0, segTile0_ = 0, segTileN_ = 0;
+  // sampling
+  DeviceBuffer sampleRows_, penalties_, penaltyOrig_, outToken_, outLogprob_;
+  PinnedBuffer hostSampleRows_, hostPenalties_, hostOutToken_, hostOutLogprob_, hostLogits_;
+  size_t penaltyCap_ = 0;
+  std::vector<int> sampleSlot_;  // per entry: its sampler row, or -1
+  std::vector<int> logitRowOf_;  // per entry: first logits row
+  std::map<int, cudaGraphExec_t> graphs_;  // decode batch size -> graph
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const Model& model, const EngineOptions& opt);
+  ~CudaBackend() override;
+  const char* name() const override { return "cuda"; }
+  uint64_t kvBudget(uint64_t requested) override;
+  bool kvInHostMemory() const override { return false; }
+  void attachKv(KvPool& kv) override;
+  std::unique_ptr<ExecContext> makeContext(const Model& model, const EngineOptions& opt, KvPool& kv) override;
+  HostBuffer parkPages(KvPool& kv, const std::vector<int>& pages) override;
+  void restorePages(KvPool& kv, const std::vector<int>& pages, const HostBuffer& from) override;
+  std::string deviceName() const override { return deviceName_; }
+  uint64_t deviceWeightBytes() const override { return weights.bytes; }
+
+  int device = 0;
+  DeviceWeights weights;
+  DeviceBuffer kvMemory;   // numPages + 1 pages (the last is scratch for padded graph steps)
+  cudaStream_t transfer = nullptr;
+  cudaEvent_t transferDone = nullptr;
+
+ private:
+  void reapRestores();
+  uint64_t contextBytes(const EngineOptions& opt) const;
+  const Model& model_;
+  const EngineOptions opt_;
+  std::string deviceName_;
+  std::vector<std::pair<cudaEvent_t, HostBuffer>> pendingRestores_;
+};
+
+// Decode-step batch sizes with a captured graph (a step of n sequences runs the next size up).
+extern const int kGraphBatchSizes[9];
+
+}  // namespace weft::cuda

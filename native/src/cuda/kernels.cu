@@ -1,0 +1,247 @@
+#include <cfloat>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace weft::cuda {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float warpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+
+// Fixed-order block sum (same result for the same inputs and block size). `red` holds 32 floats.
+__device__ float blockSum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? red[lane] : 0.f;
+  t = warpSum(t);
+  return t;  // every warp computes the same total
+}
+
+__global__ void ropeTableKernel(const int* pos, const float* invFreq, float* cosv, float* sinv, int T, int half) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= T * half) return;
+  const int t = i / half, j = i % half;
+  const double a = double(pos[t]) * double(invFreq[j]);
+  cosv[i] = float(cos(a));
+  sinv[i] = float(sin(a));
+}
+
+template <typename W>
+__global__ void embedKernel(const int* tok, const W* table, float* x, int H) {
+  const int t = blockIdx.x;
+  const W* row = table + int64_t(tok[t]) * H;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) x[int64_t(t) * H + i] = toF(row[i]);
+}
+
+template <typename W>
+__global__ void rmsnormKernel(const float* x, const int* rows, const float* w, W* out, int H, float eps) {
+  __shared__ float red[32];
+  const int r = blockIdx.x;
+  const float* xr = x + int64_t(rows ? rows[r] : r) * H;
+  float ss = 0;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = blockSum(ss, red);
+  const float inv = rsqrtf(ss / float(H) + eps);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) out[int64_t(r) * H + i] = fromF<W>(xr[i] * inv * w[i]);
+}
+
+template <typename KV>
+__global__ void ropeStoreKernel(float* qkv, const float* bias, const float* cosv, const float* sinv, StepIndex ix,
+                                KvLayout kv, int layer, int numHeads) {
+  const int t = blockIdx.x, D = kv.headDim, half = D / 2, nkv = kv.kvHeads;
+  const int qDim = numHeads * D, kvDim = nkv * D, dim = qDim + 2 * kvDim;
+  float* row = qkv + int64_t(t) * dim;
+  const float* c = cosv + int64_t(t) * half;
+  const float* sn = sinv + int64_t(t) * half;
+  const int p = ix.pos[t];
+  const int page = ix.pageIdx[ix.tokPages[t] + p / kv.pageTokens], slot = p % kv.pageTokens;
+  uint8_t* pageBase = kv.base + uint64_t(page) * kv.pageBytes;
+  // q and k: one thread per rotation pair (head, i)
+  for (int w = threadIdx.x; w < (numHeads + nkv) * half; w += blockDim.x) {
+    const int h = w / half, i = w % half;
+    const int off = h * D;  // q heads first, then k heads (contiguous in the row)
+    float a = row[off + i], b = row[off + i + half];
+    if (bias) { a += bias[off + i]; b += bias[off + i + half]; }
+    const float ra = a * c[i] - b * sn[i], rb = b * c[i] + a * sn[i];
+    if (h < numHeads) {
+      row[off + i] = ra;
+      row[off + i + half] = rb;
+    } else {
+      const int g = h - numHeads;
+      KV* dst = reinterpret_cast<KV*>(pageBase + (uint64_t(layer) * 2 * nkv + g) * kv.blockBytes) + slot * D;
+      dst[i] = fromF<KV>(ra);
+      dst[i + half] = fromF<KV>(rb);
+    }
+  }
+  for (int w = threadIdx.x; w < kvDim; w += blockDim.x) {
+    const int g = w / D, d = w % D;
+    float v = row[qDim + kvDim + w];
+    if (bias) v += bias[qDim + kvDim + w];
+    KV* dst = reinterpret_cast<KV*>(pageBase + ((uint64_t(layer) * 2 + 1) * nkv + g) * kv.blockBytes) + slot * D;
+    dst[d] = fromF<KV>(v);
+  }
+}
+
+// One block per (tile, kv head): the tile's query rows (tokens x grouped heads) stream over the
+// sequence's keys in chunks of 32 positions held in shared memory, with an online softmax per row.
+// Chunk boundaries are fixed (multiples of 32 from position 0), so a row's arithmetic never depends
+// on which tile or batch it is in.
+template <typename KV, typename W>
+__global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int layer, StepIndex ix, int numHeads,
+                                int tileTokens, W* out) {
+  extern __shared__ float sm[];
+  const int D = kv.headDim, nkv = kv.kvHeads, group = numHeads / nkv;
+  const int g = blockIdx.y;
+  const int t0 = ix.tileTok0[blockIdx.x], nt = ix.tileCount[blockIdx.x];
+  const int rows = nt * group, maxRows = tileTokens * group;
+  float* sq = sm;                    // (rows, D) queries, pre-scaled
+  float* sacc = sq + maxRows * D;    // (rows, D) output accumulators
+  float* sM = sacc + maxRows * D;    // (rows) running max
+  float* sL = sM + maxRows;          // (rows) running sum
+  float* sk = sL + maxRows;          // (32, D + 1) keys of the chunk
+  float* sv = sk + 32 * (D + 1);     // (32, D) values of the chunk
+  const float scale = rsqrtf(float(D));
+  for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
+    const int r = i / D, d = i % D;
+    const int t = t0 + r / group, h = g * group + r % group;
+    sq[i] = qkv[int64_t(t) * qkvDim + h * D + d] * scale;
+    sacc[i] = 0.f;
+  }
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    sM[r] = -INFINITY;
+    sL[r] = 0.f;
+  }
+  const int lastPos = ix.pos[t0 + nt - 1];
+  const int* pages = ix.pageIdx + ix.tokPages[t0];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int c0 = 0; c0 <= lastPos; c0 += 32) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
+      const int j = i / D, d = i % D, p = c0 + j;
+      float kval = 0.f, vval = 0.f;
+      if (p <= lastPos) {
+        const uint8_t* blk = kv.base + uint64_t(pages[p / kv.pageTokens]) * kv.pageBytes + (uint64_t(layer) * 2 * nkv + g) * kv.blockBytes;
+        const int e = (p % kv.pageTokens) * D + d;
+        kval = toF(reinterpret_cast<const KV*>(blk)[e]);
+        vval = toF(reinterpret_cast<const KV*>(blk + uint64_t(nkv) * kv.blockBytes)[e]);
+      }
+      sk[j * (D + 1) + d] = kval;
+      sv[j * D + d] = vval;
+    }
+    __syncthreads();
+    for (int r = warp; r < rows; r += nwarps) {
+      const int myPos = ix.pos[t0 + r / group];
+      if (c0 > myPos) continue;
+      const int p = c0 + lane;
+      float s = -INFINITY;
+      if (p <= myPos) {
+        s = 0.f;
+        const float* q = sq + r * D;
+        const float* k = sk + lane * (D + 1);
+        for (int d = 0; d < D; d++) s += q[d] * k[d];
+      }
+      const float mOld = sM[r];
+      const float mNew = fmaxf(mOld, warpMax(s));
+      const float pj = p <= myPos ? __expf(s - mNew) : 0.f;
+      const float alpha = __expf(mOld - mNew);
+      const float psum = warpSum(pj);
+      for (int d = lane; d < D; d += 32) {
+        float a = sacc[r * D + d] * alpha;
+        for (int j = 0; j < 32; j++) a += __shfl_sync(kFull, pj, j) * sv[j * D + d];
+        sacc[r * D + d] = a;
+      }
+      __syncwarp();
+      if (lane == 0) {
+        sM[r] = mNew;
+        sL[r] = sL[r] * alpha + psum;
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  const int qDim = numHeads * D;
+  for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
+    const int r = i / D, d = i % D;
+    const int t = t0 + r / group, h = g * group + r % group;
+    out[int64_t(t) * qDim + h * D + d] = fromF<W>(sacc[i] / sL[r]);
+  }
+}
+
+template <typename W>
+__global__ void siluMulKernel(const float* gu, W* h, int F) {
+  const int t = blockIdx.y;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < F; i += gridDim.x * blockDim.x) {
+    const float g = gu[int64_t(t) * 2 * F + i], u = gu[int64_t(t) * 2 * F + F + i];
+    h[int64_t(t) * F + i] = fromF<W>(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+}  // namespace
+
+void ropeTable(const int* pos, const float* invFreq, float* cosv, float* sinv, int T, int half, cudaStream_t s) {
+  const int n = T * half;
+  ropeTableKernel<<<(n + 255) / 256, 256, 0, s>>>(pos, invFreq, cosv, sinv, T, half);
+}
+
+void embed(const int* tok, const void* table, float* x, int T, int H, bool bf16, cudaStream_t s) {
+  if (bf16) embedKernel<<<T, 256, 0, s>>>(tok, static_cast<const __nv_bfloat16*>(table), x, H);
+  else embedKernel<<<T, 256, 0, s>>>(tok, static_cast<const __half*>(table), x, H);
+}
+
+void rmsnorm(const float* x, const int* rows, const float* w, void* out, int R, int H, float eps, bool bf16, cudaStream_t s) {
+  if (bf16) rmsnormKernel<<<R, 256, 0, s>>>(x, rows, w, static_cast<__nv_bfloat16*>(out), H, eps);
+  else rmsnormKernel<<<R, 256, 0, s>>>(x, rows, w, static_cast<__half*>(out), H, eps);
+}
+
+void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* sinv, const StepIndex& ix,
+                 const KvLayout& kv, int layer, int T, int numHeads, cudaStream_t s) {
+  if (kv.f16) ropeStoreKernel<__half><<<T, 128, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
+  else ropeStoreKernel<float><<<T, 128, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
+}
+
+size_t attentionSmem(int tileTokens, int group, int headDim) {
+  const size_t rows = size_t(tileTokens) * group;
+  return sizeof(float) * (2 * rows * headDim + 2 * rows + 32 * (headDim + 1) + 32 * headDim);
+}
+
+void setAttentionSmemLimit(size_t bytes) {
+  const int b = int(bytes);
+  WEFT_CU(cudaFuncSetAttribute(attentionKernel<__half, __half>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  WEFT_CU(cudaFuncSetAttribute(attentionKernel<__half, __nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  WEFT_CU(cudaFuncSetAttribute(attentionKernel<float, __half>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+  WEFT_CU(cudaFuncSetAttribute(attentionKernel<float, __nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+}
+
+void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
+               int tileTokens, int numHeads, void* out, bool bf16, cudaStream_t s) {
+  const dim3 grid(numTiles, kv.kvHeads);
+  const size_t smem = attentionSmem(tileTokens, numHeads / kv.kvHeads, kv.headDim);
+  const int threads = 128;
+  if (kv.f16) {
+    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out));
+    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out));
+  } else {
+    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out));
+    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out));
+  }
+}
+
+void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s) {
+  const dim3 grid((F + 255) / 256 < 64 ? (F + 255) / 256 : 64, T);
+  if (bf16) siluMulKernel<<<grid, 256, 0, s>>>(gu, static_cast<__nv_bfloat16*>(h), F);
+  else siluMulKernel<<<grid, 256, 0, s>>>(gu, static_cast<__half*>(h), F);
+}
+
+}  // namespace weft::cuda

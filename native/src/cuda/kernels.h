@@ -1,0 +1,56 @@
+// CUDA kernels of the forward pass and the sampler; each launcher enqueues on `stream`.
+// `bf16` selects the activation/weight dtype (bf16 or f16); `kvF16` the KV page dtype (f16 or f32).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace weft::cuda {
+
+// Where a step's tokens are: uploaded once per step into device memory.
+struct StepIndex {
+  const int* tok;        // (T) token ids
+  const int* pos;        // (T) positions
+  const int* tokPages;   // (T) offset into pageIdx of the token's sequence page list
+  const int* pageIdx;    // page lists of the step's sequences, concatenated
+  const int* rowToken;   // (R) token whose hidden state each logits row takes
+  const int* tileTok0;   // (tiles) first token of each attention tile (consecutive tokens of one sequence)
+  const int* tileCount;  // (tiles) tokens in the tile
+};
+
+// KV pages: base + page * pageBytes + ((layer * 2 + k|v) * kvHeads + head) * blockBytes + slot * headDim.
+struct KvLayout {
+  uint8_t* base;
+  uint64_t pageBytes, blockBytes;
+  int pageTokens, kvHeads, headDim;
+  bool f16;
+};
+
+void ropeTable(const int* pos, const float* invFreq, float* cosv, float* sinv, int T, int half, cudaStream_t s);
+void embed(const int* tok, const void* table, float* x, int T, int H, bool bf16, cudaStream_t s);
+// out[r] = rmsnorm(x[rows ? rows[r] : r]) * w, converted to the activation dtype.
+void rmsnorm(const float* x, const int* rows, const float* w, void* out, int R, int H, float eps, bool bf16, cudaStream_t s);
+// Adds biases, rotates q and k (rotate_half pairing), writes q back into qkv and k, v into the pages.
+void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* sinv, const StepIndex& ix,
+                 const KvLayout& kv, int layer, int T, int numHeads, cudaStream_t s);
+// Causal attention of every token's query heads over its sequence's pages, tile by tile.
+// Returns the dynamic shared memory it needs for `tileTokens` (for the launch attribute).
+size_t attentionSmem(int tileTokens, int group, int headDim);
+void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
+               int tileTokens, int numHeads, void* out, bool bf16, cudaStream_t s);
+void setAttentionSmemLimit(size_t bytes);
+// h[t, i] = silu(gu[t, i]) * gu[t, F + i]
+void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s);
+
+// Sampling, one block per sampled row.
+struct SampleRow {
+  int logitRow;
+  int topK;
+  float temperature, topP, minP, repetition, presence, frequency;
+  int penaltyOffset, penaltyCount;  // into the penalty list: (token, count << 1 | in history)
+  unsigned long long seed, draw;
+};
+void sample(float* logits, float* probs, int V, const SampleRow* rows, int numRows, const int2* penalties,
+            float* penaltyOrig, int* outToken, float* outLogprob, cudaStream_t s);
+
+}  // namespace weft::cuda
