@@ -7,6 +7,7 @@ namespace weft::cuda {
 namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kAttentionThreads = 128;
 
 __device__ __forceinline__ float warpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
@@ -112,6 +113,7 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
   float* sL = sM + maxRows;          // (rows) running sum
   float* sk = sL + maxRows;          // (32, D + 1) keys of the chunk
   float* sv = sk + 32 * (D + 1);     // (32, D) values of the chunk
+  float* sP = sv + 32 * D;           // (warps, 32) probabilities of the chunk per row in flight
   const float scale = rsqrtf(float(D));
   for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
     const int r = i / D, d = i % D;
@@ -157,9 +159,12 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
       const float pj = p <= myPos ? __expf(s - mNew) : 0.f;
       const float alpha = __expf(mOld - mNew);
       const float psum = warpSum(pj);
+      float* sp = sP + warp * 32;  // this warp's probabilities, read by every lane below
+      sp[lane] = pj;
+      __syncwarp();
       for (int d = lane; d < D; d += 32) {
         float a = sacc[r * D + d] * alpha;
-        for (int j = 0; j < 32; j++) a += __shfl_sync(kFull, pj, j) * sv[j * D + d];
+        for (int j = 0; j < 32; j++) a += sp[j] * sv[j * D + d];
         sacc[r * D + d] = a;
       }
       __syncwarp();
@@ -213,7 +218,7 @@ void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* 
 
 size_t attentionSmem(int tileTokens, int group, int headDim) {
   const size_t rows = size_t(tileTokens) * group;
-  return sizeof(float) * (2 * rows * headDim + 2 * rows + 32 * (headDim + 1) + 32 * headDim);
+  return sizeof(float) * (2 * rows * headDim + 2 * rows + 32 * (headDim + 1) + 32 * headDim + 32 * (kAttentionThreads / 32));
 }
 
 void setAttentionSmemLimit(size_t bytes) {
@@ -228,7 +233,7 @@ void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, cons
                int tileTokens, int numHeads, void* out, bool bf16, cudaStream_t s) {
   const dim3 grid(numTiles, kv.kvHeads);
   const size_t smem = attentionSmem(tileTokens, numHeads / kv.kvHeads, kv.headDim);
-  const int threads = 128;
+  const int threads = kAttentionThreads;
   if (kv.f16) {
     if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out));
     else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out));
