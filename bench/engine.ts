@@ -6,6 +6,7 @@
  *   npm run bench:engine -- [--threads 2] [--sequences 1,4,16,64] [--prompt-tokens 512]
  *                           [--decode-prompt-tokens 64] [--gen-tokens 32] [--repeats 3] [--skip-peer]
  * Both engines report the best of `repeats` timed runs per measure.
+ * With --backend cuda: the GPU benchmark against transformers (bench/engine-cuda.ts).
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,8 +21,13 @@ import { greedyTokens, runLlamaCpp } from './llamacpp.js';
 
 const f = parseFlags(process.argv.slice(2), {
   threads: 'number', sequences: 'list', 'prompt-tokens': 'number', 'decode-prompt-tokens': 'number', 'gen-tokens': 'number',
-  'skip-peer': 'boolean', dir: 'string', repeats: 'number',
+  'skip-peer': 'boolean', dir: 'string', repeats: 'number', backend: 'string', models: 'string', 'skip-contexts': 'boolean',
+  'peer-eager': 'boolean',
 });
+if (f.backend === 'cuda') {
+  await import('./engine-cuda.js'); // the GPU benchmark (its own flags and peer)
+  process.exit(0);
+}
 const repeats = (f.repeats as number | undefined) ?? 3;
 const threads = (f.threads as number | undefined) ?? 2;
 const sequences = (f.sequences as number[] | undefined) ?? [1, 4, 16, 64];
