@@ -46,7 +46,9 @@ class CudaContext : public ExecContext {
   const EngineOptions opt_;
   KvLayout kvl_{};
   int qkvDim_ = 0, maxTileTokens_ = 1, maxTokens_ = 0, maxRows_ = 0, pageCap_ = 0, scratchPage_ = 0;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr;        // the stream of the step in flight: one of the two below
+  cudaStream_t decodeStream_ = nullptr;  // highest priority: decode-only steps (and their graphs)
+  cudaStream_t prefillStream_ = nullptr; // lowest priority: steps with prompt tokens
   cublasHandle_t blas_ = nullptr;
   cudaEvent_t done_ = nullptr;
   DeviceBuffer blasWorkspace_;
@@ -60,11 +62,12 @@ class CudaContext : public ExecContext {
   DeviceBuffer cos_, sin_;  // (T, headDim / 2)
   DeviceBuffer logits_;   // (R, vocab) f32
   DeviceBuffer probs_;    // (R, vocab) f32 sampler scratch
+  DeviceBuffer partial_;  // (maxBatchSequences, heads, kAttentionSplits, headDim + 2) split-attention partials
   // step index: fixed segments so that captured graphs read this step's values
   DeviceBuffer index_;
   PinnedBuffer hostIndex_;
   StepIndex ix_{};
-  size_t segTok_ = 0, segPos_ = 0, segTokPages_ = 0, segPageIdx_ = 0, segRowToken_ = 0, segTile0_ = 0, segTileN_ = 0;
+  size_t segTok_ = 0, segPos_ = 0, segTokPages_ = 0, segPageIdx_ = 0, segRowToken_ = 0, segTile0_ = 0, segTileN_ = 0, segTileSlot_ = 0;
   // sampling
   DeviceBuffer sampleRows_, penalties_, penaltyOrig_, outToken_, outLogprob_;
   PinnedBuffer hostSampleRows_, hostPenalties_, hostOutToken_, hostOutLogprob_, hostLogits_;

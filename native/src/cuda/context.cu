@@ -20,7 +20,14 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   kvl_ = KvLayout{be_.kvMemory.as<uint8_t>(), kv.pageBytes(), kv.blockBytes(), kv.pageTokens(), c.numKvHeads, c.headDim,
                   kv.dtype() == DType::F16};
   scratchPage_ = kv.numPages();
-  WEFT_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // Two streams of different priority: when a context runs a long prefill while another decodes,
+  // the GPU's block scheduler starts the decode's blocks first.
+  int leastPriority = 0, greatestPriority = 0;
+  WEFT_CU(cudaDeviceGetStreamPriorityRange(&leastPriority, &greatestPriority));
+  WEFT_CU(cudaStreamCreateWithPriority(&decodeStream_, cudaStreamNonBlocking, greatestPriority));
+  WEFT_CU(cudaStreamCreateWithPriority(&prefillStream_, cudaStreamNonBlocking, leastPriority));
+  stream_ = decodeStream_;
+  if (D % 8 != 0) throw WeftError(Err::UnsupportedArch, "the CUDA backend needs a head dimension divisible by 8 (got " + std::to_string(D) + ")");
   WEFT_CU(cudaEventCreateWithFlags(&done_, cudaEventBlockingSync | cudaEventDisableTiming));
   check(cublasCreate(&blas_), "cublasCreate");
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
@@ -37,6 +44,7 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   sin_.alloc(T * (D / 2) * 4);
   logits_.alloc(R * int64_t(c.vocab) * 4);
   probs_.alloc(R * int64_t(c.vocab) * 4);
+  partial_.alloc(int64_t(opt.maxBatchSequences) * c.numHeads * kAttentionSplits * (D + 2) * 4);
 
   // index segments (ints): tok, pos, tokPages (T each), pageIdx, rowToken (R), tile first/count (T each)
   pageCap_ = int(int64_t(opt.maxBatchSequences) * ceilDiv(opt.maxContext, kv.pageTokens()) + 1);
@@ -47,11 +55,13 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   segRowToken_ = segPageIdx_ + pageCap_;
   segTile0_ = segRowToken_ + std::max(T, R);
   segTileN_ = segTile0_ + T;
-  const size_t indexInts = segTileN_ + T;
+  segTileSlot_ = segTileN_ + T;
+  const size_t indexInts = segTileSlot_ + T;
   index_.alloc(indexInts * 4);
   hostIndex_.alloc(indexInts * 4);
   const int* base = index_.as<int>();
-  ix_ = StepIndex{base + segTok_, base + segPos_, base + segTokPages_, base + segPageIdx_, base + segRowToken_, base + segTile0_, base + segTileN_};
+  ix_ = StepIndex{base + segTok_, base + segPos_, base + segTokPages_, base + segPageIdx_, base + segRowToken_, base + segTile0_, base + segTileN_,
+                  base + segTileSlot_};
 
   sampleRows_.alloc(R * sizeof(SampleRow));
   hostSampleRows_.alloc(R * sizeof(SampleRow));
@@ -76,11 +86,13 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
 
 CudaContext::~CudaContext() {
   cudaSetDevice(be_.device);
-  if (stream_) cudaStreamSynchronize(stream_);
+  for (cudaStream_t s : {decodeStream_, prefillStream_})
+    if (s) cudaStreamSynchronize(s);
   for (auto& g : graphs_) cudaGraphExecDestroy(g.second);
   if (blas_) cublasDestroy(blas_);
   if (done_) cudaEventDestroy(done_);
-  if (stream_) cudaStreamDestroy(stream_);
+  for (cudaStream_t s : {decodeStream_, prefillStream_})
+    if (s) cudaStreamDestroy(s);
 }
 
 void CudaContext::ensurePenaltyCapacity(size_t n) {
@@ -116,7 +128,7 @@ void CudaContext::enqueueForward(int T, int R, int numTiles, int tileTokens) {
     rmsnorm(x_.as<float>(), nullptr, L.inputNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
     gemm(L.qkv.ptr, xb_.ptr, qkv_.as<float>(), qkvDim_, T, H, 0.f);
     ropeStoreKv(qkv_.as<float>(), L.qkvBias.as<float>(), cos_.as<float>(), sin_.as<float>(), ix_, kvl_, l, T, c.numHeads, stream_);
-    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix_, numTiles, tileTokens, c.numHeads, att_.ptr, bf, stream_);
+    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix_, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), stream_);
     gemm(L.o.ptr, att_.ptr, x_.as<float>(), H, T, qDim, 1.f);
     // MLP: norm, gate|up in one GEMM, SwiGLU, down projection added into the residual stream
     rmsnorm(x_.as<float>(), nullptr, L.postNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
@@ -150,7 +162,10 @@ void CudaContext::captureGraphs() {
   }
 }
 
-void CudaContext::beforeStep() { WEFT_CU(cudaStreamWaitEvent(stream_, be_.transferDone, 0)); }
+void CudaContext::beforeStep() {
+  WEFT_CU(cudaStreamWaitEvent(decodeStream_, be_.transferDone, 0));
+  WEFT_CU(cudaStreamWaitEvent(prefillStream_, be_.transferDone, 0));
+}
 
 void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>& entries, std::vector<StepOutput>& out) {
   WEFT_CU(cudaSetDevice(be_.device));
@@ -164,9 +179,10 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
   int* rowToken = hi + segRowToken_;
   int* tile0 = hi + segTile0_;
   int* tileN = hi + segTileN_;
+  int* tileSlot = hi + segTileSlot_;
 
   // Flatten the batch (as the CPU backend does) and lay out the page lists and attention tiles.
-  int T = 0, R = 0, P = 0, tiles = 0, tileTokens = 1;
+  int T = 0, R = 0, P = 0, tiles = 0, tileTokens = 1, slots = 0;
   bool decodeOnly = true, wantLogits = false;
   out.assign(entries.size(), StepOutput{});
   logitRowOf_.assign(entries.size(), -1);
@@ -180,6 +196,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     for (int i = 0; i < n; i += maxTileTokens_) {
       tile0[tiles] = T + i;
       tileN[tiles] = std::min(maxTileTokens_, n - i);
+      tileSlot[tiles] = tileN[tiles] == 1 ? slots++ : -1;  // at most one per entry: its last tile
       tileTokens = std::max(tileTokens, tileN[tiles]);
       tiles++;
     }
@@ -218,6 +235,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     for (int t = 0; t < graphB; t++) {
       tile0[t] = t;
       tileN[t] = 1;
+      tileSlot[t] = t;
     }
   }
   const int TT = graphB ? graphB : T, RR = graphB ? graphB : R, tilesUsed = graphB ? graphB : tiles;
@@ -263,6 +281,8 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     sampleSlot_[e] = numSample++;
   }
 
+  stream_ = decodeOnly ? decodeStream_ : prefillStream_;
+  check(cublasSetStream(blas_, stream_), "cublasSetStream");
   try {
     auto up = [&](size_t seg, int n) {
       if (n > 0) WEFT_CU(cudaMemcpyAsync(index_.as<int>() + seg, hi + seg, size_t(n) * 4, cudaMemcpyHostToDevice, stream_));
@@ -274,6 +294,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     up(segRowToken_, RR);
     up(segTile0_, tilesUsed);
     up(segTileN_, tilesUsed);
+    up(segTileSlot_, tilesUsed);
     if (numSample > 0) {
       WEFT_CU(cudaMemcpyAsync(sampleRows_.ptr, rows, numSample * sizeof(SampleRow), cudaMemcpyHostToDevice, stream_));
       if (numPen > 0) WEFT_CU(cudaMemcpyAsync(penalties_.ptr, hostPenalties_.ptr, numPen * sizeof(int2), cudaMemcpyHostToDevice, stream_));

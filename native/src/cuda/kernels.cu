@@ -95,18 +95,32 @@ __global__ void ropeStoreKernel(float* qkv, const float* bias, const float* cosv
   }
 }
 
-// One block per (tile, kv head): the tile's query rows (tokens x grouped heads) stream over the
-// sequence's keys in chunks of 32 positions held in shared memory, with an online softmax per row.
-// Chunk boundaries are fixed (multiples of 32 from position 0), so a row's arithmetic never depends
-// on which tile or batch it is in.
+// One block per (tile, kv head, split): the tile's query rows (tokens x grouped heads) stream over
+// the sequence's keys in chunks of 32 positions held in shared memory, with an online softmax per
+// row. A single-token tile (a decode token) is split over gridDim.z blocks, each taking a range of
+// chunks and leaving (max, sum, accumulator) partials that attentionCombine merges in a fixed order
+// (flash-decoding); longer tiles run whole in split 0. Chunk boundaries are multiples of 32 from
+// position 0 and a split's range depends only on the sequence's own length, so a row's arithmetic
+// never depends on which tile, batch or step it is in.
 template <typename KV, typename W>
 __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int layer, StepIndex ix, int numHeads,
-                                int tileTokens, W* out) {
+                                int tileTokens, W* out, float* partial) {
   extern __shared__ float sm[];
+  constexpr int VEC = 16 / sizeof(KV);  // elements per 16-byte load
   const int D = kv.headDim, nkv = kv.kvHeads, group = numHeads / nkv;
-  const int g = blockIdx.y;
+  const int g = blockIdx.y, split = blockIdx.z, numSplits = gridDim.z;
   const int t0 = ix.tileTok0[blockIdx.x], nt = ix.tileCount[blockIdx.x];
+  const int slot = ix.tileSlot[blockIdx.x];
+  const bool splitting = slot >= 0;
+  if (!splitting && split > 0) return;
   const int rows = nt * group, maxRows = tileTokens * group;
+  const int lastPos = ix.pos[t0 + nt - 1];
+  int lo = 0, hi = lastPos + 1;
+  if (splitting) {
+    const int len = ((hi + numSplits - 1) / numSplits + 31) / 32 * 32;
+    lo = min(hi, split * len);
+    hi = min(hi, lo + len);
+  }
   float* sq = sm;                    // (rows, D) queries, pre-scaled
   float* sacc = sq + maxRows * D;    // (rows, D) output accumulators
   float* sM = sacc + maxRows * D;    // (rows) running max
@@ -125,22 +139,29 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
     sM[r] = -INFINITY;
     sL[r] = 0.f;
   }
-  const int lastPos = ix.pos[t0 + nt - 1];
   const int* pages = ix.pageIdx + ix.tokPages[t0];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  for (int c0 = 0; c0 <= lastPos; c0 += 32) {
+  const int vecPerRow = D / VEC;
+  const uint64_t kOff = (uint64_t(layer) * 2 * nkv + g) * kv.blockBytes, vOff = kOff + uint64_t(nkv) * kv.blockBytes;
+  for (int c0 = lo; c0 < hi; c0 += 32) {
     __syncthreads();
-    for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
-      const int j = i / D, d = i % D, p = c0 + j;
-      float kval = 0.f, vval = 0.f;
-      if (p <= lastPos) {
-        const uint8_t* blk = kv.base + uint64_t(pages[p / kv.pageTokens]) * kv.pageBytes + (uint64_t(layer) * 2 * nkv + g) * kv.blockBytes;
-        const int e = (p % kv.pageTokens) * D + d;
-        kval = toF(reinterpret_cast<const KV*>(blk)[e]);
-        vval = toF(reinterpret_cast<const KV*>(blk + uint64_t(nkv) * kv.blockBytes)[e]);
+    // 16-byte loads, all issued before any is used
+    for (int i = threadIdx.x; i < 32 * vecPerRow; i += blockDim.x) {
+      const int j = i / vecPerRow, dv = (i % vecPerRow) * VEC, p = c0 + j;
+      uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
+      if (p < hi) {
+        const uint8_t* page = kv.base + uint64_t(pages[p / kv.pageTokens]) * kv.pageBytes;
+        const uint64_t e = (uint64_t(p % kv.pageTokens) * D + dv) * sizeof(KV);
+        kraw = *reinterpret_cast<const uint4*>(page + kOff + e);
+        vraw = *reinterpret_cast<const uint4*>(page + vOff + e);
       }
-      sk[j * (D + 1) + d] = kval;
-      sv[j * D + d] = vval;
+      const KV* kk = reinterpret_cast<const KV*>(&kraw);
+      const KV* vv = reinterpret_cast<const KV*>(&vraw);
+#pragma unroll
+      for (int u = 0; u < VEC; u++) {
+        sk[j * (D + 1) + dv + u] = toF(kk[u]);
+        sv[j * D + dv + u] = toF(vv[u]);
+      }
     }
     __syncthreads();
     for (int r = warp; r < rows; r += nwarps) {
@@ -148,7 +169,7 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
       if (c0 > myPos) continue;
       const int p = c0 + lane;
       float s = -INFINITY;
-      if (p <= myPos) {
+      if (p <= myPos && p < hi) {
         s = 0.f;
         const float* q = sq + r * D;
         const float* k = sk + lane * (D + 1);
@@ -156,7 +177,7 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
       }
       const float mOld = sM[r];
       const float mNew = fmaxf(mOld, warpMax(s));
-      const float pj = p <= myPos ? __expf(s - mNew) : 0.f;
+      const float pj = s == -INFINITY ? 0.f : __expf(s - mNew);
       const float alpha = __expf(mOld - mNew);
       const float psum = warpSum(pj);
       float* sp = sP + warp * 32;  // this warp's probabilities, read by every lane below
@@ -177,10 +198,40 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
   }
   __syncthreads();
   const int qDim = numHeads * D;
+  if (splitting) {  // partial (max, sum, acc[D]) per (slot, head, split); an empty range leaves sum 0
+    for (int i = threadIdx.x; i < rows * (D + 2); i += blockDim.x) {
+      const int r = i / (D + 2), d = i % (D + 2);
+      const int h = g * group + r;
+      float* dst = partial + ((int64_t(slot) * numHeads + h) * numSplits + split) * (D + 2);
+      dst[d] = d == 0 ? sM[r] : d == 1 ? sL[r] : sacc[r * D + d - 2];
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
     const int r = i / D, d = i % D;
     const int t = t0 + r / group, h = g * group + r % group;
     out[int64_t(t) * qDim + h * D + d] = fromF<W>(sacc[i] / sL[r]);
+  }
+}
+
+// Merges the split partials of each single-token tile, splits in order: one block per (tile, head).
+template <typename W>
+__global__ void attentionCombineKernel(const float* partial, StepIndex ix, int numHeads, int D, int numSplits, W* out) {
+  const int slot = ix.tileSlot[blockIdx.x];
+  if (slot < 0) return;
+  const int h = blockIdx.y, t = ix.tileTok0[blockIdx.x];
+  const float* p = partial + (int64_t(slot) * numHeads + h) * numSplits * (D + 2);
+  float m = -INFINITY;
+  for (int s = 0; s < numSplits; s++)
+    if (p[s * (D + 2) + 1] > 0.f) m = fmaxf(m, p[s * (D + 2)]);
+  float l = 0.f;
+  for (int s = 0; s < numSplits; s++)
+    if (p[s * (D + 2) + 1] > 0.f) l += p[s * (D + 2) + 1] * __expf(p[s * (D + 2)] - m);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < numSplits; s++)
+      if (p[s * (D + 2) + 1] > 0.f) a += p[s * (D + 2) + 2 + d] * __expf(p[s * (D + 2)] - m);
+    out[int64_t(t) * numHeads * D + h * D + d] = fromF<W>(a / l);
   }
 }
 
@@ -230,17 +281,20 @@ void setAttentionSmemLimit(size_t bytes) {
 }
 
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
-               int tileTokens, int numHeads, void* out, bool bf16, cudaStream_t s) {
-  const dim3 grid(numTiles, kv.kvHeads);
+               int tileTokens, int numHeads, void* out, bool bf16, float* partial, cudaStream_t s) {
+  const dim3 grid(numTiles, kv.kvHeads, kAttentionSplits);
   const size_t smem = attentionSmem(tileTokens, numHeads / kv.kvHeads, kv.headDim);
   const int threads = kAttentionThreads;
   if (kv.f16) {
-    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out));
-    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out));
+    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial);
+    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial);
   } else {
-    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out));
-    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out));
+    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial);
+    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial);
   }
+  const dim3 cgrid(numTiles, numHeads);
+  if (bf16) attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__nv_bfloat16*>(out));
+  else attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__half*>(out));
 }
 
 void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s) {

@@ -16,7 +16,12 @@ struct StepIndex {
   const int* rowToken;   // (R) token whose hidden state each logits row takes
   const int* tileTok0;   // (tiles) first token of each attention tile (consecutive tokens of one sequence)
   const int* tileCount;  // (tiles) tokens in the tile
+  const int* tileSlot;   // (tiles) split-partial slot of a single-token tile, -1 for longer tiles
 };
+
+// Blocks a single-token (decode) tile's attention is split over; partials per slot:
+// numHeads x kAttentionSplits x (headDim + 2) floats.
+constexpr int kAttentionSplits = 16;
 
 // KV pages: base + page * pageBytes + ((layer * 2 + k|v) * kvHeads + head) * blockBytes + slot * headDim.
 struct KvLayout {
@@ -37,7 +42,7 @@ void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* 
 // Returns the dynamic shared memory it needs for `tileTokens` (for the launch attribute).
 size_t attentionSmem(int tileTokens, int group, int headDim);
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
-               int tileTokens, int numHeads, void* out, bool bf16, cudaStream_t s);
+               int tileTokens, int numHeads, void* out, bool bf16, float* partial, cudaStream_t s);
 void setAttentionSmemLimit(size_t bytes);
 // h[t, i] = silu(gu[t, i]) * gu[t, F + i]
 void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s);
