@@ -3,16 +3,27 @@
  * scheduler directly (no sockets), on the embedded default model; both transports.
  *
  *   npm run bench:gateway -- [--sessions 1,16,64,256] [--gen-tokens 128] [--threads 2]
- *                            [--transports ws,uws] [--idle 10000]
+ *                            [--transports ws,uws] [--repeats 3] [--idle 10000] [--client-procs 1]
  * Each session sends one prompt and streams gen-tokens tokens (EOS and the template's stop string
- * are ignored so that every answer has exactly gen-tokens tokens). Reports aggregate tokens/s,
- * time to first token p50/p99 (from message.create to the first delta) and inter-token latency
- * p50/p99, as a markdown table and a JSON line. `--idle N` also connects N idle sessions and
- * reports the server process's memory growth per session (client sockets live in the same
- * process, so this is an upper bound).
+ * are ignored so that every answer has exactly gen-tokens tokens). Every configuration runs
+ * `--repeats` times, the modes interleaved (direct, ws, uws, direct, ...). Reports per mode the
+ * best aggregate tokens/s and the range over the repeats, the ratio of best to best direct and
+ * the range of the per-round ratios, time to first token p50/p99 and inter-token latency p50/p99
+ * over the samples of all repeats, as a markdown table and a JSON line. `--idle N` also connects
+ * N idle sessions per transport and reports the server process's RSS growth per session.
+ *
+ * The direct run is in this process. In a gateway run the server is in this process and the
+ * clients in `--client-procs` child processes (bench/gateway-client.ts) that report their
+ * measurements back over IPC, so client sockets and parsing do not share the server's event
+ * loop (they do share the machine's cores). Both modes time a response from the moment its
+ * session's prompt is sent: in the direct run all prompts are sent in one synchronous loop, so
+ * every session's clock starts before that loop, as the clients' prompts all leave at once.
  */
+import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import WebSocket from 'ws';
+import { performance as perfHooks } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { parseFlags } from '../src/cli/args.js';
 import { Engine } from '../src/engine/engine.js';
 import { Gateway } from '../src/gateway/server.js';
@@ -20,52 +31,76 @@ import { Scheduler } from '../src/scheduler/scheduler.js';
 import { ChatFormat } from '../src/session/chat-format.js';
 import { Session } from '../src/session/session.js';
 
-const f = parseFlags(process.argv.slice(2), { sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', idle: 'number', model: 'string' });
+const f = parseFlags(process.argv.slice(2), {
+  sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number',
+});
 const sessionCounts = (f.sessions as number[] | undefined) ?? [1, 16, 64, 256];
 const genTokens = (f['gen-tokens'] as number | undefined) ?? 128;
 const transports = ((f.transports as string | undefined) ?? 'ws,uws').split(',') as ('ws' | 'uws')[];
+const repeats = (f.repeats as number | undefined) ?? 3;
 const idle = (f.idle as number | undefined) ?? 0;
+const clientProcs = (f['client-procs'] as number | undefined) ?? 1;
 const maxN = Math.max(...sessionCounts);
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+const elu_ = perfHooks.eventLoopUtilization.bind(perfHooks);
 
-interface Run {
-  mode: string;
-  sessions: number;
-  tokens_per_s: number;
-  ttft_p50_ms: number;
-  ttft_p99_ms: number;
-  itl_p50_ms: number;
-  itl_p99_ms: number;
+/** One run's raw measurements. */
+interface Sample {
+  wallMs: number;
+  tokens: number;
+  ttft: number[];
+  itl: number[];
+  /** Steps run and the sum of their durations (launch to results): how busy the engine was. */
+  steps: number;
+  stepMs: number;
+  /** CPU time of this process (engine threads included) and of the client processes. */
+  serverCpuMs: number;
+  clientCpuMs: number;
+  /** Event loop utilization of this process's main thread. */
+  elu: number;
 }
 
 const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
+  const s = Float64Array.from(xs).sort();
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
 };
 const prompt = (i: number) => `Who was the son of David, and what did he say unto the people? ${i}`;
-
-function summarize(mode: string, n: number, wallMs: number, tokens: number, ttft: number[], itl: number[]): Run {
-  return { mode, sessions: n, tokens_per_s: (tokens / wallMs) * 1000, ttft_p50_ms: pct(ttft, 50), ttft_p99_ms: pct(ttft, 99), itl_p50_ms: pct(itl, 50), itl_p99_ms: pct(itl, 99) };
-}
+const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
 
 function noStopFormat(format: ChatFormat): ChatFormat {
   return Object.assign(Object.create(Object.getPrototypeOf(format)), format, { stopStrings: [] });
 }
 
-async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Run> {
+/** Counts the steps of a scheduler and their durations (keeping an observer already set). */
+function countSteps(sched: Scheduler): { steps: number; stepMs: number } {
+  const c = { steps: 0, stepMs: 0 };
+  const prev = sched.onStep;
+  sched.onStep = (st) => {
+    c.steps++;
+    c.stepMs += st.durationMs;
+    prev?.(st);
+  };
+  return c;
+}
+
+async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sample> {
   const sched = new Scheduler(engine);
+  const steps = countSteps(sched);
   const ttft: number[] = [];
   const itl: number[] = [];
   let tokens = 0;
+  const cpu0 = process.cpuUsage();
+  const elu0 = elu_();
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: n }, async (_, i) => {
       const s = new Session(sched, { format, sampling: { temperature: 0.8, seed: i, ignoreEos: true }, maxTokens: genTokens });
-      const start = performance.now();
       let last = 0;
       for await (const ev of s.send(prompt(i))) {
         if (ev.type !== 'delta') continue;
         const now = performance.now();
-        if (last === 0) ttft.push(now - start);
+        if (last === 0) ttft.push(now - t0);
         else itl.push(now - last);
         last = now;
         tokens++;
@@ -73,73 +108,119 @@ async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Ru
       await s.close();
     }),
   );
-  const wall = performance.now() - t0;
+  const wallMs = performance.now() - t0;
+  const serverCpuMs = cpuMs(process.cpuUsage(cpu0));
+  const elu = elu_(elu0).utilization;
   await sched.close();
-  return summarize('direct', n, wall, tokens, ttft, itl);
+  return { wallMs, tokens, ttft, itl, ...steps, serverCpuMs, clientCpuMs: 0, elu };
 }
 
-async function open(url: string): Promise<{ ws: WebSocket; first: Promise<unknown> }> {
-  const ws = new WebSocket(url);
-  const first = new Promise((r) => ws.once('message', r));
-  await new Promise<void>((res, rej) => {
-    ws.once('open', () => res());
-    ws.once('error', rej);
-  });
-  ws.on('error', () => undefined);
-  await first;
-  return { ws, first };
+interface ClientResult {
+  tokens: number;
+  wallMs: number;
+  ttft: number[];
+  itl: number[];
+  bad: number;
+  cpuMs: number;
 }
 
-async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number): Promise<Run> {
-  const gw = new Gateway({ transport, port: 0, maxSessions: Math.max(idle, maxN) + 16, sessionSampling: { ignoreEos: true }, resumeTtlMs: 0 });
+/** The client processes of a gateway run (bench/gateway-client.ts), each holding a share of the sessions. */
+class Clients {
+  private constructor(private readonly procs: ChildProcess[]) {}
+
+  static async connect(url: string, n: number, numProcs: number): Promise<Clients> {
+    const k = Math.max(1, Math.min(numProcs, n));
+    const procs = Array.from({ length: k }, () => fork(join(import.meta.dirname, 'gateway-client.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+    const c = new Clients(procs);
+    let offset = 0;
+    await Promise.all(
+      procs.map((p, i) => {
+        const share = Math.floor(n / k) + (i < n % k ? 1 : 0);
+        const reply = c.reply(p, 'ready');
+        p.send({ cmd: 'connect', url, n: share, offset });
+        offset += share;
+        return reply;
+      }),
+    );
+    return c;
+  }
+
+  private reply<T>(p: ChildProcess, key: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const on = (m: Record<string, unknown>) => {
+        if (m.error) reject(new Error(String(m.error)));
+        else if (key in m) resolve(m[key] as T);
+        else return;
+        p.off('message', on);
+      };
+      p.on('message', on);
+    });
+  }
+
+  /** Every session sends its prompt; resolves with the clients' measurements merged. */
+  async run(genTokens: number): Promise<ClientResult> {
+    const parts = await Promise.all(
+      this.procs.map((p) => {
+        const r = this.reply<ClientResult>(p, 'result');
+        p.send({ cmd: 'run', genTokens });
+        return r;
+      }),
+    );
+    return {
+      tokens: parts.reduce((a, p) => a + p.tokens, 0),
+      wallMs: Math.max(...parts.map((p) => p.wallMs)),
+      ttft: parts.flatMap((p) => p.ttft),
+      itl: parts.flatMap((p) => p.itl),
+      bad: parts.reduce((a, p) => a + p.bad, 0),
+      cpuMs: parts.reduce((a, p) => a + p.cpuMs, 0),
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(
+      this.procs.map((p) => {
+        const r = this.reply(p, 'closed');
+        p.send({ cmd: 'close' });
+        return r.then(() => p.kill());
+      }),
+    );
+  }
+}
+
+function newGateway(engine: Engine, transport: 'ws' | 'uws', maxSessions: number): Gateway {
+  const gw = new Gateway({ transport, port: 0, maxSessions, sessionSampling: { ignoreEos: true }, resumeTtlMs: 0 });
   gw.attach(engine);
   gw.format = noStopFormat(gw.format!);
-  const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
-  const clients = await Promise.all(Array.from({ length: n }, () => open(url)));
-  const ttft: number[] = [];
-  const itl: number[] = [];
-  let tokens = 0;
-  const t0 = performance.now();
-  await Promise.all(
-    clients.map(
-      ({ ws }, i) =>
-        new Promise<void>((resolve) => {
-          const start = performance.now();
-          let last = 0;
-          ws.on('message', (d) => {
-            const ev = JSON.parse(d.toString());
-            if (ev.type === 'response.delta') {
-              const now = performance.now();
-              if (last === 0) ttft.push(now - start);
-              else itl.push(now - last);
-              last = now;
-              tokens++;
-            } else if (ev.type === 'response.done' || ev.type === 'error') resolve();
-          });
-          ws.send(JSON.stringify({ type: 'message.create', content: prompt(i), sampling: { temperature: 0.8, seed: i, max_tokens: genTokens } }));
-        }),
-    ),
-  );
-  const wall = performance.now() - t0;
-  for (const { ws } of clients) ws.close();
-  await gw.close();
-  return summarize(`gateway ${transport}`, n, wall, tokens, ttft, itl);
+  return gw;
 }
 
-async function idleMemory(engine: Engine, transport: 'ws' | 'uws'): Promise<{ transport: string; sessions: number; bytes_per_session: number }> {
-  const gw = new Gateway({ transport, port: 0, maxSessions: idle + 16, resumeTtlMs: 0 });
-  gw.attach(engine);
+async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number): Promise<Sample> {
+  const gw = newGateway(engine, transport, maxN + 16);
+  const steps = countSteps(gw.scheduler!);
   const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
-  global.gc?.();
+  const clients = await Clients.connect(url, n, clientProcs);
+  const cpu0 = process.cpuUsage();
+  const elu0 = elu_();
+  const r = await clients.run(genTokens);
+  const serverCpuMs = cpuMs(process.cpuUsage(cpu0));
+  const elu = elu_(elu0).utilization;
+  await clients.close();
+  await gw.close();
+  if (r.bad > 0) throw new Error(`gateway ${transport}: ${r.bad} of ${n} responses did not match their deltas`);
+  return { wallMs: r.wallMs, tokens: r.tokens, ttft: r.ttft, itl: r.itl, ...steps, serverCpuMs, clientCpuMs: r.cpuMs, elu };
+}
+
+/** RSS growth of this (the server's) process per idle connected session; the clients are other processes. */
+async function idleMemory(engine: Engine, transport: 'ws' | 'uws'): Promise<{ transport: string; sessions: number; bytes_per_session: number }> {
+  const gw = newGateway(engine, transport, idle + 16);
+  const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
+  gc();
   const before = process.memoryUsage().rss;
-  const clients: WebSocket[] = [];
-  for (let i = 0; i < idle; i += 50) {
-    const batch = await Promise.all(Array.from({ length: Math.min(50, idle - i) }, () => open(url)));
-    clients.push(...batch.map((b) => b.ws));
-  }
-  global.gc?.();
+  const clients = await Clients.connect(url, idle, clientProcs);
+  gc();
   const after = process.memoryUsage().rss;
-  for (const ws of clients) ws.terminate();
+  if (gw.sessions.size !== idle) throw new Error(`idle: ${gw.sessions.size} sessions of ${idle}`);
+  await clients.close();
   await gw.close();
   return { transport, sessions: idle, bytes_per_session: Math.round((after - before) / idle) };
 }
@@ -151,22 +232,76 @@ const engine = await Engine.load((f.model as string | undefined) ?? join(import.
   kvMemoryBytes: 512 * 2 ** 20,
 });
 const format = noStopFormat(new ChatFormat(engine.tokenizer!));
-const runs: Run[] = [];
+const modes = ['direct', ...transports.map((t) => `gateway ${t}`)];
+const runOnce = (mode: string, n: number) => (mode === 'direct' ? direct(engine, format, n) : viaGateway(engine, mode.slice(8) as 'ws' | 'uws', n));
+
+// warm-up: every code path compiled before the first measurement
+for (const mode of modes) await runOnce(mode, 4);
+
+interface Row {
+  mode: string;
+  sessions: number;
+  tokens_per_s: number;
+  tokens_per_s_min: number;
+  vs_direct: number;
+  vs_direct_min: number;
+  vs_direct_max: number;
+  ttft_p50_ms: number;
+  ttft_p99_ms: number;
+  itl_p50_ms: number;
+  itl_p99_ms: number;
+  engine_busy: number;
+  event_loop: number;
+  server_cpu_us_per_token: number;
+  client_cpu_us_per_token: number;
+}
+const rows: Row[] = [];
 for (const n of sessionCounts) {
-  await direct(engine, format, Math.min(n, 4)); // warm-up
-  const d = await direct(engine, format, n);
-  runs.push(d);
-  for (const t of transports) runs.push(await viaGateway(engine, t, n));
+  const samples = new Map<string, Sample[]>(modes.map((m) => [m, []]));
+  for (let r = 0; r < repeats; r++) for (const mode of modes) samples.get(mode)!.push(await runOnce(mode, n));
+  const tps = (s: Sample) => (s.tokens / s.wallMs) * 1000;
+  const directs = samples.get('direct')!;
+  const bestDirect = Math.max(...directs.map(tps));
+  for (const mode of modes) {
+    const ss = samples.get(mode)!;
+    const ratios = ss.map((s, i) => tps(s) / tps(directs[i]!));
+    const best = ss.reduce((a, b) => (tps(b) > tps(a) ? b : a));
+    const tokens = best.tokens;
+    rows.push({
+      mode,
+      sessions: n,
+      tokens_per_s: tps(best),
+      tokens_per_s_min: Math.min(...ss.map(tps)),
+      vs_direct: tps(best) / bestDirect,
+      vs_direct_min: Math.min(...ratios),
+      vs_direct_max: Math.max(...ratios),
+      ttft_p50_ms: pct(ss.flatMap((s) => s.ttft), 50),
+      ttft_p99_ms: pct(ss.flatMap((s) => s.ttft), 99),
+      itl_p50_ms: pct(ss.flatMap((s) => s.itl), 50),
+      itl_p99_ms: pct(ss.flatMap((s) => s.itl), 99),
+      engine_busy: best.stepMs / best.wallMs,
+      event_loop: best.elu,
+      server_cpu_us_per_token: (best.serverCpuMs * 1000) / tokens,
+      client_cpu_us_per_token: (best.clientCpuMs * 1000) / tokens,
+    });
+  }
 }
-const rows = ['| sessions | mode | tokens/s | vs direct | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |', '|---|---|---|---|---|---|---|---|'];
-for (const r of runs) {
-  const d = runs.find((x) => x.mode === 'direct' && x.sessions === r.sessions)!;
-  rows.push(`| ${r.sessions} | ${r.mode} | ${r.tokens_per_s.toFixed(0)} | ${((r.tokens_per_s / d.tokens_per_s) * 100).toFixed(1)}% | ${r.ttft_p50_ms.toFixed(2)} | ${r.ttft_p99_ms.toFixed(2)} | ${r.itl_p50_ms.toFixed(2)} | ${r.itl_p99_ms.toFixed(2)} |`);
+const pc = (x: number) => `${(x * 100).toFixed(1)}%`;
+const lines = [
+  '| sessions | mode | tokens/s best (min) | vs direct best (per-round range) | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | engine busy | event loop busy | CPU µs/token server + clients |',
+  '|---|---|---|---|---|---|---|---|---|---|---|',
+];
+for (const r of rows) {
+  const ratio = r.mode === 'direct' ? '100%' : `${pc(r.vs_direct)} (${pc(r.vs_direct_min)}–${pc(r.vs_direct_max)})`;
+  lines.push(
+    `| ${r.sessions} | ${r.mode} | ${r.tokens_per_s.toFixed(0)} (${r.tokens_per_s_min.toFixed(0)}) | ${ratio} | ${r.ttft_p50_ms.toFixed(2)} | ${r.ttft_p99_ms.toFixed(2)} | ` +
+      `${r.itl_p50_ms.toFixed(2)} | ${r.itl_p99_ms.toFixed(2)} | ${pc(r.engine_busy)} | ${pc(r.event_loop)} | ${r.server_cpu_us_per_token.toFixed(0)} + ${r.client_cpu_us_per_token.toFixed(0)} |`,
+  );
 }
-process.stdout.write(rows.join('\n') + '\n');
+process.stdout.write(lines.join('\n') + '\n');
 const mem = [];
 if (idle > 0) for (const t of transports) mem.push(await idleMemory(engine, t));
-for (const m of mem) process.stdout.write(`idle sessions (${m.transport}): ${m.sessions}, ${(m.bytes_per_session / 1024).toFixed(1)} KiB RSS per session (server and client sockets in one process)\n`);
-process.stdout.write(JSON.stringify({ genTokens, runs, idle: mem }) + '\n');
+for (const m of mem) process.stdout.write(`idle sessions (${m.transport}): ${m.sessions}, ${(m.bytes_per_session / 1024).toFixed(1)} KiB RSS per session (server process only)\n`);
+process.stdout.write(JSON.stringify({ genTokens, repeats, rows, idle: mem }) + '\n');
 engine.dispose();
 process.exit(0);

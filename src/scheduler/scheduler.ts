@@ -11,6 +11,11 @@
  *    `maxBufferedEvents` unread events) is skipped until it drains;
  *  - a request is never in two steps at once; a cancel takes effect within one step.
  *
+ * Pipelining: when a step settles, its requests' state is updated and the next step is launched
+ * before the step's events are delivered, so the engine computes while consumers (sockets) do
+ * their per-token work. Wakes from outside (submit, cancel, drain) run the loop with
+ * setImmediate, so that prompts arriving together on many sockets are admitted into one step.
+ *
  * Admission: at most `maxActive` requests hold KV and are scheduled; the rest wait in a FIFO
  * queue of at most `maxQueue` (beyond it submit throws WEFT_OVERLOADED). KV pressure: when a
  * step fails with WEFT_KV_EXHAUSTED the scheduler parks idle sequences (least recently used
@@ -85,6 +90,8 @@ export interface SchedulerOptions {
 
 let nextRequestId = 1;
 
+type Batch = { req: ScheduledRequest; entry: StepEntry; decode: boolean }[];
+
 /** A submitted request: its events, its state, and cancel. */
 export class ScheduledRequest implements AsyncIterable<RequestEvent> {
   readonly id = nextRequestId++;
@@ -102,6 +109,7 @@ export class ScheduledRequest implements AsyncIterable<RequestEvent> {
   /** @internal */ offset = 0;
   /** @internal */ nextToken = -1;
   /** @internal */ inFlight = false;
+  /** @internal Events emitted and not yet delivered (a step being settled). */ undelivered = 0;
   /** @internal */ cancelRequested = false;
   /** @internal */ isolate = false;
   /** @internal */ lastServed = 0;
@@ -128,6 +136,15 @@ export class ScheduledRequest implements AsyncIterable<RequestEvent> {
     return this.events[Symbol.asyncIterator]();
   }
 
+  /** @internal Hands one event to the consumer; a done event also ends the stream and resolves `done`. */
+  deliver(ev: RequestEvent): void {
+    this.events.push(ev);
+    if (ev.type === 'done') {
+      this.events.close();
+      this.resolveDone(ev);
+    }
+  }
+
   /** Stops the request: at once when it is not in a step, else when its step settles. */
   cancel(): void {
     this.scheduler.cancel(this);
@@ -143,6 +160,10 @@ export class Scheduler {
   private pumping = false;
   private closed = false;
   private readonly inFlightSteps = new Set<Promise<void>>();
+  /** Events of a step being settled, delivered once the next step is launched. */
+  private deferring = false;
+  private readonly outReqs: ScheduledRequest[] = [];
+  private readonly outEvents: RequestEvent[] = [];
   readonly maxActive: number;
   readonly maxQueue: number;
   readonly maxBatchTokens: number;
@@ -240,14 +261,19 @@ export class Scheduler {
     this.wake();
   }
 
-  /** Re-runs the loop (after a blocked consumer drained). */
+  private readonly pumpSoon = () => {
+    this.pumping = false;
+    this.pump();
+  };
+
+  /**
+   * Re-runs the loop once the event loop has handled the I/O it has (setImmediate, not a
+   * microtask): prompts that arrive together on many sockets are admitted into one step.
+   */
   wake(): void {
     if (this.pumping || this.closed) return;
     this.pumping = true;
-    queueMicrotask(() => {
-      this.pumping = false;
-      this.pump();
-    });
+    setImmediate(this.pumpSoon);
   }
 
   /** Cancels everything and waits for steps in flight to settle. */
@@ -310,7 +336,7 @@ export class Scheduler {
 
   private runnable(r: ScheduledRequest): boolean {
     if (r.inFlight || r.state === 'done' || r.cancelRequested) return false;
-    if (r.state === 'generating' && (r.events.buffered >= this.maxBufferedEvents || r.opts.isBlocked?.() === true)) return false;
+    if (r.state === 'generating' && (r.events.buffered + r.undelivered >= this.maxBufferedEvents || r.opts.isBlocked?.() === true)) return false;
     return true;
   }
 
@@ -332,14 +358,14 @@ export class Scheduler {
     }
   }
 
-  private buildBatch(candidates: ScheduledRequest[], share: number): { req: ScheduledRequest; entry: StepEntry; decode: boolean }[] {
+  private buildBatch(candidates: ScheduledRequest[], share: number): Batch {
     candidates.sort((a, b) => a.lastServed - b.lastServed || a.id - b.id);
     const isolated = candidates.find((r) => r.isolate);
     const pick = isolated ? [isolated] : candidates;
     const maxSeqs = Math.min(this.maxBatchSequences, Math.max(1, share));
     const decodes = pick.filter((r) => r.state === 'generating');
     const prefills = pick.filter((r) => r.state === 'prefilling');
-    const batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[] = [];
+    const batch: Batch = [];
     let tokens = 0;
     const decodeSlots = prefills.length > 0 ? Math.max(1, maxSeqs - 1) : maxSeqs;
     for (const r of decodes) {
@@ -363,43 +389,57 @@ export class Scheduler {
     return batch;
   }
 
-  private launch(lease: ContextLease, batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[]): void {
+  private launch(lease: ContextLease, batch: Batch): void {
     this.counters.steps++;
     const started = performance.now();
-    const p = this.engine
-      .step(lease, batch.map((b) => b.entry))
-      .then(
-        (results) => {
-          if (this.onStep) {
-            let tokens = 0;
-            for (const b of batch) tokens += b.entry.tokens.length;
-            try {
-              this.onStep({ durationMs: performance.now() - started, sequences: batch.length, tokens });
-            } catch {
-              /* an observer never breaks the loop */
-            }
-          }
-          return this.onResults(batch, results);
-        },
-        (err) => this.onStepError(batch, err),
-      )
-      .catch((err) => {
-        for (const b of batch) this.fail(b.req, err);
-      })
-      .finally(() => {
-        for (const b of batch) {
-          b.req.inFlight = false;
-          // a cancel that arrived after the results were handled but before this point
-          if (b.req.cancelRequested) this.finish(b.req, 'cancelled');
-        }
-        lease.release();
-        this.inFlightSteps.delete(p);
-        this.wake();
-      });
+    const p: Promise<void> = this.engine.step(lease, batch.map((b) => b.entry)).then(
+      (results) => this.settle(p, lease, batch, started, results, null),
+      (err) => this.settle(p, lease, batch, started, null, err),
+    );
     this.inFlightSteps.add(p);
   }
 
-  private onResults(batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[], results: StepResult[]): void {
+  /**
+   * A step settled: its requests' state is updated, the next step is launched at once (the
+   * engine does not wait while JS delivers this step's tokens), and only then are the events
+   * delivered to their consumers.
+   */
+  private settle(p: Promise<void>, lease: ContextLease, batch: Batch, started: number, results: StepResult[] | null, err: unknown): void {
+    this.deferring = true;
+    try {
+      if (results) {
+        if (this.onStep) {
+          let tokens = 0;
+          for (const b of batch) tokens += b.entry.tokens.length;
+          try {
+            this.onStep({ durationMs: performance.now() - started, sequences: batch.length, tokens });
+          } catch {
+            /* an observer never breaks the loop */
+          }
+        }
+        this.onResults(batch, results);
+      } else {
+        this.onStepError(batch, err);
+      }
+    } catch (e) {
+      for (const b of batch) this.fail(b.req, e);
+    }
+    for (const b of batch) {
+      b.req.inFlight = false;
+      // a cancel that arrived while the step ran
+      if (b.req.cancelRequested) this.finish(b.req, 'cancelled');
+    }
+    lease.release();
+    this.inFlightSteps.delete(p);
+    try {
+      this.pump();
+    } finally {
+      this.deferring = false;
+      this.deliver();
+    }
+  }
+
+  private onResults(batch: Batch, results: StepResult[]): void {
     batch.forEach((b, i) => {
       const r = b.req;
       const res = results[i]!;
@@ -425,14 +465,14 @@ export class Scheduler {
         ev.text = out.text;
         stopped = out.stop;
       }
-      r.events.push(ev);
+      this.emit(r, ev);
       if (stopped) return this.finish(r, 'stop');
       r.nextToken = token;
       if (r.generated.length >= r.maxTokens || r.cachedAtStart + r.fed.length >= this.maxContext) return this.finish(r, 'length');
     });
   }
 
-  private onStepError(batch: { req: ScheduledRequest; entry: StepEntry; decode: boolean }[], err: unknown): void {
+  private onStepError(batch: Batch, err: unknown): void {
     const e = toWeftError(err);
     const live = batch.filter((b) => b.req.state !== 'done');
     for (const b of live) if (b.req.cancelRequested) this.finish(b.req, 'cancelled');
@@ -485,10 +525,30 @@ export class Scheduler {
         /* already gone */
       }
     }
-    req.events.push(done);
-    req.events.close();
-    req.resolveDone(done);
+    this.emit(req, done);
     this.wake();
+  }
+
+  /** Hands an event to its request's consumer, or queues it while a step is being settled. */
+  private emit(req: ScheduledRequest, ev: RequestEvent): void {
+    if (this.deferring) {
+      req.undelivered++;
+      this.outReqs.push(req);
+      this.outEvents.push(ev);
+    } else {
+      req.deliver(ev);
+    }
+  }
+
+  private deliver(): void {
+    const reqs = this.outReqs;
+    const events = this.outEvents;
+    for (let i = 0; i < reqs.length; i++) {
+      reqs[i]!.undelivered--;
+      reqs[i]!.deliver(events[i]!);
+    }
+    reqs.length = 0;
+    events.length = 0;
   }
 }
 
