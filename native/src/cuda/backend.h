@@ -36,7 +36,10 @@ class CudaContext : public ExecContext {
   void sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) override;
 
  private:
-  void enqueueForward(int T, int R, int numTiles, int tileTokens);
+  void enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens);
+  // The packed step index in device memory for these counts: tok, pos, tokPages (nT), rowToken (nR),
+  // tile first/count/slot (nTiles), then the page lists; the sampler rows follow on the host side.
+  StepIndex indexFor(int nT, int nR, int nTiles) const;
   void gemm(const void* W, const void* X, float* Y, int N, int T, int K, float beta);
   void captureGraphs();
   void ensurePenaltyCapacity(size_t n);
@@ -63,14 +66,14 @@ class CudaContext : public ExecContext {
   DeviceBuffer logits_;   // (R, vocab) f32
   DeviceBuffer probs_;    // (R, vocab) f32 sampler scratch
   DeviceBuffer partial_;  // (maxBatchSequences, heads, kAttentionSplits, headDim + 2) split-attention partials
-  // step index: fixed segments so that captured graphs read this step's values
+  // step index: built in hostIndex_ (fixed segments), packed into hostPacked_ and uploaded to index_
+  // with one copy; a graph of batch size b reads indexFor(b, b, b), so its pointers stay valid
   DeviceBuffer index_;
-  PinnedBuffer hostIndex_;
-  StepIndex ix_{};
+  PinnedBuffer hostIndex_, hostPacked_;
   size_t segTok_ = 0, segPos_ = 0, segTokPages_ = 0, segPageIdx_ = 0, segRowToken_ = 0, segTile0_ = 0, segTileN_ = 0, segTileSlot_ = 0;
   // sampling
-  DeviceBuffer sampleRows_, penalties_, penaltyOrig_, outToken_, outLogprob_;
-  PinnedBuffer hostSampleRows_, hostPenalties_, hostOutToken_, hostOutLogprob_, hostLogits_;
+  DeviceBuffer penalties_, penaltyOrig_, out_;   // out_: (token, logprob bits) per sampled row
+  PinnedBuffer hostSampleRows_, hostPenalties_, hostOut_, hostLogits_;
   size_t penaltyCap_ = 0;
   std::vector<int> sampleSlot_;  // per entry: its sampler row, or -1
   std::vector<int> logitRowOf_;  // per entry: first logits row

@@ -1,5 +1,9 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
 
 #include "backend.h"
 
@@ -28,7 +32,7 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   WEFT_CU(cudaStreamCreateWithPriority(&prefillStream_, cudaStreamNonBlocking, leastPriority));
   stream_ = decodeStream_;
   if (D % 8 != 0) throw WeftError(Err::UnsupportedArch, "the CUDA backend needs a head dimension divisible by 8 (got " + std::to_string(D) + ")");
-  WEFT_CU(cudaEventCreateWithFlags(&done_, cudaEventBlockingSync | cudaEventDisableTiming));
+  WEFT_CU(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   check(cublasCreate(&blas_), "cublasCreate");
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
   blasWorkspace_.alloc(32ull << 20);
@@ -57,18 +61,14 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   segTileN_ = segTile0_ + T;
   segTileSlot_ = segTileN_ + T;
   const size_t indexInts = segTileSlot_ + T;
-  index_.alloc(indexInts * 4);
   hostIndex_.alloc(indexInts * 4);
-  const int* base = index_.as<int>();
-  ix_ = StepIndex{base + segTok_, base + segPos_, base + segTokPages_, base + segPageIdx_, base + segRowToken_, base + segTile0_, base + segTileN_,
-                  base + segTileSlot_};
+  const size_t packedBytes = indexInts * 4 + 16 + R * sizeof(SampleRow);
+  index_.alloc(packedBytes);
+  hostPacked_.alloc(packedBytes);
 
-  sampleRows_.alloc(R * sizeof(SampleRow));
   hostSampleRows_.alloc(R * sizeof(SampleRow));
-  outToken_.alloc(R * 4);
-  outLogprob_.alloc(R * 4);
-  hostOutToken_.alloc(R * 4);
-  hostOutLogprob_.alloc(R * 4);
+  out_.alloc(R * 8);
+  hostOut_.alloc(R * 8);
   hostLogits_.alloc(R * int64_t(c.vocab) * 4);
   ensurePenaltyCapacity(size_t(R) * 256);
 
@@ -105,6 +105,10 @@ void CudaContext::ensurePenaltyCapacity(size_t n) {
 
 // Y[T, N] (f32) = X[T, K] . W[N, K]^T (+ beta Y): column-major Y^T = W^T' X^T with W as K x N.
 void CudaContext::gemm(const void* W, const void* X, float* Y, int N, int T, int K, float beta) {
+  if (T <= kGemvMaxTokens && K % 8 == 0) {  // decode: bandwidth-bound, our own kernel
+    gemv(W, X, Y, N, T, K, beta != 0.f, be_.weights.bf16, stream_);
+    return;
+  }
   const float alpha = 1.f;
   const cudaDataType dt = be_.weights.bf16 ? CUDA_R_16BF : CUDA_R_16F;
   check(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, W, dt, K, X, dt, K, &beta, Y, CUDA_R_32F, N,
@@ -112,32 +116,40 @@ void CudaContext::gemm(const void* W, const void* X, float* Y, int N, int T, int
         "cublasGemmEx");
 }
 
-// The forward pass of T tokens, logits for R rows, over buffers at fixed addresses (so that it
-// can be captured into a graph and replayed with a new step index).
-void CudaContext::enqueueForward(int T, int R, int numTiles, int tileTokens) {
+StepIndex CudaContext::indexFor(int nT, int nR, int nTiles) const {
+  const int* b = index_.as<int>();
+  return StepIndex{b, b + nT, b + 2 * nT, b + 3 * nT + nR + 3 * nTiles, b + 3 * nT, b + 3 * nT + nR, b + 3 * nT + nR + nTiles,
+                   b + 3 * nT + nR + 2 * nTiles};
+}
+
+// The forward pass of T tokens, logits for R rows, over buffers at fixed addresses (so that it can
+// be captured into a graph and replayed with a new step index). GEMMs of at most kGemvMaxTokens
+// rows run on our GEMV kernel, larger ones on cuBLAS.
+void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens) {
   const ModelConfig& c = model_.cfg;
   const DeviceWeights& w = be_.weights;
   const bool bf = w.bf16;
   const int H = c.hidden, D = c.headDim, F = c.ffn, qDim = c.numHeads * D;
-  ropeTable(ix_.pos, w.invFreq.as<float>(), cos_.as<float>(), sin_.as<float>(), T, D / 2, stream_);
-  embed(ix_.tok, w.embed.ptr, x_.as<float>(), T, H, bf, stream_);
+  float* x = x_.as<float>();
+  ropeTable(ix.pos, w.invFreq.as<float>(), cos_.as<float>(), sin_.as<float>(), T, D / 2, stream_);
+  embed(ix.tok, w.embed.ptr, x, T, H, bf, stream_);
   for (int l = 0; l < c.numLayers; l++) {
     const DeviceLayer& L = w.layers[l];
     // attention: norm, q|k|v in one GEMM, RoPE + KV store, paged attention, output projection
-    // added into the residual stream (cuBLAS beta = 1)
-    rmsnorm(x_.as<float>(), nullptr, L.inputNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
+    // added into the residual stream (accumulate / cuBLAS beta = 1)
+    rmsnorm(x, nullptr, L.inputNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
     gemm(L.qkv.ptr, xb_.ptr, qkv_.as<float>(), qkvDim_, T, H, 0.f);
-    ropeStoreKv(qkv_.as<float>(), L.qkvBias.as<float>(), cos_.as<float>(), sin_.as<float>(), ix_, kvl_, l, T, c.numHeads, stream_);
-    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix_, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), stream_);
-    gemm(L.o.ptr, att_.ptr, x_.as<float>(), H, T, qDim, 1.f);
+    ropeStoreKv(qkv_.as<float>(), L.qkvBias.as<float>(), cos_.as<float>(), sin_.as<float>(), ix, kvl_, l, T, c.numHeads, stream_);
+    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), stream_);
+    gemm(L.o.ptr, att_.ptr, x, H, T, qDim, 1.f);
     // MLP: norm, gate|up in one GEMM, SwiGLU, down projection added into the residual stream
-    rmsnorm(x_.as<float>(), nullptr, L.postNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
+    rmsnorm(x, nullptr, L.postNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
     gemm(L.gateUp.ptr, xb_.ptr, gateUp_.as<float>(), 2 * F, T, H, 0.f);
     siluMul(gateUp_.as<float>(), h_.ptr, T, F, bf, stream_);
-    gemm(L.down.ptr, h_.ptr, x_.as<float>(), H, T, F, 1.f);
+    gemm(L.down.ptr, h_.ptr, x, H, T, F, 1.f);
   }
   if (R == 0) return;
-  rmsnorm(x_.as<float>(), ix_.rowToken, w.finalNorm.as<float>(), xb_.ptr, R, H, c.rmsEps, bf, stream_);
+  rmsnorm(x, ix.rowToken, w.finalNorm.as<float>(), xb_.ptr, R, H, c.rmsEps, bf, stream_);
   gemm(w.lmHeadPtr, xb_.ptr, logits_.as<float>(), c.vocab, R, H, 0.f);
 }
 
@@ -148,7 +160,7 @@ void CudaContext::captureGraphs() {
     cudaGraph_t graph;
     WEFT_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
-      enqueueForward(b, b, b, 1);
+      enqueueForward(indexFor(b, b, b), b, b, b, 1);
     } catch (...) {
       cudaStreamEndCapture(stream_, &graph);
       throw;
@@ -283,38 +295,58 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
 
   stream_ = decodeOnly ? decodeStream_ : prefillStream_;
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
+  // WEFT_CUDA_TIMING=1: each step prints its GPU time (events around the forward) to stderr
+  static const bool timing = getenv("WEFT_CUDA_TIMING") != nullptr;
+  cudaEvent_t ev0 = nullptr, ev1 = nullptr;
+  if (timing) {
+    cudaEventCreate(&ev0);
+    cudaEventCreate(&ev1);
+  }
   try {
-    auto up = [&](size_t seg, int n) {
-      if (n > 0) WEFT_CU(cudaMemcpyAsync(index_.as<int>() + seg, hi + seg, size_t(n) * 4, cudaMemcpyHostToDevice, stream_));
-    };
-    up(segTok_, TT);
-    up(segPos_, TT);
-    up(segTokPages_, TT);
-    up(segPageIdx_, P);
-    up(segRowToken_, RR);
-    up(segTile0_, tilesUsed);
-    up(segTileN_, tilesUsed);
-    up(segTileSlot_, tilesUsed);
-    if (numSample > 0) {
-      WEFT_CU(cudaMemcpyAsync(sampleRows_.ptr, rows, numSample * sizeof(SampleRow), cudaMemcpyHostToDevice, stream_));
-      if (numPen > 0) WEFT_CU(cudaMemcpyAsync(penalties_.ptr, hostPenalties_.ptr, numPen * sizeof(int2), cudaMemcpyHostToDevice, stream_));
-    }
+    // pack the index (and the sampler rows) and upload it with one copy
+    const StepIndex ix = indexFor(TT, RR, tilesUsed);
+    uint8_t* packed = hostPacked_.as<uint8_t>();
+    int* pk = reinterpret_cast<int*>(packed);
+    auto put = [&](const int* dev, size_t seg, int n) { std::memcpy(pk + (dev - index_.as<int>()), hi + seg, size_t(n) * 4); };
+    put(ix.tok, segTok_, TT);
+    put(ix.pos, segPos_, TT);
+    put(ix.tokPages, segTokPages_, TT);
+    put(ix.rowToken, segRowToken_, RR);
+    put(ix.tileTok0, segTile0_, tilesUsed);
+    put(ix.tileCount, segTileN_, tilesUsed);
+    put(ix.tileSlot, segTileSlot_, tilesUsed);
+    put(ix.pageIdx, segPageIdx_, P);
+    const size_t rowsOff = ((size_t(ix.pageIdx - index_.as<int>()) + P) * 4 + 15) / 16 * 16;
+    std::memcpy(packed + rowsOff, rows, numSample * sizeof(SampleRow));
+    WEFT_CU(cudaMemcpyAsync(index_.ptr, packed, rowsOff + numSample * sizeof(SampleRow), cudaMemcpyHostToDevice, stream_));
+    if (numPen > 0) WEFT_CU(cudaMemcpyAsync(penalties_.ptr, hostPenalties_.ptr, numPen * sizeof(int2), cudaMemcpyHostToDevice, stream_));
+    if (timing) cudaEventRecord(ev0, stream_);
     if (graphB > 0) WEFT_CU(cudaGraphLaunch(graphs_[graphB], stream_));
-    else enqueueForward(T, R, tiles, tileTokens);
+    else enqueueForward(ix, T, R, tiles, tileTokens);
+    if (timing) cudaEventRecord(ev1, stream_);
     WEFT_CU(cudaGetLastError());
     // raw logits out before the sampler applies penalties in place
     if (wantLogits && R > 0)
       WEFT_CU(cudaMemcpyAsync(hostLogits_.ptr, logits_.ptr, size_t(R) * V * 4, cudaMemcpyDeviceToHost, stream_));
     if (numSample > 0) {
-      sample(logits_.as<float>(), probs_.as<float>(), V, sampleRows_.as<SampleRow>(), numSample, penalties_.as<int2>(),
-             penaltyOrig_.as<float>(), outToken_.as<int>(), outLogprob_.as<float>(), stream_);
+      sample(logits_.as<float>(), probs_.as<float>(), V, reinterpret_cast<const SampleRow*>(index_.as<uint8_t>() + rowsOff), numSample,
+             penalties_.as<int2>(), penaltyOrig_.as<float>(), out_.as<int>(), stream_);
       WEFT_CU(cudaGetLastError());
-      WEFT_CU(cudaMemcpyAsync(hostOutToken_.ptr, outToken_.ptr, numSample * 4, cudaMemcpyDeviceToHost, stream_));
-      WEFT_CU(cudaMemcpyAsync(hostOutLogprob_.ptr, outLogprob_.ptr, numSample * 4, cudaMemcpyDeviceToHost, stream_));
+      WEFT_CU(cudaMemcpyAsync(hostOut_.ptr, out_.ptr, numSample * 8, cudaMemcpyDeviceToHost, stream_));
     }
     WEFT_CU(cudaEventRecord(done_, stream_));
-    // this (worker) thread sleeps until the GPU is done: the JS thread never synchronizes
-    WEFT_CU(cudaEventSynchronize(done_));
+    // this (worker) thread polls until the GPU is done (lower latency than a blocking wait; the
+    // JS thread never synchronizes)
+    cudaError_t st;
+    while ((st = cudaEventQuery(done_)) == cudaErrorNotReady) std::this_thread::yield();
+    WEFT_CU(st);
+    if (timing) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, ev0, ev1);
+      fprintf(stderr, "weft cuda step: T %d R %d graph %d forward %.3f ms\n", T, R, graphB, ms);
+      cudaEventDestroy(ev0);
+      cudaEventDestroy(ev1);
+    }
   } catch (...) {
     cudaStreamSynchronize(stream_);  // nothing of this step may still run against the workspace
     cudaGetLastError();
@@ -332,16 +364,15 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
 // The tokens were sampled on the GPU in forward(); this records them in the sequences' sampler
 // state (draw counter, penalty counts) and adds top-n log-probabilities from the raw logits.
 void CudaContext::sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) {
-  const int* toks = hostOutToken_.as<int>();
-  const float* lps = hostOutLogprob_.as<float>();
+  const int* outs = hostOut_.as<int>();
   const float* hl = hostLogits_.as<float>();
   for (size_t i = 0; i < entries.size(); i++) {
     if (rowOf[i] < 0 || sampleSlot_[i] < 0) continue;
     SamplerState& st = entries[i].seq->sampler;
     const SamplingParams& p = st.params;
     SampleResult res;
-    res.token = toks[sampleSlot_[i]];
-    res.logprob = lps[sampleSlot_[i]];
+    res.token = outs[2 * sampleSlot_[i]];
+    std::memcpy(&res.logprob, &outs[2 * sampleSlot_[i] + 1], 4);
     if (p.logprobs > 0) {
       const float* raw = hl + int64_t(rowOf[i]) * vocab;
       const float mx = *std::max_element(raw, raw + vocab);

@@ -235,6 +235,64 @@ __global__ void attentionCombineKernel(const float* partial, StepIndex ix, int n
   }
 }
 
+// Y[t, n] (f32) = sum_k X[t, k] W[n, k] (+ Y[t, n]) for a few tokens (decode): one warp per output
+// row reads the row once with 16-byte loads (several in flight) and keeps one sum per token; the
+// reduction order is fixed, so a row's result does not depend on the other tokens.
+// (Fusing the RMSNorm or SwiGLU into the X loads was tried: every warp then recomputes the inputs,
+// which made the step slower, 1.8 vs 1.5 ms at 1 token and 2.6x slower at 8.)
+template <typename W, int T>
+__global__ void __launch_bounds__(256) gemvKernel(const W* __restrict__ w, const W* __restrict__ x, float* __restrict__ y,
+                                                  int N, int K, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + int64_t(n) * K);
+  const int kv = K / 8;  // 16-byte vectors per row
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; t++) acc[t] = 0.f;
+  auto fma8 = [&](const uint4& wv, int i) {
+    const W* we = reinterpret_cast<const W*>(&wv);
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + int64_t(t) * K) + i);
+      const W* xe = reinterpret_cast<const W*>(&xv);
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[t] += toF(we[e]) * toF(xe[e]);
+    }
+  };
+  constexpr int U = 4;
+  int i = lane;
+  for (; i + 32 * (U - 1) < kv; i += 32 * U) {
+    uint4 wv[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) wv[u] = __ldg(wr + i + 32 * u);
+#pragma unroll
+    for (int u = 0; u < U; u++) fma8(wv[u], i + 32 * u);
+  }
+  for (; i < kv; i += 32) fma8(__ldg(wr + i), i);
+#pragma unroll
+  for (int t = 0; t < T; t++) {
+    const float v = warpSum(acc[t]);
+    if (lane == 0) y[int64_t(t) * N + n] = accumulate ? y[int64_t(t) * N + n] + v : v;
+  }
+}
+
+template <typename W>
+void gemvT(const W* w, const W* x, float* y, int N, int T, int K, bool acc, cudaStream_t s) {
+  const dim3 grid((N + 7) / 8);
+  switch (T) {
+    case 1: gemvKernel<W, 1><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 2: gemvKernel<W, 2><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 3: gemvKernel<W, 3><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 4: gemvKernel<W, 4><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 5: gemvKernel<W, 5><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 6: gemvKernel<W, 6><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 7: gemvKernel<W, 7><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    default: gemvKernel<W, 8><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+  }
+}
+
 template <typename W>
 __global__ void siluMulKernel(const float* gu, W* h, int F) {
   const int t = blockIdx.y;
@@ -295,6 +353,11 @@ void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, cons
   const dim3 cgrid(numTiles, numHeads);
   if (bf16) attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__nv_bfloat16*>(out));
   else attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__half*>(out));
+}
+
+void gemv(const void* w, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s) {
+  if (bf16) gemvT(static_cast<const __nv_bfloat16*>(w), static_cast<const __nv_bfloat16*>(x), y, N, T, K, accumulate, s);
+  else gemvT(static_cast<const __half*>(w), static_cast<const __half*>(x), y, N, T, K, accumulate, s);
 }
 
 void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s) {

@@ -44,6 +44,9 @@ size_t attentionSmem(int tileTokens, int group, int headDim);
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
                int tileTokens, int numHeads, void* out, bool bf16, float* partial, cudaStream_t s);
 void setAttentionSmemLimit(size_t bytes);
+// Y[t, n] (f32) = X[t, :] . W[n, :] (+ Y) for T <= kGemvMaxTokens (K a multiple of 8): the decode GEMV.
+constexpr int kGemvMaxTokens = 8;
+void gemv(const void* w, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s);
 // h[t, i] = silu(gu[t, i]) * gu[t, F + i]
 void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s);
 
@@ -55,7 +58,8 @@ struct SampleRow {
   int penaltyOffset, penaltyCount;  // into the penalty list: (token, count << 1 | in history)
   unsigned long long seed, draw;
 };
+// out: (token, logprob as float bits) per row
 void sample(float* logits, float* probs, int V, const SampleRow* rows, int numRows, const int2* penalties,
-            float* penaltyOrig, int* outToken, float* outLogprob, cudaStream_t s);
+            float* penaltyOrig, int* out, cudaStream_t s);
 
 }  // namespace weft::cuda

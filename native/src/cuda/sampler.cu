@@ -72,7 +72,7 @@ __device__ void blockArgmax(float& v, int& idx, Red& red) {
 }
 
 __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, float* probs, int V, const SampleRow* rows,
-                                                         const int2* penalties, float* penaltyOrig, int* outToken, float* outLogprob) {
+                                                         const int2* penalties, float* penaltyOrig, int* out) {
   __shared__ Red red;
   __shared__ double partial[kThreads];
   __shared__ int chosenShared;
@@ -105,10 +105,12 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, float* p
   __syncthreads();
 
   int chosen;
-  mx = -INFINITY;
-  mi = 0x7fffffff;
-  for (int i = tid; i < V; i += kThreads) if (l[i] > mx) { mx = l[i]; mi = i; }
-  blockArgmax(mx, mi, red);
+  if (row.penaltyCount > 0) {  // the penalized maximum (else the raw one found above)
+    mx = -INFINITY;
+    mi = 0x7fffffff;
+    for (int i = tid; i < V; i += kThreads) if (l[i] > mx) { mx = l[i]; mi = i; }
+    blockArgmax(mx, mi, red);
+  }
   const float top = mx;
   if (row.temperature <= 0.f || row.topK == 1) {
     chosen = mi;
@@ -186,17 +188,17 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, float* p
     if (penalties[row.penaltyOffset + j].x == chosen) rawChosen = penaltyOrig[row.penaltyOffset + j];
   __syncthreads();
   if (tid == 0) {
-    outToken[blockIdx.x] = chosen;
-    outLogprob[blockIdx.x] = float(double(rawChosen) - logNorm);
+    out[2 * blockIdx.x] = chosen;
+    out[2 * blockIdx.x + 1] = __float_as_int(float(double(rawChosen) - logNorm));
   }
 }
 
 }  // namespace
 
 void sample(float* logits, float* probs, int V, const SampleRow* rows, int numRows, const int2* penalties,
-            float* penaltyOrig, int* outToken, float* outLogprob, cudaStream_t s) {
+            float* penaltyOrig, int* out, cudaStream_t s) {
   if (numRows == 0) return;
-  sampleKernel<<<numRows, kThreads, 0, s>>>(logits, probs, V, rows, penalties, penaltyOrig, outToken, outLogprob);
+  sampleKernel<<<numRows, kThreads, 0, s>>>(logits, probs, V, rows, penalties, penaltyOrig, out);
 }
 
 }  // namespace weft::cuda
