@@ -6,7 +6,8 @@
  *                            [--transports ws,uws] [--repeats 3] [--idle 10000] [--client-procs 1]
  * Each session sends one prompt and streams gen-tokens tokens (EOS and the template's stop string
  * are ignored so that every answer has exactly gen-tokens tokens). Every configuration runs
- * `--repeats` times, the modes interleaved (direct, ws, uws, direct, ...). Reports per mode the
+ * `--repeats` times (more with fewer than 16 sessions: at least 16 TTFT samples per mode), the
+ * modes interleaved (direct, ws, uws, direct, ...). Reports per mode the
  * best aggregate tokens/s and the range over the repeats, the ratio of best to best direct and
  * the range of the per-round ratios, time to first token p50/p99 and inter-token latency p50/p99
  * over the samples of all repeats, as a markdown table and a JSON line. `--idle N` also connects
@@ -32,7 +33,7 @@ import { ChatFormat } from '../src/session/chat-format.js';
 import { Session } from '../src/session/session.js';
 
 const f = parseFlags(process.argv.slice(2), {
-  sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number',
+  sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number', 'idle-server': 'string',
 });
 const sessionCounts = (f.sessions as number[] | undefined) ?? [1, 16, 64, 256];
 const genTokens = (f['gen-tokens'] as number | undefined) ?? 128;
@@ -210,19 +211,46 @@ async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number): P
   return { wallMs: r.wallMs, tokens: r.tokens, ttft: r.ttft, itl: r.itl, ...steps, serverCpuMs, clientCpuMs: r.cpuMs, elu };
 }
 
-/** RSS growth of this (the server's) process per idle connected session; the clients are other processes. */
-async function idleMemory(engine: Engine, transport: 'ws' | 'uws'): Promise<{ transport: string; sessions: number; bytes_per_session: number }> {
+interface IdleResult {
+  transport: string;
+  sessions: number;
+  rss_bytes_per_session: number;
+  heap_bytes_per_session: number;
+}
+
+/**
+ * RSS (and JS heap) growth of this process, the server's, per idle connected session; the
+ * clients are other processes. Run in a fresh process per transport (`--idle-server`), so that
+ * memory kept by earlier runs does not hide the growth.
+ */
+async function idleMemory(engine: Engine, transport: 'ws' | 'uws'): Promise<IdleResult> {
   const gw = newGateway(engine, transport, idle + 16);
   const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
   gc();
-  const before = process.memoryUsage().rss;
+  const before = process.memoryUsage();
   const clients = await Clients.connect(url, idle, clientProcs);
   gc();
-  const after = process.memoryUsage().rss;
+  const after = process.memoryUsage();
   if (gw.sessions.size !== idle) throw new Error(`idle: ${gw.sessions.size} sessions of ${idle}`);
   await clients.close();
   await gw.close();
-  return { transport, sessions: idle, bytes_per_session: Math.round((after - before) / idle) };
+  return {
+    transport,
+    sessions: idle,
+    rss_bytes_per_session: Math.round((after.rss - before.rss) / idle),
+    heap_bytes_per_session: Math.round((after.heapUsed - before.heapUsed) / idle),
+  };
+}
+
+/** Runs idleMemory in a fresh process of this script. */
+function idleInChild(transport: string): Promise<IdleResult> {
+  const args = ['--idle-server', transport, '--idle', String(idle), '--client-procs', String(clientProcs), '--sessions', String(maxN)];
+  if (f.model) args.push('--model', f.model as string);
+  const p = fork(process.argv[1]!, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  return new Promise((resolve, reject) => {
+    p.once('message', (m) => resolve(m as IdleResult));
+    p.once('exit', (code) => reject(new Error(`the idle server for ${transport} exited with ${code}`)));
+  });
 }
 
 const engine = await Engine.load((f.model as string | undefined) ?? join(import.meta.dirname, '..', '..', 'models', 'default'), {
@@ -231,6 +259,11 @@ const engine = await Engine.load((f.model as string | undefined) ?? join(import.
   maxLogitRows: Math.min(256, maxN),
   kvMemoryBytes: 512 * 2 ** 20,
 });
+if (f['idle-server']) {
+  process.send!(await idleMemory(engine, f['idle-server'] as 'ws' | 'uws'));
+  engine.dispose();
+  process.exit(0);
+}
 const format = noStopFormat(new ChatFormat(engine.tokenizer!));
 const modes = ['direct', ...transports.map((t) => `gateway ${t}`)];
 const runOnce = (mode: string, n: number) => (mode === 'direct' ? direct(engine, format, n) : viaGateway(engine, mode.slice(8) as 'ws' | 'uws', n));
@@ -258,7 +291,9 @@ interface Row {
 const rows: Row[] = [];
 for (const n of sessionCounts) {
   const samples = new Map<string, Sample[]>(modes.map((m) => [m, []]));
-  for (let r = 0; r < repeats; r++) for (const mode of modes) samples.get(mode)!.push(await runOnce(mode, n));
+  // few sessions give few TTFT samples per run: repeat until there are at least 16
+  const numRuns = Math.max(repeats, Math.ceil(16 / n));
+  for (let r = 0; r < numRuns; r++) for (const mode of modes) samples.get(mode)!.push(await runOnce(mode, n));
   const tps = (s: Sample) => (s.tokens / s.wallMs) * 1000;
   const directs = samples.get('direct')!;
   const bestDirect = Math.max(...directs.map(tps));
@@ -299,9 +334,11 @@ for (const r of rows) {
   );
 }
 process.stdout.write(lines.join('\n') + '\n');
-const mem = [];
-if (idle > 0) for (const t of transports) mem.push(await idleMemory(engine, t));
-for (const m of mem) process.stdout.write(`idle sessions (${m.transport}): ${m.sessions}, ${(m.bytes_per_session / 1024).toFixed(1)} KiB RSS per session (server process only)\n`);
+const mem: IdleResult[] = [];
+if (idle > 0) for (const t of transports) mem.push(await idleInChild(t));
+for (const m of mem) {
+  process.stdout.write(`idle sessions (${m.transport}): ${m.sessions}, ${(m.rss_bytes_per_session / 1024).toFixed(1)} KiB RSS (${(m.heap_bytes_per_session / 1024).toFixed(1)} KiB JS heap) per session, server process only\n`);
+}
 process.stdout.write(JSON.stringify({ genTokens, repeats, rows, idle: mem }) + '\n');
 engine.dispose();
 process.exit(0);

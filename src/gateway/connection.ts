@@ -7,14 +7,20 @@
  */
 import { randomBytes } from 'node:crypto';
 import { toWeftError, type WeftErrorCode } from '../errors.js';
-import { Session, type Turn } from '../session/session.js';
+import { Session, type Turn, type TurnDone } from '../session/session.js';
 import type { Gateway } from './server.js';
 import { ProtocolError, parseClientFrame, toTurnSampling, type ClientEvent, type WireSampling } from './protocol.js';
 
-/** What a transport gives a connection. */
+/**
+ * What a transport gives a connection. The transport calls `Connection.onDrain()` whenever
+ * queued bytes have been written out (after a send that had to wait, at the latest).
+ */
 export interface TransportSocket {
-  /** Sends one text frame; `onSent` runs once the frame has been handed to the OS. */
-  send(text: string, onSent?: () => void): void;
+  /** Sends one text frame. */
+  send(text: string): void;
+  /** Holds the frames sent until `uncork()`, which writes them out together. */
+  cork(): void;
+  uncork(): void;
   /** Bytes queued and not yet written out. */
   readonly bufferedAmount: number;
   close(code?: number, reason?: string): void;
@@ -29,13 +35,22 @@ export class Connection {
   private running: { id: string; turn: Turn; cancelEventId?: string } | null = null;
   private closed = false;
   private blocked = false;
+  private corked = false;
   private resumeToken: string | null = null;
+  /** `{"type":"response.delta","response_id":"…","seq":` of the running response. */
+  private deltaPrefix = '';
+  private lastDeltaAt = 0;
 
   constructor(
     private readonly gw: Gateway,
     private readonly sock: TransportSocket,
     private readonly resume?: string,
   ) {}
+
+  /** Bytes the transport holds for this client, not yet written out (backpressure, tests). */
+  get bufferedAmount(): number {
+    return this.sock.bufferedAmount;
+  }
 
   /** Called by the transport once the WebSocket is open. Never throws. */
   open(): void {
@@ -152,49 +167,48 @@ export class Connection {
       sampling: opts.sampling,
       maxTokens: opts.maxTokens,
       stop: opts.stop,
-      isBlocked: () => {
-        if (this.sock.bufferedAmount > threshold) this.blocked = true;
-        return this.blocked;
-      },
+      isBlocked: () => (this.blocked = this.sock.bufferedAmount > threshold),
     });
     const id = `resp_${nextResponseId++}`;
     this.running = { id, turn };
     this.send(withId({ type: 'response.created', response_id: id }, ev.event_id));
-    void this.stream(id, turn);
+    this.deltaPrefix = `{"type":"response.delta","response_id":${JSON.stringify(id)},"seq":`;
+    this.lastDeltaAt = 0;
+    turn.listen({
+      delta: (seq, text) => this.delta(seq, text),
+      done: (done) => this.done(id, done),
+      fail: (err) => {
+        const e = toWeftError(err);
+        this.running = null;
+        this.send({ type: 'response.done', response_id: id, finish_reason: 'error', error: { code: e.code, message: e.message } });
+        this.gw.metrics.errors.inc({ code: e.code });
+      },
+    });
   }
 
-  private async stream(id: string, turn: Turn): Promise<void> {
+  /** One token's frame, built without an object or a JSON.stringify of the whole event. */
+  private delta(seq: number, text: string): void {
+    const now = performance.now();
+    if (this.lastDeltaAt > 0) this.gw.metrics.interToken.observe((now - this.lastDeltaAt) / 1000);
+    this.lastDeltaAt = now;
+    this.sendText(this.deltaPrefix + seq + ',"text":' + JSON.stringify(text) + '}');
+  }
+
+  private done(id: string, ev: TurnDone): void {
     const m = this.gw.metrics;
-    let last = 0;
-    try {
-      for await (const ev of turn) {
-        if (ev.type === 'delta') {
-          const now = performance.now();
-          if (ev.seq > 0 && last > 0) m.interToken.observe((now - last) / 1000);
-          last = now;
-          this.send({ type: 'response.delta', response_id: id, seq: ev.seq, text: ev.text });
-          continue;
-        }
-        m.ttft.observe(ev.timing.ttft_ms / 1000);
-        m.queueWait.observe(ev.timing.queue_ms / 1000);
-        m.promptTokens.inc(ev.usage.prompt_tokens);
-        m.cachedTokens.inc(ev.usage.cached_tokens);
-        m.generatedTokens.inc(ev.usage.completion_tokens);
-        const done: Record<string, unknown> = { type: 'response.done', response_id: id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing };
-        if (ev.error) {
-          done.error = ev.error;
-          m.errors.inc({ code: ev.error.code });
-        }
-        const cancelId = this.running?.id === id ? this.running.cancelEventId : undefined;
-        this.running = null;
-        this.send(withId(done, cancelId));
-      }
-    } catch (err) {
-      const e = toWeftError(err);
-      this.running = null;
-      this.send({ type: 'response.done', response_id: id, finish_reason: 'error', error: { code: e.code, message: e.message } });
-      m.errors.inc({ code: e.code });
+    m.ttft.observe(ev.timing.ttft_ms / 1000);
+    m.queueWait.observe(ev.timing.queue_ms / 1000);
+    m.promptTokens.inc(ev.usage.prompt_tokens);
+    m.cachedTokens.inc(ev.usage.cached_tokens);
+    m.generatedTokens.inc(ev.usage.completion_tokens);
+    const done: Record<string, unknown> = { type: 'response.done', response_id: id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing };
+    if (ev.error) {
+      done.error = ev.error;
+      m.errors.inc({ code: ev.error.code });
     }
+    const cancelId = this.running?.id === id ? this.running.cancelEventId : undefined;
+    this.running = null;
+    this.send(withId(done, cancelId));
   }
 
   private refuse(code: WeftErrorCode, message: string): void {
@@ -211,13 +225,36 @@ export class Connection {
   }
 
   private send(ev: object): void {
+    this.sendText(JSON.stringify(ev));
+  }
+
+  /**
+   * Frames sent while the scheduler delivers a step's events are corked and written out together
+   * when the step's delivery ends (`uncork`, called by the gateway): one write per socket per step.
+   */
+  private sendText(text: string): void {
     if (this.closed) return;
-    this.sock.send(JSON.stringify(ev), () => {
-      if (this.blocked && this.sock.bufferedAmount <= this.gw.backpressureBytes) {
-        this.blocked = false;
-        this.gw.scheduler?.wake();
-      }
-    });
+    if (!this.corked && this.gw.scheduler?.delivering) {
+      this.corked = true;
+      this.sock.cork();
+      this.gw.corked.push(this);
+    }
+    this.sock.send(text);
+  }
+
+  /** Writes out the frames corked during a step's delivery. */
+  uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.sock.uncork();
+  }
+
+  /** Called by the transport when queued bytes were written out: a blocked response resumes. */
+  onDrain(): void {
+    if (this.blocked && this.sock.bufferedAmount <= this.gw.backpressureBytes) {
+      this.blocked = false;
+      this.gw.scheduler?.wake();
+    }
   }
 }
 

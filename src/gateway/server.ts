@@ -53,6 +53,8 @@ export class Gateway {
   modelName = '';
   readonly sessions = new Set<Session>();
   readonly connections = new Set<Connection>();
+  /** Connections that corked frames during the delivery of the current step's events. */
+  readonly corked: Connection[] = [];
   readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler);
   readonly maxSessions: number;
   readonly maxFrameBytes: number;
@@ -104,6 +106,10 @@ export class Gateway {
     if (!engine.tokenizer) throw new WeftError('WEFT_TOKENIZER', `${engine.dir} has no tokenizer.json: the gateway needs one`);
     this.format = new ChatFormat(engine.tokenizer);
     this.scheduler = new Scheduler(engine, this.options.scheduler);
+    this.scheduler.onDelivered = () => {
+      for (const c of this.corked) c.uncork();
+      this.corked.length = 0;
+    };
     this.scheduler.onStep = (st) => {
       this.metrics.stepDuration.observe(st.durationMs / 1000);
       this.metrics.batchSequences.observe(st.sequences);

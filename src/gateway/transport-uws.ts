@@ -13,8 +13,10 @@ interface UserData {
   resume?: string;
   conn?: Connection;
   closed?: boolean;
-  /** Send callbacks waiting for the socket's buffer to drain. */
-  pending?: (() => void)[];
+  /** Frames held while corked (the gateway delivers a step's events), sent by `flush` in one uWS cork. */
+  queue?: string[];
+  corked?: boolean;
+  flush?: () => void;
 }
 
 const STATUS: Record<number, string> = { 200: '200 OK', 404: '404 Not Found', 405: '405 Method Not Allowed', 426: '426 Upgrade Required', 500: '500 Internal Server Error', 503: '503 Service Unavailable' };
@@ -55,16 +57,25 @@ export class UwsTransport implements Transport {
       open: (ws) => {
         this.sockets.add(ws);
         const ud = ws.getUserData();
-        ud.pending = [];
+        const queue: string[] = (ud.queue = []);
+        ud.flush = () => {
+          for (const text of queue) ws.send(text, false);
+          queue.length = 0;
+        };
         const conn = gw.connect(
           {
-            send: (text, onSent) => {
+            send: (text) => {
               if (ud.closed) return;
-              // sends come from scheduler callbacks, outside uWS's own (corked) handlers: cork each one
-              ws.cork(() => ws.send(text, false));
-              if (!onSent) return;
-              if (ws.getBufferedAmount() === 0) queueMicrotask(onSent);
-              else ud.pending!.push(onSent);
+              queue.push(text);
+              // sends come from scheduler callbacks, outside uWS's own (corked) handlers: cork them
+              if (!ud.corked) ws.cork(ud.flush!);
+            },
+            cork: () => {
+              ud.corked = true;
+            },
+            uncork: () => {
+              ud.corked = false;
+              if (!ud.closed && queue.length > 0) ws.cork(ud.flush!);
             },
             get bufferedAmount() {
               return ud.closed ? 0 : ws.getBufferedAmount();
@@ -85,9 +96,7 @@ export class UwsTransport implements Transport {
         ws.getUserData().conn?.onMessage(Buffer.from(message), isBinary);
       },
       drain: (ws) => {
-        const ud = ws.getUserData();
-        if (ws.getBufferedAmount() > 0) return;
-        for (const cb of ud.pending!.splice(0)) cb();
+        ws.getUserData().conn?.onDrain();
       },
       close: (ws) => {
         this.sockets.delete(ws);

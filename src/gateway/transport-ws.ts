@@ -1,6 +1,6 @@
 /** The `ws` transport: node:http for the HTTP routes, the ws package for protocol v1 at /v1/ws. */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData } from 'ws';
 import type { Gateway } from './server.js';
@@ -45,9 +45,17 @@ export class WsTransport implements Transport {
       return;
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
+      // the upgraded TCP socket: corked while the gateway delivers a step's frames
+      const raw = socket as Socket;
+      // one callback for every send (Node batches the completions of a same callback): queued bytes went out
+      const drained = (err?: Error) => {
+        if (!err) conn.onDrain();
+      };
       const conn = this.gw.connect(
         {
-          send: (text, onSent) => ws.send(text, (err) => (err ? undefined : onSent?.())),
+          send: (text) => ws.send(text, drained),
+          cork: () => raw.cork(),
+          uncork: () => raw.uncork(),
           get bufferedAmount() {
             return ws.bufferedAmount;
           },

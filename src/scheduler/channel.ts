@@ -25,6 +25,11 @@ export class Channel<T> implements AsyncIterable<T> {
     }
   }
 
+  /** Removes and returns the buffered events (for a consumer that switches to a push callback). */
+  takeAll(): T[] {
+    return this.items.splice(0);
+  }
+
   /** No more events; the iterator ends after the buffered ones. */
   close(): void {
     if (this.closed) return;

@@ -119,6 +119,7 @@ export class ScheduledRequest implements AsyncIterable<RequestEvent> {
   /** @internal */ firstTokenAt = 0;
   /** @internal */ stopper: TextStopper | null;
   /** @internal */ resolveDone!: (e: DoneEvent) => void;
+  private sink: ((ev: RequestEvent) => void) | null = null;
 
   constructor(
     private readonly scheduler: Scheduler,
@@ -136,9 +137,29 @@ export class ScheduledRequest implements AsyncIterable<RequestEvent> {
     return this.events[Symbol.asyncIterator]();
   }
 
+  /**
+   * Receives the events through a callback, called synchronously as each step's events are
+   * delivered, instead of the async iterator (no promise per event). Events delivered before
+   * are passed at once. A callback that throws cancels the request.
+   */
+  listen(sink: (ev: RequestEvent) => void): void {
+    if (this.sink) throw new WeftError('WEFT_BAD_ARGUMENT', 'a request has one listener');
+    this.sink = sink;
+    for (const ev of this.events.takeAll()) this.deliverTo(sink, ev);
+  }
+
+  private deliverTo(sink: (ev: RequestEvent) => void, ev: RequestEvent): void {
+    try {
+      sink(ev);
+    } catch {
+      if (ev.type !== 'done') this.cancel();
+    }
+  }
+
   /** @internal Hands one event to the consumer; a done event also ends the stream and resolves `done`. */
   deliver(ev: RequestEvent): void {
-    this.events.push(ev);
+    if (this.sink) this.deliverTo(this.sink, ev);
+    else this.events.push(ev);
     if (ev.type === 'done') {
       this.events.close();
       this.resolveDone(ev);
@@ -173,6 +194,10 @@ export class Scheduler {
   private readonly vocabSize: number;
   /** Counters for tests and metrics. */
   readonly counters = { steps: 0, kvParks: 0, kvRetries: 0 };
+  /** Called after a step's events were delivered (a transport flushes the frames it corked). */
+  onDelivered: (() => void) | null = null;
+  /** True while a step's events are being delivered. */
+  delivering = false;
   /** Observer of every step that completed (metrics: step duration, batch size). */
   onStep: ((step: { durationMs: number; sequences: number; tokens: number }) => void) | null = null;
 
@@ -543,12 +568,22 @@ export class Scheduler {
   private deliver(): void {
     const reqs = this.outReqs;
     const events = this.outEvents;
-    for (let i = 0; i < reqs.length; i++) {
-      reqs[i]!.undelivered--;
-      reqs[i]!.deliver(events[i]!);
+    this.delivering = true;
+    try {
+      for (let i = 0; i < reqs.length; i++) {
+        reqs[i]!.undelivered--;
+        reqs[i]!.deliver(events[i]!);
+      }
+    } finally {
+      reqs.length = 0;
+      events.length = 0;
+      this.delivering = false;
     }
-    reqs.length = 0;
-    events.length = 0;
+    try {
+      this.onDelivered?.();
+    } catch {
+      /* an observer never breaks the loop */
+    }
   }
 }
 

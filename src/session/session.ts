@@ -63,7 +63,19 @@ export type TurnEvent =
 
 export type TurnDone = Extract<TurnEvent, { type: 'done' }>;
 
-/** One turn in progress: iterate it for deltas and the done event; `done` resolves either way. */
+/** Receives a turn's events as they come (`Turn.listen`): the push alternative to iterating. */
+export interface TurnListener {
+  /** One per generated token, seq from 0 without gaps (text may be ''); a last one may carry held-back text. */
+  delta(seq: number, text: string): void;
+  done(ev: TurnDone): void;
+  /** The turn could not be settled (an internal failure). */
+  fail(err: unknown): void;
+}
+
+/**
+ * One turn in progress: iterate it for deltas and the done event, or `listen` (one of the two);
+ * `done` resolves either way.
+ */
 export class Turn implements AsyncIterable<TurnEvent> {
   constructor(
     readonly request: ScheduledRequest,
@@ -72,6 +84,11 @@ export class Turn implements AsyncIterable<TurnEvent> {
 
   cancel(): void {
     this.request.cancel();
+  }
+
+  /** Text the decoder held back until the end (a prefix of a stop string that never completed). */
+  private heldBack(done: TurnDone, streamed: string): string {
+    return done.text.length > streamed.length && done.text.startsWith(streamed) ? done.text.slice(streamed.length) : '';
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<TurnEvent> {
@@ -83,11 +100,28 @@ export class Turn implements AsyncIterable<TurnEvent> {
       }
     }
     const done = await this.done;
-    // text the decoder held back until the end (a prefix of a stop string that never completed)
-    if (done.text.length > text.length && done.text.startsWith(text)) {
-      yield { type: 'delta', seq: this.request.generated.length, text: done.text.slice(text.length), token: -1 };
-    }
+    const tail = this.heldBack(done, text);
+    if (tail) yield { type: 'delta', seq: this.request.generated.length, text: tail, token: -1 };
     yield done;
+  }
+
+  /** Pushes the turn's events to `l` as each scheduler step delivers them: no promise or event object per token. */
+  listen(l: TurnListener): void {
+    let text = '';
+    this.request.listen((ev) => {
+      if (ev.type !== 'token') return;
+      const t = ev.text ?? '';
+      text += t;
+      l.delta(ev.index, t);
+    });
+    this.done.then(
+      (done) => {
+        const tail = this.heldBack(done, text);
+        if (tail) l.delta(this.request.generated.length, tail);
+        l.done(done);
+      },
+      (err) => l.fail(err),
+    ).catch(() => undefined); // a listener that throws never becomes an unhandled rejection
   }
 }
 
@@ -120,6 +154,11 @@ export class Session {
     const r = this.turn?.request;
     if (!r || r.state === 'done') return SessionState.Idle;
     return r.state === 'queued' ? SessionState.Queued : r.state === 'prefilling' ? SessionState.Prefilling : SessionState.Generating;
+  }
+
+  /** The turn in progress (or the last one), if any. */
+  get currentTurn(): Turn | null {
+    return this.turn;
   }
 
   /** Tokens of the conversation currently cached in the sequence's KV. */
