@@ -72,6 +72,7 @@ CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(
   cudaDeviceProp prop;
   WEFT_CU(cudaGetDeviceProperties(&prop, device));
   deviceName_ = prop.name;
+  smCount = prop.multiProcessorCount;
 
   const ModelConfig& c = model.cfg;
   DeviceWeights& w = weights;

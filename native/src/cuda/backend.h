@@ -2,6 +2,7 @@
 // memory; per context a stream, a cuBLAS handle, a preallocated workspace, pinned staging buffers
 // and CUDA graphs of the decode step at the common batch sizes.
 #pragma once
+#include <atomic>
 #include <map>
 #include <vector>
 
@@ -36,7 +37,8 @@ class CudaContext : public ExecContext {
   void sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) override;
 
  private:
-  void enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens);
+  // shareGpu: another context is running a step, so a prefill keeps to part of the SMs
+  void enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens, bool anySplit, bool shareGpu);
   // The packed step index in device memory for these counts: tok, pos, tokPages (nT), rowToken (nR),
   // tile first/count/slot (nTiles), then the page lists; the sampler rows follow on the host side.
   StepIndex indexFor(int nT, int nR, int nTiles) const;
@@ -97,6 +99,9 @@ class CudaBackend : public Backend {
   int device = 0;
   DeviceWeights weights;
   DeviceBuffer kvMemory;   // numPages + 1 pages (the last is scratch for padded graph steps)
+  int smCount = 0;
+  std::atomic<int> stepsInFlight{0};        // across contexts
+  std::atomic<int64_t> lastDecodeNs{0};     // steady-clock time a decode step last started or ended
   cudaStream_t transfer = nullptr;
   cudaEvent_t transferDone = nullptr;
 

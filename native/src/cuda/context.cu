@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -125,12 +126,16 @@ StepIndex CudaContext::indexFor(int nT, int nR, int nTiles) const {
 // The forward pass of T tokens, logits for R rows, over buffers at fixed addresses (so that it can
 // be captured into a graph and replayed with a new step index). GEMMs of at most kGemvMaxTokens
 // rows run on our GEMV kernel, larger ones on cuBLAS.
-void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens) {
+void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens, bool anySplit, bool shareGpu) {
   const ModelConfig& c = model_.cfg;
   const DeviceWeights& w = be_.weights;
   const bool bf = w.bf16;
   const int H = c.hidden, D = c.headDim, F = c.ffn, qDim = c.numHeads * D;
   float* x = x_.as<float>();
+  // sharing: cuBLAS and the attention grid keep to about half of the SMs, the decode steps of the
+  // other contexts (on higher-priority streams) get the rest
+  check(cublasSetSmCountTarget(blas_, shareGpu ? std::max(1, be_.smCount / 2) : 0), "cublasSetSmCountTarget");
+  const int attnBlocks = shareGpu ? be_.smCount : 0;
   ropeTable(ix.pos, w.invFreq.as<float>(), cos_.as<float>(), sin_.as<float>(), T, D / 2, stream_);
   embed(ix.tok, w.embed.ptr, x, T, H, bf, stream_);
   for (int l = 0; l < c.numLayers; l++) {
@@ -140,7 +145,7 @@ void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles
     rmsnorm(x, nullptr, L.inputNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
     gemm(L.qkv.ptr, xb_.ptr, qkv_.as<float>(), qkvDim_, T, H, 0.f);
     ropeStoreKv(qkv_.as<float>(), L.qkvBias.as<float>(), cos_.as<float>(), sin_.as<float>(), ix, kvl_, l, T, c.numHeads, stream_);
-    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), stream_);
+    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), anySplit, attnBlocks, stream_);
     gemm(L.o.ptr, att_.ptr, x, H, T, qDim, 1.f);
     // MLP: norm, gate|up in one GEMM, SwiGLU, down projection added into the residual stream
     rmsnorm(x, nullptr, L.postNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
@@ -160,7 +165,7 @@ void CudaContext::captureGraphs() {
     cudaGraph_t graph;
     WEFT_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
-      enqueueForward(indexFor(b, b, b), b, b, b, 1);
+      enqueueForward(indexFor(b, b, b), b, b, b, 1, true, false);
     } catch (...) {
       cudaStreamEndCapture(stream_, &graph);
       throw;
@@ -294,6 +299,21 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
   }
 
   stream_ = decodeOnly ? decodeStream_ : prefillStream_;
+  // A prefill shares the GPU when another step is in flight or a decode step ran in the last 50 ms
+  // (a decode loop has short gaps between its steps).
+  auto nowNs = [] { return int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count()); };
+  const int othersInFlight = be_.stepsInFlight.fetch_add(1);
+  if (decodeOnly) be_.lastDecodeNs = nowNs();
+  const bool shareGpu = !decodeOnly && (othersInFlight > 0 || nowNs() - be_.lastDecodeNs.load() < 50'000'000);
+  struct Leave {
+    CudaBackend& be;
+    bool decode;
+    int64_t (*now)();
+    ~Leave() {
+      if (decode) be.lastDecodeNs = now();
+      be.stepsInFlight.fetch_sub(1);
+    }
+  } leave{be_, decodeOnly, +nowNs};
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
   // WEFT_CUDA_TIMING=1: each step prints its GPU time (events around the forward) to stderr
   static const bool timing = getenv("WEFT_CUDA_TIMING") != nullptr;
@@ -322,7 +342,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     if (numPen > 0) WEFT_CU(cudaMemcpyAsync(penalties_.ptr, hostPenalties_.ptr, numPen * sizeof(int2), cudaMemcpyHostToDevice, stream_));
     if (timing) cudaEventRecord(ev0, stream_);
     if (graphB > 0) WEFT_CU(cudaGraphLaunch(graphs_[graphB], stream_));
-    else enqueueForward(ix, T, R, tiles, tileTokens);
+    else enqueueForward(ix, T, R, tiles, tileTokens, slots > 0, shareGpu);
     if (timing) cudaEventRecord(ev1, stream_);
     WEFT_CU(cudaGetLastError());
     // raw logits out before the sampler applies penalties in place

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cfloat>
 
 #include "common.cuh"
@@ -103,14 +104,14 @@ __global__ void ropeStoreKernel(float* qkv, const float* bias, const float* cosv
 // position 0 and a split's range depends only on the sequence's own length, so a row's arithmetic
 // never depends on which tile, batch or step it is in.
 template <typename KV, typename W>
-__global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int layer, StepIndex ix, int numHeads,
-                                int tileTokens, W* out, float* partial) {
+__device__ void attendTile(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numHeads,
+                           int tileTokens, W* out, float* partial, int tile) {
   extern __shared__ float sm[];
   constexpr int VEC = 16 / sizeof(KV);  // elements per 16-byte load
   const int D = kv.headDim, nkv = kv.kvHeads, group = numHeads / nkv;
   const int g = blockIdx.y, split = blockIdx.z, numSplits = gridDim.z;
-  const int t0 = ix.tileTok0[blockIdx.x], nt = ix.tileCount[blockIdx.x];
-  const int slot = ix.tileSlot[blockIdx.x];
+  const int t0 = ix.tileTok0[tile], nt = ix.tileCount[tile];
+  const int slot = ix.tileSlot[tile];
   const bool splitting = slot >= 0;
   if (!splitting && split > 0) return;
   const int rows = nt * group, maxRows = tileTokens * group;
@@ -211,6 +212,17 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
     const int r = i / D, d = i % D;
     const int t = t0 + r / group, h = g * group + r % group;
     out[int64_t(t) * qDim + h * D + d] = fromF<W>(sacc[i] / sL[r]);
+  }
+}
+
+// Blocks loop over tiles (gridDim.x may be smaller than numTiles: a prefill that shares the GPU
+// with another context's decode keeps to part of the SMs).
+template <typename KV, typename W>
+__global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int layer, StepIndex ix, int numHeads,
+                                int tileTokens, W* out, float* partial, int numTiles) {
+  for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
+    attendTile<KV, W>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, out, partial, tile);
+    __syncthreads();
   }
 }
 
@@ -339,17 +351,22 @@ void setAttentionSmemLimit(size_t bytes) {
 }
 
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
-               int tileTokens, int numHeads, void* out, bool bf16, float* partial, cudaStream_t s) {
-  const dim3 grid(numTiles, kv.kvHeads, kAttentionSplits);
+               int tileTokens, int numHeads, void* out, bool bf16, float* partial, bool anySplit, int maxBlocks, cudaStream_t s) {
+  // maxBlocks > 0 caps the blocks (tiles x kv heads x splits), the tiles then taken in turn
+  const int splits = anySplit ? kAttentionSplits : 1;
+  int gx = numTiles;
+  if (maxBlocks > 0) gx = std::max(1, std::min(numTiles, maxBlocks / (kv.kvHeads * splits)));
+  const dim3 grid(gx, kv.kvHeads, splits);
   const size_t smem = attentionSmem(tileTokens, numHeads / kv.kvHeads, kv.headDim);
   const int threads = kAttentionThreads;
   if (kv.f16) {
-    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial);
-    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial);
+    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, numTiles);
+    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, numTiles);
   } else {
-    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial);
-    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial);
+    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, numTiles);
+    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, numTiles);
   }
+  if (!anySplit) return;
   const dim3 cgrid(numTiles, numHeads);
   if (bf16) attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__nv_bfloat16*>(out));
   else attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__half*>(out));

@@ -41,8 +41,10 @@ void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* 
 // Causal attention of every token's query heads over its sequence's pages, tile by tile.
 // Returns the dynamic shared memory it needs for `tileTokens` (for the launch attribute).
 size_t attentionSmem(int tileTokens, int group, int headDim);
+// anySplit: some tile is a single token (split over kAttentionSplits blocks); maxBlocks > 0 caps the
+// grid (the blocks then loop over the tiles).
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
-               int tileTokens, int numHeads, void* out, bool bf16, float* partial, cudaStream_t s);
+               int tileTokens, int numHeads, void* out, bool bf16, float* partial, bool anySplit, int maxBlocks, cudaStream_t s);
 void setAttentionSmemLimit(size_t bytes);
 // Y[t, n] (f32) = X[t, :] . W[n, :] (+ Y) for T <= kGemvMaxTokens (K a multiple of 8): the decode GEMV.
 constexpr int kGemvMaxTokens = 8;
