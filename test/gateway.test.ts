@@ -15,13 +15,15 @@ class Client {
   readonly events: Ev[] = [];
   private waiters: (() => void)[] = [];
   closed = false;
+  closeCode = 0;
   private constructor(readonly ws: WebSocket) {
     ws.on('message', (d) => {
       this.events.push(JSON.parse(d.toString()));
       for (const w of this.waiters.splice(0)) w();
     });
-    ws.on('close', () => {
+    ws.on('close', (code) => {
       this.closed = true;
+      this.closeCode = code;
       for (const w of this.waiters.splice(0)) w();
     });
   }
@@ -178,6 +180,10 @@ describe('gateway', () => {
     expect(done).toMatchObject({ finish_reason: 'cancelled', event_id: 'stop-it' });
     expect(done.usage.completion_tokens).toBeLessThanOrEqual(1);
 
+    // another session streams while this one sends every bad frame: its answer is unchanged
+    const other = await Client.open(wsUrl);
+    await other.next((e) => e.type === 'session.created');
+    const otherTurn = other.turn('Who made the heaven and the earth?', SAMPLING);
     const bad: [unknown, string][] = [
       ['not json', 'WEFT_BAD_FRAME'],
       [Buffer.from('{"type":"session.close"}'), 'WEFT_BAD_FRAME'],
@@ -199,12 +205,41 @@ describe('gateway', () => {
       const id = (frame as { event_id?: string }).event_id;
       if (id) expect(e.event_id).toBe(id);
     }
+    expect((await otherTurn).text).toBe((await direct([], 'Who made the heaven and the earth?')).text);
+    other.ws.close();
     c.send({ type: 'session.update', session: { system: 'Be brief.', sampling: { max_tokens: 3 } }, event_id: 'up' });
     expect(await c.next()).toMatchObject({ type: 'session.updated', event_id: 'up', session: { system: 'Be brief.', sampling: { max_tokens: 3 } } });
     const r = await c.turn('Amen.');
     expect(r.done.usage.completion_tokens).toBeLessThanOrEqual(3);
     expect(r.deltas.length).toBeGreaterThan(0);
     c.ws.close();
+
+    // a frame over 4 times the limit is not read: the connection closes (ws: status 1009; uWS drops the TCP connection: 1006)
+    const huge = await Client.open(wsUrl);
+    await huge.next((e) => e.type === 'session.created');
+    huge.send({ type: 'message.create', content: 'x'.repeat(4 * (64 << 10)) });
+    await huge.waitClosed();
+    expect(huge.closeCode).toBe(transport === 'ws' ? 1009 : 1006);
+  });
+
+  test('a full admission queue answers WEFT_OVERLOADED; the session stays usable', async () => {
+    const g6 = new Gateway({ transport, port: 0, scheduler: { maxActive: 1, maxQueue: 0 } });
+    g6.attach(engine);
+    const url = (await g6.listen()).url.replace('http', 'ws') + '/v1/ws';
+    const [a, b] = await Promise.all([Client.open(url), Client.open(url)]);
+    await Promise.all([a, b].map((c) => c.next((e) => e.type === 'session.created')));
+    a.send({ type: 'message.create', content: 'Tell me of Moses.', sampling: { max_tokens: 200 } });
+    await a.next((e) => e.type === 'response.delta');
+    b.send({ type: 'message.create', content: 'Who made the heaven and the earth?', sampling: SAMPLING, event_id: 'full' });
+    expect(await b.next()).toMatchObject({ type: 'error', code: 'WEFT_OVERLOADED', event_id: 'full' });
+    a.send({ type: 'response.cancel' });
+    await a.next((e) => e.type === 'response.done');
+    const r = await b.turn('Who made the heaven and the earth?', SAMPLING);
+    expect(r.done.usage.cached_tokens).toBe(0); // the rejected message was not added to the conversation
+    a.ws.close();
+    b.ws.close();
+    await g6.close();
+    expect(r.text).toBe((await direct([], 'Who made the heaven and the earth?')).text);
   });
 
   test('concurrent sessions all progress', async () => {
@@ -241,6 +276,11 @@ describe('gateway', () => {
     const r2 = await r.turn('And what did he say unto them?', SAMPLING);
     expect(r2.done.usage.cached_tokens).toBeGreaterThan(0); // restored from host memory, not prefilled again
     expect(r2.deltas.map((d) => d.seq)).toEqual(r2.deltas.map((_, i) => i));
+    // a token that was never issued
+    const unknown = await Client.open(`${wsUrl}?resume=never-issued`);
+    expect(await unknown.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
+    expect(await unknown.next()).toMatchObject({ type: 'session.created' });
+    unknown.ws.close();
     // the same token cannot be used twice while its session is connected
     const again = await Client.open(`${wsUrl}?resume=${encodeURIComponent(created.resume_token)}`);
     expect(await again.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });

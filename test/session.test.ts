@@ -82,6 +82,33 @@ describe('session', () => {
     expect(() => a.send('again')).toThrow(expect.objectContaining({ code: 'WEFT_DISPOSED' }));
   });
 
+  test('listen() pushes the same deltas as iterating, held-back stop-string text included', async () => {
+    // no template stop string and EOS ignored: 12 tokens every time
+    const base = new ChatFormat(engine.tokenizer!);
+    const format = Object.assign(Object.create(Object.getPrototypeOf(base)), base, { stopStrings: [] }) as ChatFormat;
+    const opts = { format, sampling: { ...SAMPLING, ignoreEos: true }, maxTokens: 12 };
+    const plain = new Session(sched, opts);
+    const p = await run(plain.send('Tell me of Moses.'));
+    expect(p.done.finishReason).toBe('length');
+    const text = p.done.text;
+    // a stop string that starts with the answer's last character and never completes: that character is held back to the end
+    const stop = [text.slice(-1) + '\u0001'];
+    const iterated: { seq: number; text: string }[] = [];
+    const a = new Session(sched, opts);
+    for await (const ev of a.send('Tell me of Moses.', { stop })) if (ev.type === 'delta') iterated.push({ seq: ev.seq, text: ev.text });
+    const pushed: { seq: number; text: string }[] = [];
+    const b = new Session(sched, opts);
+    const done = await new Promise<TurnDone>((resolve, reject) =>
+      b.send('Tell me of Moses.', { stop }).listen({ delta: (seq, t) => pushed.push({ seq, text: t }), done: resolve, fail: reject }),
+    );
+    expect(pushed).toEqual(iterated);
+    expect(pushed.at(-1)).toEqual({ seq: 12, text: text.slice(-1) });
+    expect(pushed.map((d) => d.seq)).toEqual(pushed.map((_, i) => i));
+    expect(pushed.map((d) => d.text).join('')).toBe(text);
+    expect(done).toMatchObject({ finishReason: 'length', text, usage: { completion_tokens: 12 } });
+    await Promise.all([plain, a, b].map((s) => s.close()));
+  });
+
   test('busy, cancel, and the context policy', async () => {
     const s = new Session(sched, { sampling: { ...SAMPLING, ignoreEos: true }, stop: [], maxTokens: 200 });
     const t = s.send('Tell me of Moses.', { stop: [] });

@@ -207,6 +207,8 @@ export class Session {
       }
     }
     const prior = this.cached.slice(0, keep);
+    // the KV now holds `prior` only, whether or not the scheduler accepts the turn (WEFT_OVERLOADED)
+    this.cached = prior;
     const request = this.scheduler.submit({
       sequence: seq,
       tokens: ids.slice(keep),
@@ -217,7 +219,6 @@ export class Session {
       isBlocked: opts.isBlocked ?? this.defaults.isBlocked,
     });
     this.messages.push({ role: 'user', content });
-    this.cached = prior;
     const done = request.done.then((ev) => this.settle(request, ev, stopStrings, prior));
     this.turn = new Turn(request, done);
     return this.turn;
