@@ -88,6 +88,8 @@ function countSteps(sched: Scheduler): { steps: number; stepMs: number } {
 async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sample> {
   const sched = new Scheduler(engine);
   const steps = countSteps(sched);
+  // the sessions exist before the clock starts, as the gateway's are created when a client connects
+  const sessions = Array.from({ length: n }, (_, i) => new Session(sched, { format, sampling: { temperature: 0.8, seed: i, ignoreEos: true }, maxTokens: genTokens }));
   const ttft: number[] = [];
   const itl: number[] = [];
   let tokens = 0;
@@ -95,8 +97,7 @@ async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sa
   const elu0 = elu_();
   const t0 = performance.now();
   await Promise.all(
-    Array.from({ length: n }, async (_, i) => {
-      const s = new Session(sched, { format, sampling: { temperature: 0.8, seed: i, ignoreEos: true }, maxTokens: genTokens });
+    sessions.map(async (s, i) => {
       let last = 0;
       for await (const ev of s.send(prompt(i))) {
         if (ev.type !== 'delta') continue;
@@ -106,12 +107,12 @@ async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sa
         last = now;
         tokens++;
       }
-      await s.close();
     }),
   );
   const wallMs = performance.now() - t0;
   const serverCpuMs = cpuMs(process.cpuUsage(cpu0));
   const elu = elu_(elu0).utilization;
+  await Promise.all(sessions.map((s) => s.close()));
   await sched.close();
   return { wallMs, tokens, ttft, itl, ...steps, serverCpuMs, clientCpuMs: 0, elu };
 }
