@@ -47,20 +47,48 @@ __global__ void embedKernel(const int* tok, const W* table, float* x, int H) {
   for (int i = threadIdx.x; i < H; i += blockDim.x) x[int64_t(t) * H + i] = toF(row[i]);
 }
 
+// One block per row; a row of up to 4 float4 per thread stays in registers between the two passes.
 template <typename W>
-__global__ void rmsnormKernel(const float* x, const int* rows, const float* w, W* out, int H, float eps) {
+__global__ void __launch_bounds__(512) rmsnormKernel(const float* __restrict__ x, const int* __restrict__ rows, const float* __restrict__ w,
+                                                     W* __restrict__ out, int H, float eps) {
   __shared__ float red[32];
   const int r = blockIdx.x;
   const float* xr = x + int64_t(rows ? rows[r] : r) * H;
+  W* o = out + int64_t(r) * H;
+  const int n4 = H / 4;
+  if (H % 4 == 0 && n4 <= 4 * int(blockDim.x)) {
+    float4 v[4];
+    float ss = 0.f;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      const int i = threadIdx.x + c * blockDim.x;
+      v[c] = i < n4 ? reinterpret_cast<const float4*>(xr)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+      ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
+    }
+    ss = blockSum(ss, red);
+    const float inv = rsqrtf(ss / float(H) + eps);
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      const int i = threadIdx.x + c * blockDim.x;
+      if (i >= n4) continue;
+      const float4 g = reinterpret_cast<const float4*>(w)[i];
+      o[4 * i] = fromF<W>(v[c].x * inv * g.x);
+      o[4 * i + 1] = fromF<W>(v[c].y * inv * g.y);
+      o[4 * i + 2] = fromF<W>(v[c].z * inv * g.z);
+      o[4 * i + 3] = fromF<W>(v[c].w * inv * g.w);
+    }
+    return;
+  }
   float ss = 0;
   for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
   ss = blockSum(ss, red);
   const float inv = rsqrtf(ss / float(H) + eps);
-  for (int i = threadIdx.x; i < H; i += blockDim.x) out[int64_t(r) * H + i] = fromF<W>(xr[i] * inv * w[i]);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = fromF<W>(xr[i] * inv * w[i]);
 }
 
 template <typename KV>
-__global__ void ropeStoreKernel(float* qkv, const float* bias, const float* cosv, const float* sinv, StepIndex ix,
+__global__ void ropeStoreKernel(float* __restrict__ qkv, const float* __restrict__ bias, const float* __restrict__ cosv,
+                                const float* __restrict__ sinv, StepIndex ix,
                                 KvLayout kv, int layer, int numHeads) {
   const int t = blockIdx.x, D = kv.headDim, half = D / 2, nkv = kv.kvHeads;
   const int qDim = numHeads * D, kvDim = nkv * D, dim = qDim + 2 * kvDim;
@@ -327,14 +355,15 @@ void embed(const int* tok, const void* table, float* x, int T, int H, bool bf16,
 }
 
 void rmsnorm(const float* x, const int* rows, const float* w, void* out, int R, int H, float eps, bool bf16, cudaStream_t s) {
-  if (bf16) rmsnormKernel<<<R, 256, 0, s>>>(x, rows, w, static_cast<__nv_bfloat16*>(out), H, eps);
-  else rmsnormKernel<<<R, 256, 0, s>>>(x, rows, w, static_cast<__half*>(out), H, eps);
+  const int threads = H <= 2048 ? 128 : H <= 4096 ? 256 : 512;
+  if (bf16) rmsnormKernel<<<R, threads, 0, s>>>(x, rows, w, static_cast<__nv_bfloat16*>(out), H, eps);
+  else rmsnormKernel<<<R, threads, 0, s>>>(x, rows, w, static_cast<__half*>(out), H, eps);
 }
 
 void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* sinv, const StepIndex& ix,
                  const KvLayout& kv, int layer, int T, int numHeads, cudaStream_t s) {
-  if (kv.f16) ropeStoreKernel<__half><<<T, 128, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
-  else ropeStoreKernel<float><<<T, 128, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
+  if (kv.f16) ropeStoreKernel<__half><<<T, 512, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
+  else ropeStoreKernel<float><<<T, 512, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
 }
 
 size_t attentionSmem(int tileTokens, int group, int headDim) {
