@@ -17,7 +17,6 @@ import { Engine } from '../src/engine/engine.js';
 import { native } from '../src/engine/native.js';
 import { makeTinyModel, PRESETS } from '../scripts/make-tiny-model.js';
 import { exportGguf } from './gguf.js';
-import { greedyTokens, runLlamaCpp } from './llamacpp.js';
 
 const f = parseFlags(process.argv.slice(2), {
   threads: 'number', sequences: 'list', 'prompt-tokens': 'number', 'decode-prompt-tokens': 'number', 'gen-tokens': 'number',
@@ -97,13 +96,15 @@ const bw = bwAfter.readBytesPerS > bwBefore.readBytesPerS ? bwAfter : bwBefore;
 log(`weft prefill ${prefill!.prefill_tokens_per_s.toFixed(1)} tok/s; decode ${weftDecode.map((r) => `${r.sequences}: ${r.decode_tokens_per_s.toFixed(1)}`).join(', ')}`);
 
 // 3. llama.cpp on the same weights
-let peer: Awaited<ReturnType<typeof runLlamaCpp>> | undefined;
+let peer: Awaited<ReturnType<typeof import('./llamacpp.js').runLlamaCpp>> | undefined;
 let peerGreedy: number[] = [];
 if (!f['skip-peer']) {
   if (!existsSync(ggufPath)) {
     log(`exporting ${ggufPath}`);
     await exportGguf(modelDir, ggufPath, { dtype: 'f16' });
   }
+  // loaded here so that --backend cuda runs without node-llama-cpp installed
+  const { greedyTokens, runLlamaCpp } = await import('./llamacpp.js');
   peerGreedy = await greedyTokens(ggufPath, checkPrompt, 16, { threads });
   peer = await runLlamaCpp(ggufPath, { threads, promptTokens, genTokens, sequences, decodePromptTokens, repeats, log });
 }
