@@ -182,6 +182,26 @@ describe('scheduler', () => {
     await sched.close();
   });
 
+  test('pipelining: the next step is launched before a step\'s tokens are delivered; listen() gets the tokens generate() gives', async () => {
+    const sched = new Scheduler(engine);
+    const r = sched.submit({ tokens: prompt(3), sampling: sampling(3), maxTokens: 8 });
+    const tokens: number[] = [];
+    const stepsAtDelivery: number[] = [];
+    const done = await new Promise<DoneEvent>((resolve) =>
+      r.listen((ev) => {
+        if (ev.type === 'done') return resolve(ev);
+        tokens.push(ev.token);
+        stepsAtDelivery.push(sched.counters.steps);
+      }),
+    );
+    expect(done.finishReason).toBe('length');
+    // token i comes from step i + 1 (step 1 is the prefill); step i + 2 is already running when it is delivered
+    expect(stepsAtDelivery).toEqual([2, 3, 4, 5, 6, 7, 8, 8]);
+    expect(tokens).toEqual((await generate(engine, prompt(3), { ...sampling(3), maxTokens: 8 })).tokens);
+    expect(() => r.listen(() => undefined)).toThrow(/one listener/);
+    await sched.close();
+  });
+
   test('TextStopper holds back a possible stop-string prefix', () => {
     const pieces = ['Hel', 'lo\n', 'x'];
     let i = 0;
