@@ -228,6 +228,45 @@ async function invariance(dir: string): Promise<void> {
   }
 }
 
+/** Long prompts through the tensor-core prefill attention (head dim 128, GQA 4): logits against
+ * the CPU backend and against the CUDA-core kernel (WEFT_CUDA_NO_MMA), chunked against one-shot. */
+async function prefillAttention(dir: string): Promise<void> {
+  const prompt = Array.from({ length: 300 }, (_, i) => (i * 131 + 7) % 600);
+  const lastLogits = async (backend: 'cpu' | 'cuda', chunks: number[]) => {
+    const engine = await Engine.load(dir, { backend, tokenizer: false, threads: 4, maxBatchTokens: 512, maxLogitRows: 320 });
+    try {
+      const seq = engine.createSequence({ ignoreEos: true });
+      let at = 0;
+      let r;
+      for (const n of chunks) {
+        [r] = await engine.run([{ sequence: seq, tokens: prompt.slice(at, at + n), logits: 'all' }]);
+        at += n;
+      }
+      return r!.logits!;
+    } finally {
+      engine.dispose();
+    }
+  };
+  await check('tensor-core prefill attention: 300-token prompt vs CPU, vs the CUDA-core kernel, chunked vs one-shot', async () => {
+    const V = 600;
+    const cpu = await lastLogits('cpu', [300]);
+    const mma = await lastLogits('cuda', [300]);
+    process.env.WEFT_CUDA_NO_MMA = '1';
+    const plain = await lastLogits('cuda', [300]);
+    delete process.env.WEFT_CUDA_NO_MMA;
+    const chunked = await lastLogits('cuda', [77, 223]);
+    let eCpu = 0, ePlain = 0;
+    for (let p = 0; p < 300; p++) {
+      eCpu = Math.max(eCpu, relErr(rowOf(mma, V, p), rowOf(cpu, V, p)));
+      ePlain = Math.max(ePlain, relErr(rowOf(mma, V, p), rowOf(plain, V, p)));
+    }
+    let eChunk = 0;
+    for (let p = 0; p < 223; p++) eChunk = Math.max(eChunk, relErr(rowOf(chunked, V, p), rowOf(mma, V, 77 + p)));
+    assert(eCpu <= 3e-2 && ePlain <= 3e-2 && eChunk <= 3e-2, `rel err vs cpu ${eCpu}, vs cuda-core ${ePlain}, chunked ${eChunk}`);
+    return `rel err vs cpu ${eCpu.toExponential(2)}, vs cuda-core ${ePlain.toExponential(2)}, chunked ${eChunk.toExponential(2)}`;
+  });
+}
+
 async function main(): Promise<void> {
   const tmp = mkdtempSync(join(tmpdir(), 'weft-cuda-'));
   try {
@@ -235,6 +274,9 @@ async function main(): Promise<void> {
     const inv = join(tmp, 'inv');
     await makeTinyModel(inv, { arch: 'llama', dtype: 'f16', seed: 21, layers: 2, vocab: 512, hidden: 128, heads: 4, kvHeads: 2, ffn: 256 });
     await invariance(inv);
+    const wide = join(tmp, 'wide');
+    await makeTinyModel(wide, { arch: 'llama', dtype: 'bf16', seed: 9, layers: 2, vocab: 600, hidden: 512, heads: 4, kvHeads: 1, ffn: 512, maxPos: 1024 });
+    await prefillAttention(wide);
     if (!quick) {
       await cpuVsCuda(join(ROOT, 'models', 'default'), 'default model', [5, 60, 7, 91, 33, 120, 5, 18], 48);
       await cpuVsCuda(inv, 'tiny f16 llama', [12, 200, 7, 91, 33, 480, 5, 18], 48);

@@ -38,7 +38,7 @@ class CudaContext : public ExecContext {
 
  private:
   // shareGpu: another context is running a step, so a prefill keeps to part of the SMs
-  void enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens, bool anySplit, bool shareGpu);
+  void enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens, bool anySplit, bool anyMulti, bool shareGpu);
   // The packed step index in device memory for these counts: tok, pos, tokPages (nT), rowToken (nR),
   // tile first/count/slot (nTiles), then the page lists; the sampler rows follow on the host side.
   StepIndex indexFor(int nT, int nR, int nTiles) const;
@@ -50,6 +50,7 @@ class CudaContext : public ExecContext {
   const Model& model_;
   const EngineOptions opt_;
   KvLayout kvl_{};
+  bool mma_ = false;  // tensor-core attention for multi-token tiles
   int qkvDim_ = 0, maxTileTokens_ = 1, maxTokens_ = 0, maxRows_ = 0, pageCap_ = 0, scratchPage_ = 0;
   cudaStream_t stream_ = nullptr;        // the stream of the step in flight: one of the two below
   cudaStream_t decodeStream_ = nullptr;  // highest priority: decode-only steps (and their graphs)

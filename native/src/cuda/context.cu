@@ -77,11 +77,17 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   const int group = c.numHeads / c.numKvHeads;
   int dev = be_.device, maxSmem = 0;
   WEFT_CU(cudaDeviceGetAttribute(&maxSmem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  maxTileTokens_ = 16;
-  while (maxTileTokens_ > 1 && attentionSmem(maxTileTokens_, group, int(D)) > size_t(maxSmem)) maxTileTokens_ /= 2;
-  if (attentionSmem(maxTileTokens_, group, int(D)) > size_t(maxSmem))
-    throw WeftError(Err::UnsupportedArch, "head dimension " + std::to_string(D) + " needs more shared memory than this GPU has");
-  setAttentionSmemLimit(attentionSmem(maxTileTokens_, group, int(D)));
+  mma_ = attentionMmaSupported(kvl_, c.numHeads) && getenv("WEFT_CUDA_NO_MMA") == nullptr;
+  if (mma_) {  // multi-token tiles on tensor cores; the CUDA-core kernel takes single tokens only
+    maxTileTokens_ = attentionMmaTileTokens(c.numHeads, c.numKvHeads);
+    setAttentionSmemLimit(attentionSmem(1, group, int(D)));
+  } else {
+    maxTileTokens_ = 16;
+    while (maxTileTokens_ > 1 && attentionSmem(maxTileTokens_, group, int(D)) > size_t(maxSmem)) maxTileTokens_ /= 2;
+    if (attentionSmem(maxTileTokens_, group, int(D)) > size_t(maxSmem))
+      throw WeftError(Err::UnsupportedArch, "head dimension " + std::to_string(D) + " needs more shared memory than this GPU has");
+    setAttentionSmemLimit(attentionSmem(maxTileTokens_, group, int(D)));
+  }
   captureGraphs();
 }
 
@@ -126,7 +132,8 @@ StepIndex CudaContext::indexFor(int nT, int nR, int nTiles) const {
 // The forward pass of T tokens, logits for R rows, over buffers at fixed addresses (so that it can
 // be captured into a graph and replayed with a new step index). GEMMs of at most kGemvMaxTokens
 // rows run on our GEMV kernel, larger ones on cuBLAS.
-void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens, bool anySplit, bool shareGpu) {
+void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles, int tileTokens, bool anySplit, bool anyMulti,
+                                 bool shareGpu) {
   const ModelConfig& c = model_.cfg;
   const DeviceWeights& w = be_.weights;
   const bool bf = w.bf16;
@@ -145,7 +152,14 @@ void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles
     rmsnorm(x, nullptr, L.inputNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
     gemm(L.qkv.ptr, xb_.ptr, qkv_.as<float>(), qkvDim_, T, H, 0.f);
     ropeStoreKv(qkv_.as<float>(), L.qkvBias.as<float>(), cos_.as<float>(), sin_.as<float>(), ix, kvl_, l, T, c.numHeads, stream_);
-    attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), anySplit, attnBlocks, stream_);
+    if (mma_ && anyMulti) {
+      attentionMma(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, c.numHeads, att_.ptr, bf, stream_);
+      if (anySplit)
+        attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, 1, c.numHeads, att_.ptr, bf, partial_.as<float>(), true, true, 0, stream_);
+    } else {
+      attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), anySplit,
+                false, attnBlocks, stream_);
+    }
     gemm(L.o.ptr, att_.ptr, x, H, T, qDim, 1.f);
     // MLP: norm, gate|up in one GEMM, SwiGLU, down projection added into the residual stream
     rmsnorm(x, nullptr, L.postNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
@@ -165,7 +179,7 @@ void CudaContext::captureGraphs() {
     cudaGraph_t graph;
     WEFT_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
-      enqueueForward(indexFor(b, b, b), b, b, b, 1, true, false);
+      enqueueForward(indexFor(b, b, b), b, b, b, 1, true, false, false);
     } catch (...) {
       cudaStreamEndCapture(stream_, &graph);
       throw;
@@ -342,7 +356,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     if (numPen > 0) WEFT_CU(cudaMemcpyAsync(penalties_.ptr, hostPenalties_.ptr, numPen * sizeof(int2), cudaMemcpyHostToDevice, stream_));
     if (timing) cudaEventRecord(ev0, stream_);
     if (graphB > 0) WEFT_CU(cudaGraphLaunch(graphs_[graphB], stream_));
-    else enqueueForward(ix, T, R, tiles, tileTokens, slots > 0, shareGpu);
+    else enqueueForward(ix, T, R, tiles, tileTokens, slots > 0, tiles > slots, shareGpu);
     if (timing) cudaEventRecord(ev1, stream_);
     WEFT_CU(cudaGetLastError());
     // raw logits out before the sampler applies penalties in place

@@ -133,7 +133,7 @@ __global__ void ropeStoreKernel(float* __restrict__ qkv, const float* __restrict
 // never depends on which tile, batch or step it is in.
 template <typename KV, typename W>
 __device__ void attendTile(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numHeads,
-                           int tileTokens, W* out, float* partial, int tile) {
+                           int tileTokens, W* out, float* partial, bool splitOnly, int tile) {
   extern __shared__ float sm[];
   constexpr int VEC = 16 / sizeof(KV);  // elements per 16-byte load
   const int D = kv.headDim, nkv = kv.kvHeads, group = numHeads / nkv;
@@ -141,7 +141,7 @@ __device__ void attendTile(const float* qkv, int qkvDim, const KvLayout& kv, int
   const int t0 = ix.tileTok0[tile], nt = ix.tileCount[tile];
   const int slot = ix.tileSlot[tile];
   const bool splitting = slot >= 0;
-  if (!splitting && split > 0) return;
+  if (!splitting && (split > 0 || splitOnly)) return;
   const int rows = nt * group, maxRows = tileTokens * group;
   const int lastPos = ix.pos[t0 + nt - 1];
   int lo = 0, hi = lastPos + 1;
@@ -247,9 +247,9 @@ __device__ void attendTile(const float* qkv, int qkvDim, const KvLayout& kv, int
 // with another context's decode keeps to part of the SMs).
 template <typename KV, typename W>
 __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int layer, StepIndex ix, int numHeads,
-                                int tileTokens, W* out, float* partial, int numTiles) {
+                                int tileTokens, W* out, float* partial, bool splitOnly, int numTiles) {
   for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
-    attendTile<KV, W>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, out, partial, tile);
+    attendTile<KV, W>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, out, partial, splitOnly, tile);
     __syncthreads();
   }
 }
@@ -380,7 +380,8 @@ void setAttentionSmemLimit(size_t bytes) {
 }
 
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
-               int tileTokens, int numHeads, void* out, bool bf16, float* partial, bool anySplit, int maxBlocks, cudaStream_t s) {
+               int tileTokens, int numHeads, void* out, bool bf16, float* partial, bool anySplit, bool splitOnly, int maxBlocks,
+               cudaStream_t s) {
   // maxBlocks > 0 caps the blocks (tiles x kv heads x splits), the tiles then taken in turn
   const int splits = anySplit ? kAttentionSplits : 1;
   int gx = numTiles;
@@ -389,11 +390,11 @@ void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, cons
   const size_t smem = attentionSmem(tileTokens, numHeads / kv.kvHeads, kv.headDim);
   const int threads = kAttentionThreads;
   if (kv.f16) {
-    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, numTiles);
-    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, numTiles);
+    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, splitOnly, numTiles);
+    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, splitOnly, numTiles);
   } else {
-    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, numTiles);
-    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, numTiles);
+    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, splitOnly, numTiles);
+    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, splitOnly, numTiles);
   }
   if (!anySplit) return;
   const dim3 cgrid(numTiles, numHeads);

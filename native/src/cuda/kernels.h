@@ -44,8 +44,16 @@ size_t attentionSmem(int tileTokens, int group, int headDim);
 // anySplit: some tile is a single token (split over kAttentionSplits blocks); maxBlocks > 0 caps the
 // grid (the blocks then loop over the tiles).
 void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles,
-               int tileTokens, int numHeads, void* out, bool bf16, float* partial, bool anySplit, int maxBlocks, cudaStream_t s);
+               int tileTokens, int numHeads, void* out, bool bf16, float* partial, bool anySplit, bool splitOnly, int maxBlocks,
+               cudaStream_t s);
 void setAttentionSmemLimit(size_t bytes);
+// Tensor-core attention for the tiles of more than one token (attention_mma.cu): f16 KV pages,
+// head dimension 64 or 128, tiles of attentionMmaTileTokens() tokens. attention() then runs with
+// splitOnly for the single-token tiles.
+bool attentionMmaSupported(const KvLayout& kv, int numHeads);
+int attentionMmaTileTokens(int numHeads, int kvHeads);
+void attentionMma(const float* qkv, int qkvDim, const KvLayout& kv, int layer, const StepIndex& ix, int numTiles, int numHeads,
+                  void* out, bool bf16, cudaStream_t s);
 // Y[t, n] (f32) = X[t, :] . W[n, :] (+ Y) for T <= kGemvMaxTokens (K a multiple of 8): the decode GEMV.
 constexpr int kGemvMaxTokens = 8;
 void gemv(const void* w, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s);
