@@ -16,7 +16,9 @@ let engine: Engine;
 
 beforeAll(async () => {
   dir = await models.make('sched', { arch: 'llama', dtype: 'f32', seed: 5, layers: 2, vocab: 512, maxPos: 256 });
-  engine = await Engine.load(dir, { threads: 2, contexts: 2, kvMemoryBytes: 64 << 20 });
+  // 2 contexts × 1 thread: the machine's cores are not oversubscribed (with 2 threads per context on 2
+  // cores, one context's step was seen starved for milliseconds while the other ran 60 steps back to back)
+  engine = await Engine.load(dir, { threads: 1, contexts: 2, kvMemoryBytes: 64 << 20 });
 });
 afterAll(() => {
   engine.dispose();
@@ -154,6 +156,15 @@ describe('scheduler', () => {
     await hookedDone;
     expect(slowOut.tokens).toEqual((await generate(engine, prompt(7), { ...sampling(7), maxTokens: 64 })).tokens);
     expect(hookedTokens).toEqual((await generate(engine, prompt(8), { ...sampling(8), maxTokens: 64 })).tokens);
+    await sched.close();
+  });
+
+  test('a backpressure hook that throws counts as not blocked and breaks nothing', async () => {
+    const sched = new Scheduler(engine);
+    const r = sched.submit({ tokens: prompt(4), sampling: sampling(4), maxTokens: 16, isBlocked: () => { throw new Error('the transport is gone'); } });
+    const out = await collect(r);
+    expect(out.done.finishReason).toBe('length');
+    expect(out.tokens).toEqual((await generate(engine, prompt(4), { ...sampling(4), maxTokens: 16 })).tokens);
     await sched.close();
   });
 

@@ -236,8 +236,18 @@ export class Scheduler {
 
   private runnable(r: ScheduledRequest): boolean {
     if (r.inFlight || r.state === 'done' || r.cancelRequested) return false;
-    if (r.state === 'generating' && (r.events.buffered + r.undelivered >= this.maxBufferedEvents || r.opts.isBlocked?.() === true)) return false;
-    return true;
+    if (r.state !== 'generating') return true;
+    if (r.events.buffered + r.undelivered >= this.maxBufferedEvents) return false;
+    return !this.consumerBlocked(r);
+  }
+
+  /** The request's backpressure hook; one that throws (a transport already gone) counts as not blocked. */
+  private consumerBlocked(r: ScheduledRequest): boolean {
+    try {
+      return r.opts.isBlocked?.() === true;
+    } catch {
+      return false;
+    }
   }
 
   private pump(): void {
