@@ -76,6 +76,9 @@ test('errors exit 1 with a code', async () => {
   expect(both.stderr).toMatch(/WEFT_BAD_ARGUMENT/);
   const nan = await cli(['generate', '--model', dir, '--prompt-ids', '1', '--temperature', 'abc']);
   expect(nan.stderr).toMatch(/WEFT_BAD_ARGUMENT.*temperature/);
+  const backend = await cli(['generate', '--model', dir, '--prompt-ids', '1', '--backend', 'tpu', '--json']);
+  expect(JSON.parse(backend.stdout).error.code).toBe('WEFT_BAD_ARGUMENT');
+  expect(backend.stderr).toMatch(/--backend must be cpu or cuda/);
 });
 
 test('serve prints its URL, becomes ready on the default model, and stops on SIGTERM; bad sizes are coded errors', async () => {

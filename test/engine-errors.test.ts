@@ -5,7 +5,8 @@
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { Engine, type Sequence } from '../src/engine/engine.js';
+import { Engine, defaultBackend, type Sequence } from '../src/engine/engine.js';
+import { native } from '../src/engine/native.js';
 import { generate } from '../src/engine/generate.js';
 import { TinyModels } from './helpers/models.js';
 
@@ -106,6 +107,34 @@ describe('loading bad model directories', () => {
       delete h['model.norm.weight'];
     }));
     await expectCode(Engine.load(missing), 'WEFT_TENSOR_MISSING', /model\.norm\.weight/);
+  });
+});
+
+describe('backend selection', () => {
+  test('cpu by default without a GPU; cuda is refused with a code where there is none; unknown backends are bad arguments', async () => {
+    const gpus = native().cudaDeviceCount();
+    expect(gpus >= 0).toBe(true);
+    const prev = process.env.WEFT_BACKEND;
+    delete process.env.WEFT_BACKEND;
+    try {
+      expect(defaultBackend()).toBe(native().cudaBuilt && gpus > 0 ? 'cuda' : 'cpu');
+      process.env.WEFT_BACKEND = 'cpu';
+      expect(defaultBackend()).toBe('cpu');
+    } finally {
+      if (prev === undefined) delete process.env.WEFT_BACKEND;
+      else process.env.WEFT_BACKEND = prev;
+    }
+    expect(engine.stats().backend).toBe('cpu');
+    expect(engine.stats().device).toBe('');
+    if (gpus === 0) {
+      await expectCode(Engine.load(dir, { backend: 'cuda', tokenizer: false }), 'WEFT_BACKEND_UNAVAILABLE');
+      expect(() => native().cudaCopyBandwidth(1 << 20)).toThrow(/CUDA/);
+    } else {
+      const e = await Engine.load(dir, { backend: 'cuda', tokenizer: false });
+      expect(e.stats().backend).toBe('cuda');
+      e.dispose();
+    }
+    await expectCode(Engine.load(dir, { backend: 'tpu' as 'cpu' }), 'WEFT_BAD_ARGUMENT', /backend/);
   });
 });
 
