@@ -166,6 +166,8 @@ void Engine::prepare(int ctx, std::vector<StepEntry>& entries) {
   if (pages > kv_->numFree())
     throw WeftError(Err::KvExhausted, "KV cache exhausted: the step needs " + std::to_string(pages) + " pages, " +
                                           std::to_string(kv_->numFree()) + " of " + std::to_string(kv_->numPages()) + " are free");
+  // before any claim: should it fail (a device error), nothing is left claimed
+  contexts_[ctx]->beforeStep();
   for (StepEntry& e : entries) {
     Sequence& s = *e.seq;
     e.newPages = int(ceilDiv(s.numTokens + int64_t(e.tokens.size()), PT) - int64_t(s.pages.size()));
@@ -174,7 +176,6 @@ void Engine::prepare(int ctx, std::vector<StepEntry>& entries) {
     s.busy = true;
   }
   contexts_[ctx]->busy = true;
-  contexts_[ctx]->beforeStep();
 }
 
 void Engine::execute(int ctx, std::vector<StepEntry>& entries, std::vector<StepOutput>& out) {

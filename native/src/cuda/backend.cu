@@ -117,7 +117,7 @@ CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device);
   if (transfer) cudaStreamSynchronize(transfer);
-  for (auto& p : pendingRestores_) cudaEventDestroy(p.first);
+  for (auto& p : pendingTransfers_) cudaEventDestroy(p.first);
   if (transferDone) cudaEventDestroy(transferDone);
   if (transfer) cudaStreamDestroy(transfer);
 }
@@ -154,45 +154,64 @@ std::unique_ptr<ExecContext> CudaBackend::makeContext(const Model& model, const 
   return std::make_unique<CudaContext>(*this, model, opt, kv);
 }
 
-void CudaBackend::reapRestores() {
-  for (size_t i = 0; i < pendingRestores_.size();) {
-    if (cudaEventQuery(pendingRestores_[i].first) == cudaSuccess) {
-      cudaEventDestroy(pendingRestores_[i].first);
-      pendingRestores_.erase(pendingRestores_.begin() + long(i));
+void CudaBackend::reapTransfers() {
+  for (size_t i = 0; i < pendingTransfers_.size();) {
+    if (cudaEventQuery(pendingTransfers_[i].first) == cudaSuccess) {
+      cudaEventDestroy(pendingTransfers_[i].first);
+      pendingTransfers_.erase(pendingTransfers_.begin() + long(i));
     } else {
       i++;
     }
   }
 }
 
+// Records the end of the transfers queued so far (every later step waits for it) and keeps the
+// pinned buffer alive until they are done.
+void CudaBackend::keepUntilDone(const HostBuffer& b) {
+  cudaEventRecord(transferDone, transfer);
+  cudaEvent_t e;
+  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess || cudaEventRecord(e, transfer) != cudaSuccess) {
+    cudaGetLastError();
+    cudaStreamSynchronize(transfer);  // cannot track it: wait (rare: out of resources)
+    return;
+  }
+  pendingTransfers_.emplace_back(e, b);
+}
+
 // Parking copies the pages to pinned host memory on the transfer stream and returns at once; the
 // pages go back to the pool, and every later step waits for the copy (CudaContext::beforeStep).
 HostBuffer CudaBackend::parkPages(KvPool& kv, const std::vector<int>& pages) {
   WEFT_CU(cudaSetDevice(device));
-  reapRestores();
+  reapTransfers();
   const uint64_t pb = kv.pageBytes();
   HostBuffer b;
   b.size = pages.size() * pb;
   void* p = nullptr;
   WEFT_CU(cudaMallocHost(&p, b.size ? b.size : 1));
   b.data = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [](uint8_t* q) { cudaFreeHost(q); });
-  for (size_t i = 0; i < pages.size(); i++)
-    WEFT_CU(cudaMemcpyAsync(b.data.get() + i * pb, kvMemory.as<uint8_t>() + uint64_t(pages[i]) * pb, pb, cudaMemcpyDeviceToHost, transfer));
-  WEFT_CU(cudaEventRecord(transferDone, transfer));
+  try {
+    for (size_t i = 0; i < pages.size(); i++)
+      WEFT_CU(cudaMemcpyAsync(b.data.get() + i * pb, kvMemory.as<uint8_t>() + uint64_t(pages[i]) * pb, pb, cudaMemcpyDeviceToHost, transfer));
+  } catch (...) {
+    keepUntilDone(b);  // copies already queued still read the pages and write the buffer
+    throw;
+  }
+  keepUntilDone(b);
   return b;
 }
 
 void CudaBackend::restorePages(KvPool& kv, const std::vector<int>& pages, const HostBuffer& from) {
   WEFT_CU(cudaSetDevice(device));
-  reapRestores();
+  reapTransfers();
   const uint64_t pb = kv.pageBytes();
-  for (size_t i = 0; i < pages.size(); i++)
-    WEFT_CU(cudaMemcpyAsync(kvMemory.as<uint8_t>() + uint64_t(pages[i]) * pb, from.data.get() + i * pb, pb, cudaMemcpyHostToDevice, transfer));
-  WEFT_CU(cudaEventRecord(transferDone, transfer));
-  cudaEvent_t e;
-  WEFT_CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  WEFT_CU(cudaEventRecord(e, transfer));
-  pendingRestores_.emplace_back(e, from);  // the pinned buffer lives until the copy is done
+  try {
+    for (size_t i = 0; i < pages.size(); i++)
+      WEFT_CU(cudaMemcpyAsync(kvMemory.as<uint8_t>() + uint64_t(pages[i]) * pb, from.data.get() + i * pb, pb, cudaMemcpyHostToDevice, transfer));
+  } catch (...) {
+    keepUntilDone(from);
+    throw;
+  }
+  keepUntilDone(from);
 }
 
 }  // namespace cuda

@@ -78,6 +78,7 @@ class CudaContext : public ExecContext {
   DeviceBuffer penalties_, penaltyOrig_, out_;   // out_: (token, logprob bits) per sampled row
   PinnedBuffer hostSampleRows_, hostPenalties_, hostOut_, hostLogits_;
   size_t penaltyCap_ = 0;
+  std::vector<int2> penaltyList_;
   std::vector<int> sampleSlot_;  // per entry: its sampler row, or -1
   std::vector<int> logitRowOf_;  // per entry: first logits row
   std::map<int, cudaGraphExec_t> graphs_;  // decode batch size -> graph
@@ -107,12 +108,13 @@ class CudaBackend : public Backend {
   cudaEvent_t transferDone = nullptr;
 
  private:
-  void reapRestores();
+  void reapTransfers();
   uint64_t contextBytes(const EngineOptions& opt) const;
   const Model& model_;
   const EngineOptions opt_;
   std::string deviceName_;
-  std::vector<std::pair<cudaEvent_t, HostBuffer>> pendingRestores_;
+  std::vector<std::pair<cudaEvent_t, HostBuffer>> pendingTransfers_;  // pinned buffers kept until their copy is done
+  void keepUntilDone(const HostBuffer& b);
 };
 
 // Decode-step batch sizes with a captured graph (a step of n sequences runs the next size up).

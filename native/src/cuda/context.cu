@@ -49,10 +49,10 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   sin_.alloc(T * (D / 2) * 4);
   logits_.alloc(R * int64_t(c.vocab) * 4);
   probs_.alloc(R * int64_t(c.vocab) * 4);
-  partial_.alloc(int64_t(opt.maxBatchSequences) * c.numHeads * kAttentionSplits * (D + 2) * 4);
 
   // index segments (ints): tok, pos, tokPages (T each), pageIdx, rowToken (R), tile first/count (T each)
-  pageCap_ = int(int64_t(opt.maxBatchSequences) * ceilDiv(opt.maxContext, kv.pageTokens()) + 1);
+  // the step's sequences own disjoint pages: at most the pool's, plus the padding page
+  pageCap_ = int(std::min<int64_t>(int64_t(opt.maxBatchSequences) * ceilDiv(opt.maxContext, kv.pageTokens()), kv.numPages()) + 1);
   segTok_ = 0;
   segPos_ = segTok_ + T;
   segTokPages_ = segPos_ + T;
@@ -88,6 +88,10 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
       throw WeftError(Err::UnsupportedArch, "head dimension " + std::to_string(D) + " needs more shared memory than this GPU has");
     setAttentionSmemLimit(attentionSmem(maxTileTokens_, group, int(D)));
   }
+  // split-attention partials: one slot per single-token tile (one per sequence, or per token when
+  // tiles hold one token)
+  const int64_t slotCap = maxTileTokens_ == 1 ? std::max<int64_t>(T, opt.maxBatchSequences) : opt.maxBatchSequences;
+  partial_.alloc(slotCap * c.numHeads * kAttentionSplits * (D + 2) * 4);
   captureGraphs();
 }
 
@@ -104,10 +108,12 @@ CudaContext::~CudaContext() {
 
 void CudaContext::ensurePenaltyCapacity(size_t n) {
   if (n <= penaltyCap_) return;
-  penaltyCap_ = std::max(n, penaltyCap_ * 2);
-  penalties_.alloc(penaltyCap_ * sizeof(int2));
-  penaltyOrig_.alloc(penaltyCap_ * 4);
-  hostPenalties_.alloc(penaltyCap_ * sizeof(int2));
+  const size_t cap = std::max(n, penaltyCap_ * 2);
+  penaltyCap_ = 0;  // stays 0 should an allocation fail
+  penalties_.alloc(cap * sizeof(int2));
+  penaltyOrig_.alloc(cap * 4);
+  hostPenalties_.alloc(cap * sizeof(int2));
+  penaltyCap_ = cap;
 }
 
 // Y[T, N] (f32) = X[T, K] . W[N, K]^T (+ beta Y): column-major Y^T = W^T' X^T with W as K x N.
@@ -271,7 +277,8 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
   }
   const int TT = graphB ? graphB : T, RR = graphB ? graphB : R, tilesUsed = graphB ? graphB : tiles;
 
-  // Sampler rows and their penalty lists.
+  // Sampler rows and their penalty lists (gathered, then copied to pinned memory at once).
+  penaltyList_.clear();
   SampleRow* rows = hostSampleRows_.as<SampleRow>();
   sampleSlot_.assign(entries.size(), -1);
   int numSample = 0;
@@ -304,12 +311,15 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
       }
       if (presence)
         for (const auto& [id, count] : st.sampledCounts) pen[id] |= count << 1;
-      ensurePenaltyCapacity(numPen + pen.size());
-      int2* hp = hostPenalties_.as<int2>();
-      for (const auto& [id, v] : pen) hp[numPen++] = make_int2(id, v);
+      for (const auto& [id, v] : pen) penaltyList_.push_back(make_int2(id, v));
+      numPen = penaltyList_.size();
       r.penaltyCount = int(numPen) - r.penaltyOffset;
     }
     sampleSlot_[e] = numSample++;
+  }
+  if (numPen > 0) {
+    ensurePenaltyCapacity(numPen);
+    std::memcpy(hostPenalties_.ptr, penaltyList_.data(), numPen * sizeof(int2));
   }
 
   stream_ = decodeOnly ? decodeStream_ : prefillStream_;
@@ -400,12 +410,16 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
 void CudaContext::sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) {
   const int* outs = hostOut_.as<int>();
   const float* hl = hostLogits_.as<float>();
+  // every result first (this may throw), then the sequences' sampler state (this may not)
+  std::vector<SampleResult> results(entries.size());
   for (size_t i = 0; i < entries.size(); i++) {
     if (rowOf[i] < 0 || sampleSlot_[i] < 0) continue;
-    SamplerState& st = entries[i].seq->sampler;
-    const SamplingParams& p = st.params;
-    SampleResult res;
+    const SamplingParams& p = entries[i].seq->sampler.params;
+    SampleResult& res = results[i];
     res.token = outs[2 * sampleSlot_[i]];
+    if (res.token < 0 || res.token >= vocab)
+      throw WeftError(Err::Device, "sampler: no finite logit for sequence " + std::to_string(entries[i].seq->id) + " (non-finite activations?)",
+                      entries[i].seq->id);
     std::memcpy(&res.logprob, &outs[2 * sampleSlot_[i] + 1], 4);
     if (p.logprobs > 0) {
       const float* raw = hl + int64_t(rowOf[i]) * vocab;
@@ -420,10 +434,14 @@ void CudaContext::sampleRows(std::vector<StepEntry>& entries, const std::vector<
                         [&](int32_t a, int32_t b) { return raw[a] > raw[b] || (raw[a] == raw[b] && a < b); });
       for (int j = 0; j < k; j++) res.top.emplace_back(ids[j], float(double(raw[ids[j]]) - logNorm));
     }
-    st.sampledCounts[res.token]++;
-    st.draws++;
     res.stop = std::find(p.stopTokens.begin(), p.stopTokens.end(), res.token) != p.stopTokens.end();
-    out[i].sampled = std::move(res);
+  }
+  for (size_t i = 0; i < entries.size(); i++) {
+    if (rowOf[i] < 0 || sampleSlot_[i] < 0) continue;
+    SamplerState& st = entries[i].seq->sampler;
+    st.sampledCounts[results[i].token]++;
+    st.draws++;
+    out[i].sampled = std::move(results[i]);
     out[i].hasSample = true;
   }
 }

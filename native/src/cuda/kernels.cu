@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <mutex>
 #include <cfloat>
 
 #include "common.cuh"
@@ -372,6 +373,12 @@ size_t attentionSmem(int tileTokens, int group, int headDim) {
 }
 
 void setAttentionSmemLimit(size_t bytes) {
+  // a function attribute is process-wide: only ever raise it (engines with other shapes share it)
+  static std::mutex mu;
+  static size_t current = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (bytes <= current) return;
+  current = bytes;
   const int b = int(bytes);
   WEFT_CU(cudaFuncSetAttribute(attentionKernel<__half, __half>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
   WEFT_CU(cudaFuncSetAttribute(attentionKernel<__half, __nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));

@@ -87,6 +87,13 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, float* p
   int mi = 0x7fffffff;
   for (int i = tid; i < V; i += kThreads) if (l[i] > mx) { mx = l[i]; mi = i; }
   blockArgmax(mx, mi, red);
+  if (mi >= V) {  // no logit compares greater than -inf (all NaN or -inf): report it, touch nothing
+    if (tid == 0) {
+      out[2 * blockIdx.x] = -1;
+      out[2 * blockIdx.x + 1] = 0;
+    }
+    return;
+  }
   const float rawMax = mx;
   double se = 0;
   for (int i = tid; i < V; i += kThreads) se += double(__expf(l[i] - rawMax));
@@ -106,13 +113,15 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, float* p
 
   int chosen;
   if (row.penaltyCount > 0) {  // the penalized maximum (else the raw one found above)
+    const int rawArg = mi;
     mx = -INFINITY;
     mi = 0x7fffffff;
     for (int i = tid; i < V; i += kThreads) if (l[i] > mx) { mx = l[i]; mi = i; }
     blockArgmax(mx, mi, red);
+    if (mi >= V) { mi = rawArg; mx = l[rawArg]; }
   }
   const float top = mx;
-  if (row.temperature <= 0.f || row.topK == 1) {
+  if (row.temperature < 1e-6f || row.topK == 1) {  // (a tiny temperature is greedy: 1/T would overflow)
     chosen = mi;
   } else {
     const float invT = 1.f / row.temperature;
@@ -176,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) sampleKernel(float* logits, float* p
       float lv = float(last);
       int li = last;
       blockArgmax(lv, li, red);
-      if (tid == 0) chosenShared = li;
+      if (tid == 0) chosenShared = li >= 0 ? li : mi;
       __syncthreads();
     }
     chosen = chosenShared;
