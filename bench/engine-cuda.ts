@@ -23,6 +23,7 @@ import { Engine, type Sequence } from '../src/engine/engine.js';
 import { native } from '../src/engine/native.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16'; // 4 contexts step concurrently
 const f = parseFlags(process.argv.slice(2), {
   backend: 'string', models: 'string', sequences: 'list', 'prompt-tokens': 'number', 'gen-tokens': 'number', dir: 'string',
   'skip-peer': 'boolean', 'skip-contexts': 'boolean', 'peer-eager': 'boolean',

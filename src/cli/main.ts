@@ -14,6 +14,10 @@ import { generate } from '../engine/generate.js';
 import { Gateway } from '../gateway/server.js';
 import { parseFlags, parseSize, type Flags } from './args.js';
 
+// Engine steps wait for their GPU work (or CPU threads) on libuv worker threads: leave room for
+// every context plus the file system (libuv reads this when its pool first starts, after imports).
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
+
 const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 
 usage:
