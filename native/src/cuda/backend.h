@@ -43,6 +43,8 @@ class CudaContext : public ExecContext {
   // tile first/count/slot (nTiles), then the page lists; the sampler rows follow on the host side.
   StepIndex indexFor(int nT, int nR, int nTiles) const;
   void gemm(const void* W, const void* X, float* Y, int N, int T, int K, float beta);
+  void init(const Model& model, const EngineOptions& opt, KvPool& kv);
+  void release();  // frees what init made (also after a failed init)
   void captureGraphs();
   void ensurePenaltyCapacity(size_t n);
 

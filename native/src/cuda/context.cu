@@ -16,6 +16,15 @@ int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineOptions& opt, KvPool& kv)
     : be_(backend), model_(model), opt_(opt) {
+  try {
+    init(model, opt, kv);
+  } catch (...) {
+    release();  // the destructor does not run for a constructor that throws
+    throw;
+  }
+}
+
+void CudaContext::init(const Model& model, const EngineOptions& opt, KvPool& kv) {
   const ModelConfig& c = model.cfg;
   const int64_t T = opt.maxBatchTokens, R = opt.maxLogitRows, H = c.hidden, D = c.headDim;
   const int64_t qDim = int64_t(c.numHeads) * D, kvDim = int64_t(c.numKvHeads) * D;
@@ -95,7 +104,9 @@ CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineO
   captureGraphs();
 }
 
-CudaContext::~CudaContext() {
+CudaContext::~CudaContext() { release(); }
+
+void CudaContext::release() {
   cudaSetDevice(be_.device);
   for (cudaStream_t s : {decodeStream_, prefillStream_})
     if (s) cudaStreamSynchronize(s);
@@ -104,6 +115,10 @@ CudaContext::~CudaContext() {
   if (done_) cudaEventDestroy(done_);
   for (cudaStream_t s : {decodeStream_, prefillStream_})
     if (s) cudaStreamDestroy(s);
+  graphs_.clear();
+  blas_ = nullptr;
+  done_ = nullptr;
+  decodeStream_ = prefillStream_ = stream_ = nullptr;
 }
 
 void CudaContext::ensurePenaltyCapacity(size_t n) {
@@ -182,12 +197,13 @@ void CudaContext::captureGraphs() {
   const int limit = std::min({maxTokens_, maxRows_, opt_.maxBatchSequences});
   for (int b : kGraphBatchSizes) {
     if (b > limit) break;
-    cudaGraph_t graph;
+    cudaGraph_t graph = nullptr;
     WEFT_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
       enqueueForward(indexFor(b, b, b), b, b, b, 1, true, false, false);
     } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
+      if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
       throw;
     }
     WEFT_CU(cudaStreamEndCapture(stream_, &graph));
