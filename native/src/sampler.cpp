@@ -67,6 +67,18 @@ int32_t argmax(const float* l, int vocab) {
 
 }  // namespace
 
+double logSoftmaxNorm(const float* logits, int vocab, float* scratch) {
+  const float top = *std::max_element(logits, logits + vocab);
+  return top + std::log(expShifted(logits, vocab, top, 1.0f, scratch));
+}
+
+void topLogprobs(const float* logits, int vocab, int n, double logNorm, int32_t* ids, std::vector<std::pair<int32_t, float>>& out) {
+  for (int i = 0; i < vocab; i++) ids[i] = i;
+  const int k = std::min(n, vocab);
+  std::partial_sort(ids, ids + k, ids + vocab, ByLogit{logits});
+  for (int i = 0; i < k; i++) out.emplace_back(ids[i], float(double(logits[ids[i]]) - logNorm));
+}
+
 SampleResult sample(float* logits, int vocab, SamplerState& state, const std::vector<int32_t>& history,
                     SamplerScratch& scratch) {
   const SamplingParams& p = state.params;
@@ -79,8 +91,7 @@ SampleResult sample(float* logits, int vocab, SamplerState& state, const std::ve
   std::copy(logits, logits + vocab, raw);
 
   // log-softmax normalizer of the model's own distribution (before penalties and temperature)
-  const float maxRaw = *std::max_element(raw, raw + vocab);
-  const double logNorm = maxRaw + std::log(expShifted(raw, vocab, maxRaw, 1.0f, prob));
+  const double logNorm = logSoftmaxNorm(raw, vocab, prob);
 
   // penalties
   if (p.repetitionPenalty != 1.0f) {  // once per distinct token of the history
@@ -161,13 +172,7 @@ SampleResult sample(float* logits, int vocab, SamplerState& state, const std::ve
 
   res.token = chosen;
   res.logprob = float(double(raw[chosen]) - logNorm);
-  if (p.logprobs > 0) {
-    int32_t* ids = scratch.ids.data();
-    for (int i = 0; i < vocab; i++) ids[i] = i;
-    const int k = std::min(p.logprobs, vocab);
-    std::partial_sort(ids, ids + k, ids + vocab, ByLogit{raw});
-    for (int i = 0; i < k; i++) res.top.emplace_back(ids[i], float(double(raw[ids[i]]) - logNorm));
-  }
+  if (p.logprobs > 0) topLogprobs(raw, vocab, p.logprobs, logNorm, scratch.ids.data(), res.top);
   state.sampledCounts[chosen]++;
   res.stop = std::find(p.stopTokens.begin(), p.stopTokens.end(), chosen) != p.stopTokens.end();
   return res;

@@ -52,6 +52,12 @@ struct SamplerScratch {
   std::vector<uint8_t> mark;  // vocab-sized, all zero between calls
 };
 
+// log(sum(exp(logits))), computed stably; `scratch` holds vocab floats.
+double logSoftmaxNorm(const float* logits, int vocab, float* scratch);
+// The n highest logits as (token, log-probability), highest first, the lower id first among equals;
+// `ids` holds vocab ints of scratch.
+void topLogprobs(const float* logits, int vocab, int n, double logNorm, int32_t* ids, std::vector<std::pair<int32_t, float>>& out);
+
 // `logits` is modified (penalties). `history` holds every token of the sequence.
 SampleResult sample(float* logits, int vocab, SamplerState& state, const std::vector<int32_t>& history,
                     SamplerScratch& scratch);

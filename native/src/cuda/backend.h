@@ -81,6 +81,8 @@ class CudaContext : public ExecContext {
   PinnedBuffer hostSampleRows_, hostPenalties_, hostOut_, hostLogits_;
   size_t penaltyCap_ = 0;
   std::vector<int2> penaltyList_;
+  std::vector<float> topScratch_;   // host scratch for top-n log-probabilities
+  std::vector<int32_t> topIds_;
   std::vector<int> sampleSlot_;  // per entry: its sampler row, or -1
   std::vector<int> logitRowOf_;  // per entry: first logits row
   std::map<int, cudaGraphExec_t> graphs_;  // decode batch size -> graph

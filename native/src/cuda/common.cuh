@@ -40,41 +40,38 @@ inline void check(cublasStatus_t s, const char* what) {
 
 #define WEFT_CU(call) ::weft::cuda::check((call), #call)
 
-// Device memory owned by one object; freed on destruction.
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) { alloc(n); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr; o.bytes = 0; }
-  ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
-  void alloc(size_t n) {
-    if (ptr) cudaFree(ptr);
-    ptr = nullptr;
-    bytes = n;
-    if (n) WEFT_CU(cudaMalloc(&ptr, n));
-  }
-  template <typename T> T* as() const { return static_cast<T*>(ptr); }
+// Memory owned by one object, freed on destruction: device memory (DeviceBuffer) or pinned host
+// memory (PinnedBuffer: page-locked, so copies to and from it are asynchronous).
+struct DeviceMemory {
+  static cudaError_t get(void** p, size_t n) { return cudaMalloc(p, n); }
+  static void put(void* p) { cudaFree(p); }
+};
+struct PinnedMemory {
+  static cudaError_t get(void** p, size_t n) { return cudaMallocHost(p, n); }
+  static void put(void* p) { cudaFreeHost(p); }
 };
 
-// Pinned host memory (page-locked, so copies to and from it are asynchronous).
-struct PinnedBuffer {
+template <typename Memory>
+struct Buffer {
   void* ptr = nullptr;
   size_t bytes = 0;
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() { if (ptr) cudaFreeHost(ptr); }
+  Buffer() = default;
+  explicit Buffer(size_t n) { alloc(n); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr; o.bytes = 0; }
+  ~Buffer() { if (ptr) Memory::put(ptr); }
   void alloc(size_t n) {
-    if (ptr) cudaFreeHost(ptr);
+    if (ptr) Memory::put(ptr);
     ptr = nullptr;
+    bytes = 0;
+    if (n) check(Memory::get(&ptr, n), "allocating memory");
     bytes = n;
-    if (n) WEFT_CU(cudaMallocHost(&ptr, n));
   }
   template <typename T> T* as() const { return static_cast<T*>(ptr); }
 };
+using DeviceBuffer = Buffer<DeviceMemory>;
+using PinnedBuffer = Buffer<PinnedMemory>;
 
 __device__ __forceinline__ float toF(float x) { return x; }
 __device__ __forceinline__ float toF(__half x) { return __half2float(x); }

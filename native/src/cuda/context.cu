@@ -437,18 +437,11 @@ void CudaContext::sampleRows(std::vector<StepEntry>& entries, const std::vector<
       throw WeftError(Err::Device, "sampler: no finite logit for sequence " + std::to_string(entries[i].seq->id) + " (non-finite activations?)",
                       entries[i].seq->id);
     std::memcpy(&res.logprob, &outs[2 * sampleSlot_[i] + 1], 4);
-    if (p.logprobs > 0) {
+    if (p.logprobs > 0) {  // from the raw row copied back for this (the CPU sampler's code)
       const float* raw = hl + int64_t(rowOf[i]) * vocab;
-      const float mx = *std::max_element(raw, raw + vocab);
-      double sum = 0;
-      for (int v = 0; v < vocab; v++) sum += std::exp(double(raw[v]) - mx);
-      const double logNorm = mx + std::log(sum);
-      std::vector<int32_t> ids(vocab);
-      for (int v = 0; v < vocab; v++) ids[v] = v;
-      const int k = std::min(p.logprobs, vocab);
-      std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
-                        [&](int32_t a, int32_t b) { return raw[a] > raw[b] || (raw[a] == raw[b] && a < b); });
-      for (int j = 0; j < k; j++) res.top.emplace_back(ids[j], float(double(raw[ids[j]]) - logNorm));
+      topScratch_.resize(vocab);
+      topIds_.resize(vocab);
+      topLogprobs(raw, vocab, p.logprobs, logSoftmaxNorm(raw, vocab, topScratch_.data()), topIds_.data(), res.top);
     }
     res.stop = std::find(p.stopTokens.begin(), p.stopTokens.end(), res.token) != p.stopTokens.end();
   }

@@ -31,26 +31,20 @@ struct Red {
   int idx[32];
 };
 
-__device__ double blockSumD(double v, Red& red) {
+// Fixed-order block sum (every thread gets the total); `slot` is one of red's 32-entry arrays.
+template <typename T>
+__device__ T blockSum(T v, T* slot) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   __syncthreads();
-  if (lane == 0) red.d[warp] = v;
+  if (lane == 0) slot[warp] = v;
   __syncthreads();
-  double t = red.d[lane];
+  T t = slot[lane];
   for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
   return t;
 }
-__device__ int blockSumI(int v, Red& red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if (lane == 0) red.i[warp] = v;
-  __syncthreads();
-  int t = red.i[lane];
-  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-  return t;
-}
+__device__ double blockSumD(double v, Red& red) { return blockSum(v, red.d); }
+__device__ int blockSumI(int v, Red& red) { return blockSum(v, red.i); }
 // (max value, lowest index among equals)
 __device__ void blockArgmax(float& v, int& idx, Red& red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
