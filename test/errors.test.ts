@@ -25,6 +25,10 @@ const TS_ONLY = [
   'WEFT_TOO_MANY_SESSIONS',
   'WEFT_NOT_READY',
   'WEFT_RESUME_UNKNOWN',
+  'WEFT_RATE_LIMITED',
+  'WEFT_ORIGIN_REFUSED',
+  'WEFT_DRAINING',
+  'WEFT_LISTEN_FAILED',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

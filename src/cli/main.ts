@@ -11,6 +11,7 @@ import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
 import { loadModelConfig } from '../engine/config.js';
 import { Engine, defaultBackend, type BackendName } from '../engine/engine.js';
 import { generate } from '../engine/generate.js';
+import { isLoopback } from '../gateway/origin.js';
 import { Gateway } from '../gateway/server.js';
 import { parseFlags, parseSize, type Flags } from './args.js';
 
@@ -23,7 +24,9 @@ const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 usage:
   weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--backend cpu|cuda] [--contexts N] [--threads N]
                 [--kv-memory SIZE] [--max-sessions N] [--max-tokens N] [--max-frame-bytes N]
-                [--resume-ttl SECONDS] [--transport ws|uws]
+                [--resume-ttl SECONDS] [--transport ws|uws] [--allowed-origins LIST]
+                [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-buffered-bytes SIZE]
+                [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -38,10 +41,22 @@ usage:
 weft serve: HTTP and WebSocket on one port: protocol v1 at ws://HOST:PORT/v1/ws
 (docs/protocol.md), GET /healthz, /readyz, /metrics. Every option has an environment
 equivalent, the flag winning: WEFT_MODEL, WEFT_PORT, WEFT_HOST, WEFT_CONTEXTS, WEFT_THREADS,
-WEFT_BACKEND, WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS, WEFT_MAX_TOKENS,
-WEFT_MAX_FRAME_BYTES, WEFT_RESUME_TTL (seconds a disconnected session waits for a resume;
-default 60, 0 disables resume), WEFT_TRANSPORT (ws, the default: node:http + ws; or uws:
-uWebSockets.js).
+WEFT_BACKEND, WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS (connected
+sessions), WEFT_MAX_TOKENS, WEFT_MAX_FRAME_BYTES, WEFT_RESUME_TTL (seconds a disconnected session
+waits for a resume; default 60, 0 disables resume), WEFT_TRANSPORT (ws, the default: node:http +
+ws; or uws: uWebSockets.js), WEFT_ALLOWED_ORIGINS (comma-separated browser origins allowed to
+open a WebSocket besides the server's own; * allows any; clients that send no Origin are always
+allowed), WEFT_MAX_FRAMES_PER_SECOND (per connection, default 100), WEFT_MAX_BYTES_PER_SECOND
+(per connection, default 1MiB), WEFT_MAX_BUFFERED_BYTES (unread answers after which a client
+that keeps sending is disconnected, default 16MiB), WEFT_MAX_DETACHED_SESSIONS (sessions waiting
+for a resume, default --max-sessions), WEFT_MAX_DETACHED_PER_CLIENT (per client address,
+default 16), WEFT_DRAIN_TIMEOUT (seconds SIGTERM lets running answers finish, default 10).
+
+Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. It has
+no API keys and no TLS yet: on any other --host (0.0.0.0, a LAN address) anyone who can reach
+the port can use the model and read nothing but their own sessions, in clear text. Put it
+behind a reverse proxy that terminates TLS and authenticates (NGINX, a VPN) before exposing it;
+weft warns at start when --host is not a loopback address.
 `;
 
 
@@ -163,38 +178,70 @@ async function cmdServe(argv: string[]): Promise<void> {
   const f = parseFlags(argv, {
     model: 'string', port: 'string', host: 'string', backend: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
     'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
+    'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-buffered-bytes': 'string',
+    'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
   if (port > 65535) throw new WeftError('WEFT_BAD_ARGUMENT', `--port must be at most 65535 (got ${port})`);
   const model = (serveOption(f, 'model', 'string') as string | undefined) ?? defaultModel();
+  // a model that is not there is an error before anything listens
+  await loadModelConfig(model);
   const engineOptions = { backend: backendFlag(serveOption(f, 'backend', 'string')), contexts: int('contexts'), threads: int('threads'), kvMemoryBytes: serveOption(f, 'kv-memory', 'size') as number | undefined };
+  const seconds = (k: string) => ((t) => (t === undefined ? undefined : t * 1000))(int(k));
+  const origins = serveOption(f, 'allowed-origins', 'string') as string | undefined;
+  const host = (serveOption(f, 'host', 'string') as string | undefined) ?? '127.0.0.1';
   const gw = new Gateway({
-    host: (serveOption(f, 'host', 'string') as string | undefined) ?? '127.0.0.1',
+    host,
     port,
     maxSessions: int('max-sessions'),
     defaultMaxTokens: int('max-tokens'),
     maxFrameBytes: int('max-frame-bytes'),
     transport: serveOption(f, 'transport', 'string') as 'ws' | 'uws' | undefined,
-    resumeTtlMs: ((t) => (t === undefined ? undefined : t * 1000))(int('resume-ttl')),
+    resumeTtlMs: seconds('resume-ttl'),
+    allowedOrigins: origins?.split(',').map((o) => o.trim()).filter((o) => o !== ''),
+    maxFramesPerSecond: int('max-frames-per-second'),
+    maxBytesPerSecond: serveOption(f, 'max-bytes-per-second', 'size') as number | undefined,
+    maxBufferedBytes: serveOption(f, 'max-buffered-bytes', 'size') as number | undefined,
+    maxDetachedSessions: int('max-detached-sessions'),
+    maxDetachedPerClient: int('max-detached-per-client'),
+    drainTimeoutMs: seconds('drain-timeout'),
   });
   const { url } = await gw.listen();
+  if (!isLoopback(host)) {
+    process.stderr.write(`weft: warning: listening on ${host}, not a loopback address: weft has no API keys or TLS yet, so anyone who can reach this port can use it (weft serve --help, "Exposure")\n`);
+  }
   process.stdout.write(`weft listening on ${url} (WebSocket ${url.replace(/^http/, 'ws')}/v1/ws); loading ${model}\n`);
-  const engine = await Engine.load(model, engineOptions);
+  let engine: Engine | null = null;
+  let stopping: Promise<void> | null = null;
+  // SIGTERM/SIGINT drain (answers finish, then 1001); a second signal closes at once
+  const stop = (): Promise<void> => {
+    if (stopping) {
+      void gw.close();
+      return stopping;
+    }
+    process.stdout.write(`weft draining: no new sessions; running answers get ${gw.drainTimeoutMs / 1000} s\n`);
+    stopping = gw.drain().finally(() => engine?.dispose());
+    return stopping;
+  };
+  const stopped = new Promise<void>((resolve) => {
+    const onSignal = () => void stop().then(resolve, resolve);
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+  try {
+    engine = await Engine.load(model, engineOptions);
+  } catch (err) {
+    await gw.close();
+    throw err;
+  }
+  if (stopping) {
+    engine.dispose();
+    return;
+  }
   gw.attach(engine);
   process.stdout.write(`weft ready: model ${gw.modelName}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = () => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      gw.close().finally(() => {
-        engine.dispose();
-        resolve();
-      });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  await stopped;
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -14,6 +14,7 @@ export class GatewayMetrics {
   readonly batchSequences = new Histogram({ name: 'weft_batch_sequences', help: 'Sequences in one engine step.', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [this.registry] });
   readonly batchTokens = new Histogram({ name: 'weft_batch_tokens', help: 'Tokens (decode tokens + prefill chunks) in one engine step.', buckets: [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096], registers: [this.registry] });
   readonly sessionsActive = new Gauge({ name: 'weft_sessions_active', help: 'Sessions open on the gateway.', registers: [this.registry] });
+  readonly sessionsDetached = new Gauge({ name: 'weft_sessions_detached', help: 'Sessions whose connection is gone, waiting for a resume.', registers: [this.registry] });
   readonly connections = new Gauge({ name: 'weft_open_connections', help: 'Open WebSocket connections.', registers: [this.registry] });
   readonly promptTokens = new Counter({ name: 'weft_prompt_tokens_total', help: 'Prompt tokens of finished turns (cached included).', registers: [this.registry] });
   readonly cachedTokens = new Counter({ name: 'weft_cached_tokens_total', help: 'Prompt tokens served from a session KV cache instead of prefilled.', registers: [this.registry] });

@@ -64,21 +64,46 @@ const NUMERIC: Record<Exclude<keyof WireSampling, 'stop'>, 'number' | 'integer'>
   max_tokens: 'integer',
 };
 
+/** Most stop strings, and most characters in one. */
+export const MAX_STOP_STRINGS = 16;
+export const MAX_STOP_CHARS = 1024;
+
+/** The fields each client event may have (besides `type` and `event_id`). */
+const EVENT_FIELDS: Record<ClientEvent['type'], readonly string[]> = {
+  'session.update': ['session'],
+  'message.create': ['content', 'sampling'],
+  'response.cancel': [],
+  'session.close': [],
+};
+const SESSION_FIELDS = ['system', 'sampling'];
+
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** A key of a table, looked up without the prototype chain (`constructor`, `__proto__` are not fields). */
+const has = (table: object, key: string) => Object.prototype.hasOwnProperty.call(table, key);
+
+/** The first key of `obj` that is not among `allowed`, if any. */
+function unknownKey(obj: Record<string, unknown>, allowed: readonly string[]): string | undefined {
+  for (const k of Object.keys(obj)) if (!allowed.includes(k)) return k;
+  return undefined;
+}
+
+const quoteKey = (k: string) => JSON.stringify(k.length > 64 ? k.slice(0, 64) + '…' : k);
 
 function parseSampling(v: unknown, where: string, id: string | undefined): WireSampling {
   const bad = (msg: string) => new ProtocolError('WEFT_BAD_FRAME', `${where}: ${msg}`, id);
   if (!isObject(v)) throw bad('must be an object');
   const out: WireSampling = {};
-  for (const [k, val] of Object.entries(v)) {
+  for (const k of Object.keys(v)) {
+    const val = v[k];
     if (k === 'stop') {
       if (!Array.isArray(val) || val.some((s) => typeof s !== 'string')) throw bad('stop must be an array of strings');
-      if (val.length > 16) throw bad('stop takes at most 16 strings');
+      if (val.length > MAX_STOP_STRINGS) throw bad(`stop takes at most ${MAX_STOP_STRINGS} strings`);
+      if (val.some((s: string) => s.length > MAX_STOP_CHARS)) throw bad(`a stop string has at most ${MAX_STOP_CHARS} characters`);
       out.stop = val as string[];
       continue;
     }
+    if (!has(NUMERIC, k)) throw bad(`unknown field ${quoteKey(k)}`);
     const kind = NUMERIC[k as keyof typeof NUMERIC];
-    if (!kind) throw bad(`unknown field ${k}`);
     if (typeof val !== 'number' || !Number.isFinite(val)) throw bad(`${k} must be a finite number`);
     if (kind === 'integer' && !Number.isInteger(val)) throw bad(`${k} must be an integer`);
     if (k === 'max_tokens' && val < 1) throw bad('max_tokens must be at least 1');
@@ -89,7 +114,8 @@ function parseSampling(v: unknown, where: string, id: string | undefined): WireS
 
 /**
  * Parses one client frame. `data` is the frame's payload; `isBinary` whether it came as a binary
- * frame. Throws nothing: a rejected frame comes back as a ProtocolError.
+ * frame. Throws nothing: a rejected frame comes back as a ProtocolError. A key that is not a
+ * documented field, on any object of the frame, is WEFT_BAD_FRAME.
  */
 export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFrameBytes: number): ClientEvent | ProtocolError {
   const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
@@ -103,42 +129,44 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
   }
   if (!isObject(msg)) return new ProtocolError('WEFT_BAD_FRAME', 'a frame must be a JSON object');
   let id: string | undefined;
-  if (msg.event_id !== undefined) {
+  if (has(msg, 'event_id')) {
     if (typeof msg.event_id !== 'string' || msg.event_id.length > MAX_EVENT_ID) {
       return new ProtocolError('WEFT_BAD_FRAME', `event_id must be a string of at most ${MAX_EVENT_ID} characters`);
     }
     id = msg.event_id;
   }
+  const type = msg.type;
+  if (typeof type !== 'string') return new ProtocolError('WEFT_BAD_FRAME', 'a frame needs a type (a string)', id);
+  if (!has(EVENT_FIELDS, type)) return new ProtocolError('WEFT_UNKNOWN_TYPE', `unknown event type ${quoteKey(type)}`, id);
+  const fields = EVENT_FIELDS[type as ClientEvent['type']];
+  const extra = unknownKey(msg, ['type', 'event_id', ...fields]);
+  if (extra !== undefined) return new ProtocolError('WEFT_BAD_FRAME', `${type}: unknown field ${quoteKey(extra)}`, id);
   const withId = <T extends object>(ev: T): T & { event_id?: string } => (id === undefined ? ev : { ...ev, event_id: id });
   try {
-    switch (msg.type) {
+    switch (type) {
       case 'session.update': {
         if (!isObject(msg.session)) throw new ProtocolError('WEFT_BAD_FRAME', 'session.update needs a session object', id);
         const s = msg.session;
+        const extraField = unknownKey(s, SESSION_FIELDS);
+        if (extraField !== undefined) throw new ProtocolError('WEFT_BAD_FRAME', `session.update: unknown field session.${quoteKey(extraField)}`, id);
         const session: { system?: string; sampling?: WireSampling } = {};
-        for (const k of Object.keys(s)) {
-          if (k !== 'system' && k !== 'sampling') throw new ProtocolError('WEFT_BAD_FRAME', `session.update: unknown field session.${k}`, id);
-        }
-        if (s.system !== undefined) {
+        if (has(s, 'system')) {
           if (typeof s.system !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'session.system must be a string', id);
           session.system = s.system;
         }
-        if (s.sampling !== undefined) session.sampling = parseSampling(s.sampling, 'session.sampling', id);
+        if (has(s, 'sampling')) session.sampling = parseSampling(s.sampling, 'session.sampling', id);
         return withId({ type: 'session.update' as const, session });
       }
       case 'message.create': {
         if (typeof msg.content !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'message.create needs content (a string)', id);
         const ev: Extract<ClientEvent, { type: 'message.create' }> = { type: 'message.create', content: msg.content };
-        if (msg.sampling !== undefined) ev.sampling = parseSampling(msg.sampling, 'sampling', id);
+        if (has(msg, 'sampling')) ev.sampling = parseSampling(msg.sampling, 'sampling', id);
         return withId(ev);
       }
       case 'response.cancel':
         return withId({ type: 'response.cancel' as const });
-      case 'session.close':
-        return withId({ type: 'session.close' as const });
       default:
-        if (typeof msg.type !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'a frame needs a type (a string)', id);
-        throw new ProtocolError('WEFT_UNKNOWN_TYPE', `unknown event type ${JSON.stringify(msg.type.slice(0, 64))}`, id);
+        return withId({ type: 'session.close' as const });
     }
   } catch (err) {
     if (err instanceof ProtocolError) return err;

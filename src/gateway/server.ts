@@ -11,7 +11,10 @@ import type { Session } from '../session/session.js';
 import { WeftError } from '../errors.js';
 import { Connection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
+import { OriginPolicy } from './origin.js';
 import type { WireSampling } from './protocol.js';
+import type { RateLimits } from './rate-limit.js';
+import { ResumePool } from './resume-pool.js';
 import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
 
@@ -19,8 +22,25 @@ export interface GatewayOptions {
   host?: string;
   /** 0 picks a free port. Default 8080. */
   port?: number;
-  /** Most sessions (connections) at once. Default 1024. */
+  /** Most connected sessions at once (sessions waiting for a resume are counted apart). Default 1024. */
   maxSessions?: number;
+  /** Most sessions waiting for a resume; beyond it the oldest is ended. Default: maxSessions. */
+  maxDetachedSessions?: number;
+  /** Most sessions waiting for a resume from one client address; beyond it that address's oldest is ended. Default 16. */
+  maxDetachedPerClient?: number;
+  /** Frames per second one connection may send (a burst of twice as many). Default 100. */
+  maxFramesPerSecond?: number;
+  /** Bytes per second one connection may send (a burst of at least two max-size frames). Default 1 MiB. */
+  maxBytesPerSecond?: number;
+  /** A client that sends a frame while the server holds more than this for it, unread, is disconnected (1008). Default 16 MiB. */
+  maxBufferedBytes?: number;
+  /**
+   * Browser origins allowed to open a WebSocket besides the server's own (`*`: any). Clients that
+   * send no Origin (non-browser ones) are always allowed. Default: none.
+   */
+  allowedOrigins?: string[];
+  /** How long a drain (SIGTERM) lets running answers finish before ending them, in ms. Default 10000. */
+  drainTimeoutMs?: number;
   /** Largest client frame in bytes. Default 1 MiB. */
   maxFrameBytes?: number;
   /** A session whose socket has more than this many bytes buffered is skipped by the scheduler until it drains. Default 256 KiB. */
@@ -61,10 +81,17 @@ export class Gateway {
   readonly backpressureBytes: number;
   readonly defaultMaxTokens: number;
   readonly resumeTtlMs: number;
-  private readonly detached = new Map<string, DetachedSession & { timer: NodeJS.Timeout }>();
+  readonly rateLimits: RateLimits;
+  readonly maxBufferedBytes: number;
+  readonly drainTimeoutMs: number;
+  readonly origins: OriginPolicy;
+  private readonly detached: ResumePool<DetachedSession>;
   readonly transportName: 'ws' | 'uws';
   private readonly transport: Transport;
   private closing = false;
+  /** Shutting down: no new connections or responses; running ones finish (drain). */
+  draining = false;
+  private drained: Promise<void> | null = null;
 
   constructor(readonly options: GatewayOptions = {}) {
     const pos = (v: number | undefined, name: string, fallback: number) => {
@@ -79,6 +106,25 @@ export class Gateway {
     const ttl = options.resumeTtlMs ?? 60_000;
     if (!Number.isFinite(ttl) || ttl < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `resumeTtlMs must be a non-negative number (got ${ttl})`);
     this.resumeTtlMs = ttl;
+    const framesPerSecond = pos(options.maxFramesPerSecond, 'maxFramesPerSecond', 100);
+    const bytesPerSecond = pos(options.maxBytesPerSecond, 'maxBytesPerSecond', 1 << 20);
+    this.rateLimits = { framesPerSecond, bytesPerSecond, frameBurst: 2 * framesPerSecond, byteBurst: Math.max(bytesPerSecond, 2 * this.maxFrameBytes) };
+    this.maxBufferedBytes = pos(options.maxBufferedBytes, 'maxBufferedBytes', 16 << 20);
+    const drain = options.drainTimeoutMs ?? 10_000;
+    if (!Number.isFinite(drain) || drain < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `drainTimeoutMs must be a non-negative number (got ${drain})`);
+    this.drainTimeoutMs = drain;
+    this.origins = new OriginPolicy(options.allowedOrigins ?? []);
+    this.detached = new ResumePool<DetachedSession>(
+      {
+        ttlMs: ttl,
+        maxTotal: pos(options.maxDetachedSessions, 'maxDetachedSessions', this.maxSessions),
+        maxPerClient: pos(options.maxDetachedPerClient, 'maxDetachedPerClient', 16),
+      },
+      (d) => {
+        this.metrics.sessionsDetached.set(this.detached.size);
+        void this.endSession(d.session);
+      },
+    );
     this.transportName = options.transport ?? 'ws';
     if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
     this.transport = this.transportName === 'uws' ? new UwsTransport(this) : new WsTransport(this);
@@ -89,7 +135,10 @@ export class Gateway {
     const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => ({ status, body, type });
     if (method.toUpperCase() !== 'GET' && method.toUpperCase() !== 'HEAD') return text(405, 'method not allowed\n');
     if (path === '/healthz') return text(200, 'ok\n');
-    if (path === '/readyz') return this.scheduler && !this.closing ? text(200, 'ready\n') : text(503, 'loading\n');
+    if (path === '/readyz') {
+      if (this.closing || this.draining) return text(503, 'draining\n');
+      return this.scheduler ? text(200, 'ready\n') : text(503, 'loading\n');
+    }
     if (path === '/metrics') {
       try {
         return text(200, await this.metrics.registry.metrics(), this.metrics.registry.contentType);
@@ -124,23 +173,30 @@ export class Gateway {
     return { max_context: st.maxContext, max_frame_bytes: this.maxFrameBytes, default_max_tokens: this.defaultMaxTokens };
   }
 
-  /** Keeps a disconnected session for resume until the TTL runs out (then closes it). */
-  detach(token: string, d: DetachedSession): void {
-    const timer = setTimeout(() => {
-      if (this.detached.get(token)?.session !== d.session) return;
-      this.detached.delete(token);
-      void this.endSession(d.session);
-    }, this.resumeTtlMs);
-    timer.unref();
-    this.detached.set(token, { ...d, timer });
+  /** Connected sessions (those waiting for a resume are not counted). */
+  get numLiveSessions(): number {
+    return this.sessions.size - this.detached.size;
+  }
+
+  /** Sessions waiting for a resume. */
+  get numDetachedSessions(): number {
+    return this.detached.size;
+  }
+
+  /** Keeps a disconnected session for resume until the TTL runs out (then closes it); `address`: the client's, for its cap. */
+  detach(token: string, d: DetachedSession, address: string): void {
+    this.detached.add(token, d, address);
+    this.metrics.sessionsDetached.set(this.detached.size);
+  }
+
+  hasDetached(token: string): boolean {
+    return this.detached.has(token);
   }
 
   /** The detached session of a resume token (removed from the detached set), or undefined. */
   takeDetached(token: string): DetachedSession | undefined {
-    const d = this.detached.get(token);
-    if (!d) return undefined;
-    clearTimeout(d.timer);
-    this.detached.delete(token);
+    const d = this.detached.take(token);
+    this.metrics.sessionsDetached.set(this.detached.size);
     return d;
   }
 
@@ -161,15 +217,38 @@ export class Gateway {
   async listen(): Promise<{ host: string; port: number; url: string }> {
     const host = this.options.host ?? '127.0.0.1';
     const port = await this.transport.listen(host, this.options.port ?? 8080);
+    this.origins.bind(host, port);
     const h = host.includes(':') ? `[${host}]` : host;
     return { host, port, url: `http://${h}:${port}` };
+  }
+
+  /**
+   * Shuts down without cutting answers: /readyz turns 503, new connections and new responses are
+   * refused (WEFT_DRAINING), running answers get `drainTimeoutMs` to finish and are then ended
+   * with finish_reason `shutdown`; every socket is closed with 1001; then `close()`.
+   */
+  drain(): Promise<void> {
+    this.drained ??= (async () => {
+      this.draining = true;
+      this.transport.stopListening();
+      const busy = () => [...this.connections].some((c) => c.busy);
+      const wait = async (ms: number) => {
+        const end = performance.now() + ms;
+        while (busy() && performance.now() < end) await new Promise((r) => setTimeout(r, 10));
+      };
+      await wait(this.drainTimeoutMs);
+      for (const c of this.connections) c.cancelForShutdown();
+      await wait(5000); // a cancel takes effect within one step
+      for (const c of [...this.connections]) c.closeForShutdown();
+      await this.close();
+    })();
+    return this.drained;
   }
 
   /** Closes every connection (their sessions free their KV), the scheduler and the server; not the engine. */
   async close(): Promise<void> {
     this.closing = true;
     for (const c of [...this.connections]) c.onClose(true);
-    for (const d of this.detached.values()) clearTimeout(d.timer);
     this.detached.clear();
     await Promise.allSettled([...this.sessions].map((s) => s.close()));
     await this.scheduler?.close();

@@ -6,11 +6,13 @@ import { createRequire } from 'node:module';
 import type * as UWS from '@trufflesuite/uws-js-unofficial';
 import { WeftError } from '../errors.js';
 import type { Connection } from './connection.js';
+import { ORIGIN_REFUSED, parseTarget, resumeParam } from './http-request.js';
 import type { Gateway } from './server.js';
-import { WS_PATH, type Transport } from './transport-ws.js';
+import { WS_PATH, listenError, type Transport } from './transport-ws.js';
 
 interface UserData {
   resume?: string;
+  remoteAddress: string;
   conn?: Connection;
   closed?: boolean;
   /** Frames held while corked (the gateway delivers a step's events), sent by `flush` in one uWS cork. */
@@ -19,7 +21,7 @@ interface UserData {
   flush?: () => void;
 }
 
-const STATUS: Record<number, string> = { 200: '200 OK', 404: '404 Not Found', 405: '405 Method Not Allowed', 426: '426 Upgrade Required', 500: '500 Internal Server Error', 503: '503 Service Unavailable' };
+const STATUS: Record<number, string> = { 200: '200 OK', 403: '403 Forbidden', 404: '404 Not Found', 405: '405 Method Not Allowed', 426: '426 Upgrade Required', 500: '500 Internal Server Error', 503: '503 Service Unavailable' };
 
 let uws: typeof UWS | undefined;
 function load(): typeof UWS {
@@ -45,9 +47,16 @@ export class UwsTransport implements Transport {
       maxBackpressure: 64 << 20,
       idleTimeout: 0,
       upgrade: (res, req, context) => {
-        const resume = req.getQuery('resume');
+        // everything from req is read now: it is valid during this callback only
+        const origin = req.getHeader('origin');
+        if (!gw.origins.allows(origin === '' ? undefined : origin)) {
+          res.cork(() => res.writeStatus('403 Forbidden').writeHeader('content-type', 'text/plain; charset=utf-8').end(ORIGIN_REFUSED));
+          return;
+        }
+        const resume = resumeParam(req.getQuery() ?? '');
+        const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
         res.upgrade<UserData>(
-          { resume: resume || undefined },
+          { resume, remoteAddress },
           req.getHeader('sec-websocket-key'),
           req.getHeader('sec-websocket-protocol'),
           req.getHeader('sec-websocket-extensions'),
@@ -85,6 +94,7 @@ export class UwsTransport implements Transport {
               ud.closed = true;
               ws.end(code, reason);
             },
+            remoteAddress: ud.remoteAddress,
           },
           ud.resume,
         );
@@ -107,15 +117,19 @@ export class UwsTransport implements Transport {
     });
     this.app.any('/*', (res, req) => {
       const method = req.getMethod();
-      const path = req.getUrl();
+      const path = parseTarget(req.getUrl()).path;
       let aborted = false;
       res.onAborted(() => (aborted = true));
-      void gw.httpResponse(method, path).then((r) => {
+      const send = (status: number, type: string, body: string) => {
         if (aborted) return;
         res.cork(() => {
-          res.writeStatus(STATUS[r.status] ?? String(r.status)).writeHeader('content-type', r.type).end(method.toUpperCase() === 'HEAD' ? '' : r.body);
+          res.writeStatus(STATUS[status] ?? String(status)).writeHeader('content-type', type).end(method.toUpperCase() === 'HEAD' ? '' : body);
         });
-      });
+      };
+      gw.httpResponse(method, path).then(
+        (r) => send(r.status, r.type, r.body),
+        (err: unknown) => send(500, 'text/plain; charset=utf-8', `WEFT_INTERNAL: ${(err as Error)?.message ?? String(err)}\n`),
+      );
     });
   }
 
@@ -123,11 +137,16 @@ export class UwsTransport implements Transport {
     const u = load();
     return new Promise((resolve, reject) => {
       this.app.listen(host, port, (token) => {
-        if (!token) return reject(new WeftError('WEFT_BAD_ARGUMENT', `cannot listen on ${host}:${port}`));
+        if (!token) return reject(listenError(host, port));
         this.listenSocket = token;
         resolve(u.us_socket_local_port(token as unknown as UWS.us_socket));
       });
     });
+  }
+
+  stopListening(): void {
+    if (this.listenSocket) load().us_listen_socket_close(this.listenSocket);
+    this.listenSocket = null;
   }
 
   async close(): Promise<void> {

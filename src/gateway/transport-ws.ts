@@ -1,18 +1,33 @@
 /** The `ws` transport: node:http for the HTTP routes, the ws package for protocol v1 at /v1/ws. */
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type RawData } from 'ws';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { WeftError } from '../errors.js';
+import { ORIGIN_REFUSED, parseTarget, rawHttpError, resumeParam } from './http-request.js';
 import type { Gateway } from './server.js';
 
 export const WS_PATH = '/v1/ws';
 
 /** A gateway transport: HTTP routes and protocol v1 on one port. */
 export interface Transport {
-  /** Listens; resolves with the bound port. */
+  /** Listens; resolves with the bound port (WEFT_LISTEN_FAILED when it cannot). */
   listen(host: string, port: number): Promise<number>;
+  /** Stops accepting connections; open ones stay. */
+  stopListening(): void;
   /** Drops every socket and stops listening. */
   close(): Promise<void>;
+}
+
+/** A listen failure as a coded error (a port in use is not a weft bug). */
+export function listenError(host: string, port: number, cause?: unknown): WeftError {
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  const why =
+    code === 'EADDRINUSE' ? 'the port is in use' :
+    code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' :
+    code === 'EADDRNOTAVAIL' ? 'the address is not one of this machine' :
+    code ?? 'the port is in use or the address is not one of this machine';
+  return new WeftError('WEFT_LISTEN_FAILED', `cannot listen on ${host}:${port}: ${why}`, { cause });
 }
 
 function toBuffer(data: RawData): Buffer {
@@ -26,64 +41,91 @@ export class WsTransport implements Transport {
   private readonly wss: WebSocketServer;
 
   constructor(private readonly gw: Gateway) {
-    this.http = createServer((req, res) => {
-      const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-      void gw.httpResponse(req.method ?? 'GET', path).then((r) => {
-        res.writeHead(r.status, { 'content-type': r.type });
-        res.end(req.method === 'HEAD' ? undefined : r.body);
-      });
-    });
+    this.http = createServer((req, res) => this.request(req, res));
     // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
     this.wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
     this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
   }
 
+  private request(req: IncomingMessage, res: ServerResponse): void {
+    const method = req.method ?? 'GET';
+    const send = (status: number, type: string, body: string) => {
+      if (res.headersSent || res.destroyed) return;
+      res.writeHead(status, { 'content-type': type });
+      res.end(method === 'HEAD' ? undefined : body);
+    };
+    this.gw.httpResponse(method, parseTarget(req.url).path).then(
+      (r) => send(r.status, r.type, r.body),
+      (err: unknown) => send(500, 'text/plain; charset=utf-8', `WEFT_INTERNAL: ${(err as Error)?.message ?? String(err)}\n`),
+    );
+  }
+
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    if (url.pathname !== WS_PATH) {
-      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      // the upgraded TCP socket: corked while the gateway delivers a step's frames
-      const raw = socket as Socket;
-      // one callback for every send (Node batches the completions of a same callback): queued bytes went out
-      const drained = (err?: Error) => {
-        if (!err) conn.onDrain();
-      };
-      const conn = this.gw.connect(
-        {
-          send: (text) => ws.send(text, drained),
-          cork: () => raw.cork(),
-          uncork: () => raw.uncork(),
-          get bufferedAmount() {
-            return ws.bufferedAmount;
-          },
-          close: (code, reason) => ws.close(code, reason),
+    // node:http removed its own error listener from an upgraded socket: a reset during the
+    // handshake must not become an uncaught 'error'
+    socket.on('error', () => socket.destroy());
+    const { path, query } = parseTarget(req.url);
+    if (path !== WS_PATH) return void socket.end(rawHttpError(404, 'not found\n'));
+    if (!this.gw.origins.allows(req.headers.origin)) return void socket.end(rawHttpError(403, ORIGIN_REFUSED));
+    const remoteAddress = req.socket.remoteAddress ?? '';
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, socket as Socket, remoteAddress, resumeParam(query)));
+  }
+
+  private open(ws: WebSocket, raw: Socket, remoteAddress: string, resume: string | undefined): void {
+    // one callback for every send (Node batches the completions of a same callback): queued bytes went out
+    const drained = (err?: Error) => {
+      if (!err) conn.onDrain();
+    };
+    let resumeTimer: NodeJS.Timeout | undefined;
+    const conn = this.gw.connect(
+      {
+        send: (text) => ws.send(text, drained),
+        // the upgraded TCP socket: corked while the gateway delivers a step's frames
+        cork: () => raw.cork(),
+        uncork: () => raw.uncork(),
+        get bufferedAmount() {
+          return ws.bufferedAmount;
         },
-        url.searchParams.get('resume') ?? undefined,
-      );
-      ws.on('message', (data, isBinary) => conn.onMessage(toBuffer(data), isBinary));
-      ws.on('close', () => conn.onClose());
-      ws.on('error', () => conn.onClose());
-      conn.open();
+        close: (code, reason) => ws.close(code, reason),
+        pauseReading: (ms) => {
+          ws.pause();
+          clearTimeout(resumeTimer);
+          resumeTimer = setTimeout(() => ws.readyState === ws.OPEN && ws.resume(), ms);
+          resumeTimer.unref();
+        },
+        remoteAddress,
+      },
+      resume,
+    );
+    ws.on('message', (data, isBinary) => conn.onMessage(toBuffer(data), isBinary));
+    ws.on('close', () => {
+      clearTimeout(resumeTimer);
+      conn.onClose();
     });
+    ws.on('error', () => conn.onClose());
+    conn.open();
   }
 
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.http.once('error', reject);
+      const failed = (err: unknown) => reject(listenError(host, port, err));
+      this.http.once('error', failed);
       this.http.listen(port, host, () => {
-        this.http.off('error', reject);
+        this.http.off('error', failed);
         resolve((this.http.address() as AddressInfo).port);
       });
     });
+  }
+
+  stopListening(): void {
+    if (this.http.listening) this.http.close();
   }
 
   async close(): Promise<void> {
     for (const c of this.wss.clients) c.terminate();
     this.wss.close();
     this.http.closeAllConnections();
+    if (!this.http.listening) return;
     await new Promise<void>((r) => this.http.close(() => r()));
   }
 }

@@ -21,6 +21,8 @@ import { ChatFormat, type ChatMessage } from './chat-format.js';
 export enum SessionState {
   /** No turn in progress; the conversation's KV is cached (possibly parked to host memory under KV pressure). */
   Idle = 'idle',
+  /** A new message is being rendered and tokenized (in the encode worker when it is long: sendAsync). */
+  Preparing = 'preparing',
   /** A turn was submitted and waits in the scheduler's admission queue. */
   Queued = 'queued',
   /** The turn's new prompt tokens are being prefilled (in chunks, alongside others' decode steps). */
@@ -38,6 +40,11 @@ export interface TurnOptions {
   stop?: string[];
   /** Backpressure hook (see Scheduler SubmitOptions.isBlocked). */
   isBlocked?: () => boolean;
+}
+
+export interface AsyncTurnOptions extends TurnOptions {
+  /** Gives up on the message while it is being tokenized (WEFT_CANCELLED; the transcript is unchanged). */
+  signal?: AbortSignal;
 }
 
 export interface SessionOptions extends TurnOptions {
@@ -136,6 +143,7 @@ export class Session {
   private cached: number[] = [];
   private turn: Turn | null = null;
   private closed = false;
+  private preparing = false;
 
   constructor(
     readonly scheduler: Scheduler,
@@ -151,6 +159,7 @@ export class Session {
 
   get state(): SessionState {
     if (this.closed) return SessionState.Closed;
+    if (this.preparing) return SessionState.Preparing;
     const r = this.turn?.request;
     if (!r || r.state === 'done') return SessionState.Idle;
     return r.state === 'queued' ? SessionState.Queued : r.state === 'prefilling' ? SessionState.Prefilling : SessionState.Generating;
@@ -166,13 +175,59 @@ export class Session {
     return this.cached.length;
   }
 
-  /** Starts a turn: the user message is added and the answer streams from the returned Turn. */
+  /**
+   * Starts a turn: the user message is added and the answer streams from the returned Turn.
+   * The conversation is tokenized on this thread: see sendAsync for long messages.
+   */
   send(content: string, opts: TurnOptions = {}): Turn {
+    const messages = this.nextConversation(content);
+    const text = this.format.render(messages, true);
+    this.checkFits(text);
+    return this.begin(content, this.format.tokenizer.encode(text, { addSpecialTokens: false }), opts);
+  }
+
+  /**
+   * send, for input from the network: a conversation that cannot fit the context is rejected by
+   * its byte count before it is tokenized, and a long one is tokenized in the encode worker, so
+   * the event loop is never held for long. The session is busy (Preparing) meanwhile.
+   */
+  async sendAsync(content: string, opts: AsyncTurnOptions = {}): Promise<Turn> {
+    const messages = this.nextConversation(content);
+    const text = this.format.render(messages, true);
+    this.checkFits(text);
+    this.preparing = true;
+    let ids: number[];
+    try {
+      ids = await this.format.tokenizer.encodeAsync(text, { addSpecialTokens: false, signal: opts.signal });
+    } finally {
+      this.preparing = false;
+    }
+    if (this.closed) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
+    if (opts.signal?.aborted) throw new WeftError('WEFT_CANCELLED', 'the message was cancelled before its response started');
+    return this.begin(content, ids, opts);
+  }
+
+  /** The transcript with the new user message, after the checks that need no tokenizing. */
+  private nextConversation(content: string): ChatMessage[] {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (typeof content !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'content must be a string');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is already running in this session');
-    const messages: ChatMessage[] = [...this.messages, { role: 'user', content }];
-    const ids = this.format.encode(messages);
+    return [...this.messages, { role: 'user', content }];
+  }
+
+  /** Rejects a rendered conversation that is certain not to fit by its byte count alone (no tokenizing). */
+  private checkFits(text: string): void {
+    const maxContext = this.scheduler.engine.stats().maxContext;
+    const atLeast = this.format.tokenizer.minTokens(text);
+    if (atLeast >= maxContext) {
+      throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${Buffer.byteLength(text)} bytes: at least ${atLeast} tokens) does not fit the context of ${maxContext} tokens`);
+    }
+  }
+
+  /** Submits the turn whose whole prompt is `ids`. */
+  private begin(content: string, ids: number[], opts: TurnOptions): Turn {
+    if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
+    if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is already running in this session');
     const maxContext = this.scheduler.engine.stats().maxContext;
     if (ids.length >= maxContext) {
       throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${ids.length} tokens) does not fit the context of ${maxContext} tokens`);

@@ -18,7 +18,8 @@ import { join, resolve } from 'node:path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 
 import { WeftError } from '../errors.js';
-import { EncodeWorker } from './encode-worker.js';
+import { EncodeWorker, type EncodeQueueLimits } from './encode-worker.js';
+import { maxInputBytesPerToken } from './token-bound.js';
 import { ByteLevelStreamDecoder, type StreamDecoder, type StreamDecoderHost, WindowStreamDecoder } from './stream-decoder.js';
 
 export type { StreamDecoder } from './stream-decoder.js';
@@ -26,6 +27,8 @@ export type { StreamDecoder } from './stream-decoder.js';
 export interface EncodeOptions {
   /** Apply the tokenizer's post-processor (e.g. Llama-3's BOS) and add_bos_token/add_eos_token. Default true (as in `tokenizers`). */
   addSpecialTokens?: boolean;
+  /** encodeAsync: gives up (WEFT_CANCELLED) when it fires; a text still queued for the worker is never encoded. */
+  signal?: AbortSignal;
 }
 
 export interface DecodeOptions {
@@ -92,6 +95,13 @@ async function readJsonFile(path: string, required: boolean): Promise<unknown | 
 export class Tokenizer {
   /** Texts at least this long (UTF-16 units) are encoded by encodeAsync in a worker thread. */
   asyncThresholdChars = 8192;
+  /** Bounds of the worker's queue (beyond them encodeAsync rejects with WEFT_OVERLOADED). */
+  encodeQueueLimits: Partial<EncodeQueueLimits> = {};
+  /**
+   * Most bytes of input text one token can stand for, or null when this tokenizer gives no such
+   * bound (src/tokenizer/token-bound.ts): a text of B bytes encodes to at least B / this tokens.
+   */
+  readonly maxInputBytesPerToken: number | null;
 
   readonly vocabSize: number;
   readonly bosTokenId: number | null;
@@ -208,6 +218,7 @@ export class Tokenizer {
       }
     }
     this.eosTokenIds = [...eos];
+    this.maxInputBytesPerToken = maxInputBytesPerToken(full);
     this.addBos = this.config.add_bos_token === true && this.bosTokenId !== null;
     this.addEos = this.config.add_eos_token === true && eosId !== null;
 
@@ -253,19 +264,31 @@ export class Tokenizer {
     if (typeof text !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'encodeAsync: text must be a string');
     if (text.length < this.asyncThresholdChars) return this.encode(text, opts);
     const add = opts.addSpecialTokens ?? true;
-    if (!this.worker) {
-      this.worker = new EncodeWorker(this.jsonPath ? { jsonPath: this.jsonPath, config: this.libConfig() } : { json: this.json, config: this.libConfig() });
-    }
-    const ids = await this.worker.encode(text, add);
+    const ids = await this.encodeWorker().encode(text, add, opts.signal);
     return add ? this.addConfiguredSpecials(ids) : ids;
+  }
+
+  /** Lower bound on the tokens `text` encodes to (without special tokens), from its byte count alone; 0 when there is no bound. */
+  minTokens(text: string): number {
+    return this.maxInputBytesPerToken === null ? 0 : Math.ceil(Buffer.byteLength(text) / this.maxInputBytesPerToken);
+  }
+
+  /** Texts waiting for or in the encode worker. */
+  get encodeQueueLength(): number {
+    return this.worker?.numPending ?? 0;
   }
 
   /** Starts the encode worker ahead of the first long prompt (optional). */
   async warmup(): Promise<void> {
+    await this.encodeWorker().start();
+  }
+
+  private encodeWorker(): EncodeWorker {
     if (!this.worker) {
-      this.worker = new EncodeWorker(this.jsonPath ? { jsonPath: this.jsonPath, config: this.libConfig() } : { json: this.json, config: this.libConfig() });
+      const source = this.jsonPath ? { jsonPath: this.jsonPath, config: this.libConfig() } : { json: this.json, config: this.libConfig() };
+      this.worker = new EncodeWorker(source, this.encodeQueueLimits);
     }
-    await this.worker.start();
+    return this.worker;
   }
 
   /** Stops the encode worker (if one was started). The tokenizer stays usable; a later encodeAsync restarts it. */

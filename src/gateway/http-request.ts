@@ -1,0 +1,46 @@
+/**
+ * What both transports read from an HTTP request, parsed without anything that can throw on
+ * client input: the request target (path and query), the resume token, the Origin header.
+ *
+ * `new URL(target, base)` throws on targets such as `//`, `//[` or `/\`, and decodeURIComponent
+ * on `%zz`; neither is used here. The path is compared as sent (no percent-decoding, no dot
+ * segments resolved): a route matches only its exact spelling, anything else is a 404.
+ */
+
+export interface RequestTarget {
+  /** The path as sent, without the query (`/` when the target has none). */
+  path: string;
+  /** The query string without `?` ('' when none). */
+  query: string;
+}
+
+/** Splits a request target into path and query. Never throws. */
+export function parseTarget(raw: string | undefined): RequestTarget {
+  const target = typeof raw === 'string' ? raw : '/';
+  const q = target.indexOf('?');
+  const beforeQuery = q < 0 ? target : target.slice(0, q);
+  const query = q < 0 ? '' : target.slice(q + 1);
+  // the fragment is never sent by clients; drop one that is
+  const hash = beforeQuery.indexOf('#');
+  const path = hash < 0 ? beforeQuery : beforeQuery.slice(0, hash);
+  return { path: path === '' ? '/' : path, query: query.split('#', 1)[0]! };
+}
+
+/**
+ * The `resume` parameter of a query string: the first one, decoded as a form value. Absent or
+ * empty is undefined (a fresh session). URLSearchParams never throws: a malformed escape stays as sent.
+ */
+export function resumeParam(query: string): string | undefined {
+  if (query === '' || !query.includes('resume')) return undefined;
+  const v = new URLSearchParams(query).get('resume');
+  return v === null || v === '' ? undefined : v;
+}
+
+/** A raw HTTP/1.1 error response for a socket that is not (yet) a WebSocket: written, then the socket ends. */
+export function rawHttpError(status: 400 | 403 | 404 | 503, body: string): string {
+  const reason = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 503: 'Service Unavailable' }[status];
+  return `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+}
+
+/** The message of a refused Origin (the origin itself is not echoed). */
+export const ORIGIN_REFUSED = 'WEFT_ORIGIN_REFUSED: this origin may not open a WebSocket here (weft serve --allowed-origins)\n';
