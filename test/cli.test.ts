@@ -81,23 +81,35 @@ test('errors exit 1 with a code', async () => {
   expect(backend.stderr).toMatch(/--backend must be cpu or cuda/);
 });
 
-test('serve prints its URL, becomes ready on the default model, and stops on SIGTERM; bad sizes are coded errors', async () => {
+test('serve prints its URL, becomes ready on the default model, and on SIGTERM drains (1001 to clients) and exits 0; bad sizes are coded errors', async () => {
   const { spawn } = await import('node:child_process');
-  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--threads', '1'], { env: { ...process.env, WEFT_KV_MEMORY: '32MiB' } });
+  const { default: WebSocket } = await import('ws');
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--threads', '1', '--drain-timeout', '1'], { env: { ...process.env, WEFT_KV_MEMORY: '32MiB' } });
   let out = '';
+  let err = '';
   child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  let closeCode = 0;
   try {
     const deadline = Date.now() + 20_000;
     while (!out.includes('ready') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const url = /http:\/\/[^ ]+/.exec(out)![0];
     expect(out).toContain('/v1/ws');
+    expect(err).not.toContain('warning'); // loopback: no exposure warning
     expect((await fetch(url + '/readyz')).status).toBe(200);
     expect((await fetch(url + '/healthz')).status).toBe(200);
+    const ws = new WebSocket(url.replace('http', 'ws') + '/v1/ws');
+    const closed = new Promise<number>((r) => ws.on('close', (code) => r(code)));
+    await new Promise((r) => ws.once('message', r));
+    child.kill('SIGTERM');
+    closeCode = await closed;
   } finally {
     child.kill('SIGTERM');
   }
   expect(await exited).toBe(0);
+  expect(closeCode).toBe(1001);
+  expect(out).toContain('draining');
   const bad = await cli(['serve', '--kv-memory', 'lots']);
   expect(bad.code).toBe(1);
   expect(bad.stderr).toContain('WEFT_BAD_ARGUMENT');
@@ -105,4 +117,31 @@ test('serve prints its URL, becomes ready on the default model, and stops on SIG
   expect(parseSize('256MiB', 'x')).toBe(256 << 20);
   expect(parseSize('1.5k', 'x')).toBe(1536);
   expect(parseSize('4096', 'x')).toBe(4096);
+});
+
+test('serve: a missing model fails before anything listens; a port in use is WEFT_LISTEN_FAILED; a non-loopback host is warned about', async () => {
+  const missing = await cli(['serve', '--model', '/nonexistent/model', '--port', '0']);
+  expect(missing.code).toBe(1);
+  expect(missing.stderr).toContain('WEFT_MODEL_NOT_FOUND');
+  expect(missing.stdout).not.toContain('listening');
+  const { createServer } = await import('node:net');
+  const taken = createServer();
+  const port = await new Promise<number>((r) => taken.listen(0, '127.0.0.1', () => r((taken.address() as { port: number }).port)));
+  const inUse = await cli(['serve', '--port', String(port)]);
+  taken.close();
+  expect(inUse.code).toBe(1);
+  expect(inUse.stderr).toMatch(/error WEFT_LISTEN_FAILED: cannot listen on 127\.0\.0\.1:\d+: the port is in use/);
+  const help = await cli(['serve', '--help']);
+  expect(help.stdout).toMatch(/Exposure:/);
+  expect(help.stdout).toContain('--allowed-origins');
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '0.0.0.0', '--threads', '1'], { env: { ...process.env, WEFT_KV_MEMORY: '32MiB' } });
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  const deadline = Date.now() + 10_000;
+  while (!err.includes('warning') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGTERM');
+  expect(await exited).toBe(0);
+  expect(err).toMatch(/warning: listening on 0\.0\.0\.0, not a loopback address/);
 });

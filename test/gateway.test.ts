@@ -4,73 +4,10 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import WebSocket from 'ws';
 import { Engine } from '../src/engine/engine.js';
 import { Gateway } from '../src/gateway/server.js';
 import { Session, type TurnDone } from '../src/session/session.js';
-
-type Ev = Record<string, any>;
-
-class Client {
-  readonly events: Ev[] = [];
-  private waiters: (() => void)[] = [];
-  closed = false;
-  closeCode = 0;
-  private constructor(readonly ws: WebSocket) {
-    ws.on('message', (d) => {
-      this.events.push(JSON.parse(d.toString()));
-      for (const w of this.waiters.splice(0)) w();
-    });
-    ws.on('close', (code) => {
-      this.closed = true;
-      this.closeCode = code;
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-  static async open(url: string): Promise<Client> {
-    const ws = new WebSocket(url);
-    const c = new Client(ws);
-    await new Promise<void>((res, rej) => {
-      ws.once('open', () => res());
-      ws.once('error', rej);
-    });
-    return c;
-  }
-  send(ev: unknown): void {
-    this.ws.send(typeof ev === 'string' ? ev : JSON.stringify(ev));
-  }
-  private pos = 0;
-  /** The next event (after those already taken) that matches. */
-  async next(pred: (e: Ev) => boolean = () => true, timeoutMs = 20_000): Promise<Ev> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      while (this.pos < this.events.length) {
-        const e = this.events[this.pos++]!;
-        if (pred(e)) return e;
-      }
-      if (this.closed) throw new Error('closed');
-      if (Date.now() > deadline) throw new Error('timeout');
-      await new Promise<void>((r) => {
-        this.waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  }
-  async waitClosed(): Promise<void> {
-    while (!this.closed) await new Promise<void>((r) => this.waiters.push(r));
-  }
-  /** Sends a message and collects the response to its done event. */
-  async turn(content: string, sampling?: object): Promise<{ created: Ev; deltas: Ev[]; done: Ev; text: string }> {
-    this.send({ type: 'message.create', content, sampling, event_id: `m-${content.length}` });
-    const created = await this.next((e) => e.type === 'response.created');
-    const deltas: Ev[] = [];
-    for (;;) {
-      const e = await this.next((x) => x.response_id === created.response_id);
-      if (e.type === 'response.delta') deltas.push(e);
-      else if (e.type === 'response.done') return { created, deltas, done: e, text: deltas.map((d) => d.text).join('') };
-    }
-  }
-}
+import { Client, type Ev } from './helpers/ws-client.js';
 
 let engine: Engine;
 let gw: Gateway;

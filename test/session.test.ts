@@ -125,4 +125,48 @@ describe('session', () => {
     expect(r.done.usage.cached_tokens).toBeGreaterThan(0);
     await s.close();
   });
+
+  test('sendAsync: a long conversation is tokenized in the worker with the answer of send; one that cannot fit is refused by its size, untokenized', async () => {
+    const tok = engine.tokenizer!;
+    const threshold = tok.asyncThresholdChars;
+    tok.asyncThresholdChars = 64; // the default model's context (512) holds only short texts: send them to the worker anyway
+    try {
+      const history = [
+        { role: 'user' as const, content: 'In the beginning God created the heaven and the earth. And the earth was without form, and void.' },
+        { role: 'assistant' as const, content: 'And God said, Let there be light: and there was light.' },
+      ];
+      const a = new Session(sched, { sampling: SAMPLING, history, maxTokens: 16 });
+      const b = new Session(sched, { sampling: SAMPLING, history, maxTokens: 16 });
+      const pending = a.sendAsync('And what did he call the light?');
+      expect(a.state).toBe(SessionState.Preparing);
+      expect(tok.encodeQueueLength).toBe(1);
+      expect(() => a.send('more')).toThrow(expect.objectContaining({ code: 'WEFT_SEQUENCE_BUSY' }));
+      const viaWorker = await run(await pending);
+      const inline = await run(b.send('And what did he call the light?'));
+      expect(viaWorker.text).toBe(inline.text);
+      expect(viaWorker.done.usage).toEqual(inline.done.usage);
+      expect(a.messages).toEqual(b.messages);
+
+      // a cancel while it waits for the worker: WEFT_CANCELLED, the transcript unchanged
+      const n = a.messages.length;
+      const abort = new AbortController();
+      const cancelled = a.sendAsync('And the evening and the morning were the first day.', { signal: abort.signal });
+      abort.abort();
+      await expect(cancelled).rejects.toMatchObject({ code: 'WEFT_CANCELLED' });
+      expect(a.messages.length).toBe(n);
+      expect(a.state).toBe(SessionState.Idle);
+
+      // 1 MiB of text: rejected before any tokenizing (the worker sees nothing, the event loop is not held)
+      const huge = 'and the LORD said unto Moses '.repeat(40_000);
+      const t0 = performance.now();
+      await expect(a.sendAsync(huge)).rejects.toMatchObject({ code: 'WEFT_CONTEXT_OVERFLOW', message: expect.stringMatching(/at least \d+ tokens/) });
+      expect(() => a.send(huge)).toThrow(expect.objectContaining({ code: 'WEFT_CONTEXT_OVERFLOW' }));
+      expect(performance.now() - t0).toBeLessThan(200);
+      expect(tok.encodeQueueLength).toBe(0);
+      expect(a.messages.length).toBe(n);
+      await Promise.all([a.close(), b.close()]);
+    } finally {
+      tok.asyncThresholdChars = threshold;
+    }
+  });
 });

@@ -358,4 +358,59 @@ describe('encodeAsync', () => {
     expect(ra).toEqual(tok.encode(a));
     expect(rb).toEqual(tok.encode(b));
   }, 60_000);
+
+  it('bounds its queue (WEFT_OVERLOADED) and drops a queued text whose caller gave up (WEFT_CANCELLED)', async () => {
+    const tok = Tokenizer.fromJSON(JSON.parse(readFileSync(join(dirs.gpt2, 'tokenizer.json'), 'utf8')));
+    tok.asyncThresholdChars = 16;
+    tok.encodeQueueLimits = { maxTexts: 3 };
+    const text = 'the quick brown fox jumps over the lazy dog '.repeat(2000);
+    const first = tok.encodeAsync(text);
+    const abort = new AbortController();
+    const second = tok.encodeAsync(text + 'x', { signal: abort.signal });
+    const third = tok.encodeAsync(text + 'y');
+    expect(tok.encodeQueueLength).toBe(3);
+    expect(await codeOf(tok.encodeAsync(text))).toMatch(/^WEFT_OVERLOADED/);
+    abort.abort();
+    expect(await codeOf(second)).toMatch(/^WEFT_CANCELLED/);
+    expect(tok.encodeQueueLength).toBe(2);
+    expect(await first).toEqual(tok.encode(text));
+    expect(await third).toEqual(tok.encode(text + 'y'));
+    expect(tok.encodeQueueLength).toBe(0);
+    const pre = new AbortController();
+    pre.abort();
+    expect(await codeOf(tok.encodeAsync(text, { signal: pre.signal }))).toMatch(/^WEFT_CANCELLED/);
+    await tok.dispose();
+  }, 60_000);
+});
+
+describe('the byte-count lower bound on tokens (token-bound.ts)', () => {
+  it('never exceeds the real count on the fixture texts and random strings (byte-level and byte-fallback)', () => {
+    const llama2 = Tokenizer.fromJSON(
+      {
+        model: { type: 'BPE', byte_fallback: true, fuse_unk: true, unk_token: '<unk>', vocab: Object.fromEntries([...'▁abc'].map((c, i) => [c, i]).concat([['<unk>', 4], ...Array.from({ length: 256 }, (_, b) => [`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, 5 + b] as [string, number]), ['▁ab', 261], ['▁abc▁abc', 262]])), merges: ['▁ a', '▁a b', 'b c'] },
+        normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+        decoder: { type: 'Sequence', decoders: [{ type: 'ByteFallback' }] },
+      },
+    );
+    let seed = 7;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const alphabet = ['a', 'b', 'c', ' ', 'é', '漢', '😀', '\n', '<|endoftext|>', 'abc abc'];
+    const randoms = Array.from({ length: 300 }, () => Array.from({ length: 1 + Math.floor(rnd() * 60) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join(''));
+    for (const tok of [toks.gpt2, toks.cl100k_base, toks.o200k_base, llama2]) {
+      expect(tok.maxInputBytesPerToken).toBeGreaterThan(0);
+      for (const t of [...texts, ...randoms]) expect(tok.minTokens(t), t).toBeLessThanOrEqual(tok.encode(t, { addSpecialTokens: false }).length);
+    }
+    expect(toks.gpt2.minTokens('x'.repeat(1 << 20))).toBeGreaterThan(1000);
+  });
+
+  it('gives no bound where a token can swallow any run of text', () => {
+    const base = JSON.parse(readFileSync(join(dirs.gpt2, 'tokenizer.json'), 'utf8'));
+    const without = (patch: object) => Tokenizer.fromJSON({ ...base, ...patch }).maxInputBytesPerToken;
+    expect(without({})).not.toBeNull();
+    expect(without({ normalizer: { type: 'Strip', strip_left: true, strip_right: true } })).toBeNull();
+    expect(without({ normalizer: { type: 'Replace', pattern: { Regex: '\\s+' }, content: ' ' } })).toBeNull();
+    expect(without({ pre_tokenizer: { type: 'Whitespace' } })).toBeNull();
+    expect(without({ added_tokens: [...base.added_tokens, { id: 50257, content: '<mask>', special: true, lstrip: true, rstrip: false, normalized: false, single_word: false }] })).toBeNull();
+    expect(without({ decoder: null })).toBeNull(); // BPE neither byte-level nor byte-fallback: an unknown token may cover a run
+  });
 });

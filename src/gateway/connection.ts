@@ -47,8 +47,9 @@ export class Connection {
   private closed = false;
   private readonly limiter: ConnectionRateLimiter;
   private pausedUntil = 0;
-  /** Frames dropped by the rate limiter since the last one taken. */
+  /** Frames, and their bytes, dropped by the rate limiter since the last one taken. */
   private numDropped = 0;
+  private droppedBytes = 0;
   private blocked = false;
   private corked = false;
   private resumeToken: string | null = null;
@@ -140,8 +141,9 @@ export class Connection {
     }
     const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
     const wait = this.limiter.admit(size);
-    if (wait > 0) return this.rateLimited(wait);
+    if (wait > 0) return this.rateLimited(wait, size);
     this.numDropped = 0;
+    this.droppedBytes = 0;
     const ev = parseClientFrame(data, isBinary, this.gw.maxFrameBytes);
     if (ev instanceof ProtocolError) return this.error(ev.code, ev.message, ev.event_id);
     try {
@@ -153,9 +155,10 @@ export class Connection {
   }
 
   /** A frame over the connection's rate: answered without being parsed, and the socket is not read until the budget is back. */
-  private rateLimited(waitMs: number): void {
+  private rateLimited(waitMs: number, size: number): void {
     this.gw.metrics.errors.inc({ code: 'WEFT_RATE_LIMITED' });
-    if (++this.numDropped > this.gw.rateLimits.frameBurst) {
+    this.droppedBytes += size;
+    if (++this.numDropped > this.gw.rateLimits.frameBurst || this.droppedBytes > this.gw.rateLimits.byteBurst) {
       // it keeps sending without heeding retry_after_ms (a transport that cannot pause reading)
       this.error('WEFT_RATE_LIMITED', 'the client keeps sending over its rate limit; the connection is closed');
       this.onClose();

@@ -229,8 +229,8 @@ export class Gateway {
    */
   drain(): Promise<void> {
     this.drained ??= (async () => {
+      // still listening: /readyz answers 503 and a new connection gets WEFT_DRAINING (not a refused TCP connect)
       this.draining = true;
-      this.transport.stopListening();
       const busy = () => [...this.connections].some((c) => c.busy);
       const wait = async (ms: number) => {
         const end = performance.now() + ms;

@@ -144,11 +144,6 @@ export class UwsTransport implements Transport {
     });
   }
 
-  stopListening(): void {
-    if (this.listenSocket) load().us_listen_socket_close(this.listenSocket);
-    this.listenSocket = null;
-  }
-
   async close(): Promise<void> {
     for (const ws of [...this.sockets]) {
       const ud = ws.getUserData();

@@ -13,8 +13,6 @@ export const WS_PATH = '/v1/ws';
 export interface Transport {
   /** Listens; resolves with the bound port (WEFT_LISTEN_FAILED when it cannot). */
   listen(host: string, port: number): Promise<number>;
-  /** Stops accepting connections; open ones stay. */
-  stopListening(): void;
   /** Drops every socket and stops listening. */
   close(): Promise<void>;
 }
@@ -117,15 +115,10 @@ export class WsTransport implements Transport {
     });
   }
 
-  stopListening(): void {
-    if (this.http.listening) this.http.close();
-  }
-
   async close(): Promise<void> {
     for (const c of this.wss.clients) c.terminate();
     this.wss.close();
     this.http.closeAllConnections();
-    if (!this.http.listening) return;
     await new Promise<void>((r) => this.http.close(() => r()));
   }
 }
