@@ -226,6 +226,39 @@ describe('scheduler', () => {
     expect(st2.push(0).text).toBe('');
     expect(st2.push(0).text).toBe('bcd');
   });
+
+  test('TextStopper holds back exactly the longest stop-string prefix (vs a brute-force reference), in linear time per token', () => {
+    let seed = 3;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+    const word = (len: number) => Array.from({ length: len }, () => 'ab'[rnd(2)]).join('');
+    for (let round = 0; round < 300; round++) {
+      const stops = Array.from({ length: 1 + rnd(3) }, () => word(1 + rnd(6)));
+      const pieces = Array.from({ length: 12 }, () => word(rnd(4)));
+      let i = 0;
+      const st = new TextStopper({ push: () => pieces[i++]!, flush: () => '' }, stops);
+      // reference: hold the longest suffix of the pending text that is a proper prefix of a stop string
+      let pending = '';
+      for (let k = 0; k < pieces.length; k++) {
+        pending += pieces[k];
+        const got = st.push(0);
+        const at = Math.min(...stops.map((x) => pending.indexOf(x)).filter((x) => x >= 0));
+        if (Number.isFinite(at)) {
+          expect(got).toEqual({ text: pending.slice(0, at), stop: true });
+          break;
+        }
+        let hold = 0;
+        for (const x of stops) for (let n = 1; n < x.length; n++) if (pending.endsWith(x.slice(0, n))) hold = Math.max(hold, n);
+        expect(got, JSON.stringify({ stops, pieces, k })).toEqual({ text: pending.slice(0, pending.length - hold), stop: false });
+        pending = pending.slice(pending.length - hold);
+      }
+    }
+    // the worst case for a quadratic hold-back scan: 16 stop strings of 1,024 characters and a long held prefix
+    const stops = Array.from({ length: 16 }, (_, j) => 'ab'.repeat(511) + 'c' + String.fromCharCode(100 + j));
+    const st = new TextStopper({ push: () => 'ab', flush: () => '' }, stops);
+    const t0 = performance.now();
+    for (let k = 0; k < 1000; k++) st.push(0);
+    expect(performance.now() - t0).toBeLessThan(300); // ~1,000 tokens: well under 0.3 ms each
+  });
 });
 
 describe('KV pressure', () => {
