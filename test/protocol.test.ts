@@ -34,3 +34,40 @@ test('bad frames get their codes', () => {
   const e = parse('{"type":"message.create","content":5,"event_id":"q"}') as ProtocolError;
   expect(e.toEvent()).toEqual({ type: 'error', code: 'WEFT_BAD_FRAME', message: expect.any(String), event_id: 'q' });
 });
+
+test('a frame whose structure cannot be a protocol frame is refused before JSON.parse, in microseconds', () => {
+  const big = (s: string) => parseClientFrame(s, false, 4 << 20);
+  const cases: [string, RegExp][] = [
+    ['['.repeat(1 << 20), /nests deeper than 8/],
+    ['{"a":'.repeat(200_000), /nests deeper than 8/],
+    ['[' + '1,'.repeat(500_000) + '1]', /more than 256 values/],
+    [JSON.stringify({ type: 'message.create', content: 'x', sampling: { stop: Array(100_000).fill('ab') } }), /more than 256 values/],
+  ];
+  for (const [frame, why] of cases) {
+    const t0 = performance.now();
+    const r = big(frame);
+    expect(performance.now() - t0).toBeLessThan(20);
+    expect(r).toBeInstanceOf(ProtocolError);
+    expect((r as ProtocolError).code).toBe('WEFT_BAD_FRAME');
+    expect((r as ProtocolError).message).toMatch(why);
+  }
+  // brackets, braces, quotes and backslashes inside strings are text, not structure
+  const text = '[[[[{{{{ "quoted" \\ \\" ]]]] '.repeat(1000);
+  expect(big(JSON.stringify({ type: 'message.create', content: text, event_id: '{[' }))).toEqual({ type: 'message.create', content: text, event_id: '{[' });
+  expect(code(big('{"type":"message.create","content":"unterminated'))).toBe('WEFT_BAD_FRAME');
+});
+
+test('every object of a frame takes only its documented keys, prototype names included', () => {
+  for (const f of [
+    '{"type":"message.create","content":"a","extra":1}',
+    '{"type":"message.create","content":"a","__proto__":{}}',
+    '{"type":"session.update","session":{"constructor":"x"}}',
+    '{"type":"session.update","session":{"sampling":{"valueOf":1}}}',
+    '{"type":"message.create","content":"a","sampling":{"hasOwnProperty":1}}',
+    '{"type":"response.cancel","x":null}',
+    '{"type":"toString"}',
+  ]) {
+    expect(['WEFT_BAD_FRAME', 'WEFT_UNKNOWN_TYPE'], f).toContain(code(parse(f)));
+  }
+  expect(code(parseClientFrame(JSON.stringify({ type: 'message.create', content: 'a', sampling: { stop: ['x'.repeat(1025)] } }), false, 4096))).toBe('WEFT_BAD_FRAME');
+});

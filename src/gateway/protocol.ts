@@ -112,6 +112,42 @@ function parseSampling(v: unknown, where: string, id: string | undefined): WireS
   return out;
 }
 
+/** Deepest nesting and most values (`,` `:` and brackets outside strings) a frame may have: a valid one has a handful. */
+export const MAX_FRAME_DEPTH = 8;
+export const MAX_FRAME_VALUES = 256;
+
+/**
+ * Why a frame's JSON cannot be a protocol frame, judged from its structure alone, or null. JSON.parse
+ * of a megabyte nested a million levels deep takes over 100 ms (of numbers, 15 ms); valid frames
+ * are a few strings in a few objects. Strings are skipped with indexOf (memchr), so a frame that
+ * is one long `content` costs microseconds.
+ */
+function structureError(b: Buffer): string | null {
+  let depth = 0;
+  let values = 0;
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]!;
+    if (c === 0x22) {
+      // to the closing quote: one not preceded by an odd run of backslashes
+      let j = i;
+      for (;;) {
+        j = b.indexOf(0x22, j + 1);
+        if (j < 0) return null; // unterminated: JSON.parse says so
+        let k = j - 1;
+        while (b[k] === 0x5c) k--;
+        if ((j - 1 - k) % 2 === 0) break;
+      }
+      i = j;
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > MAX_FRAME_DEPTH) return `the frame nests deeper than ${MAX_FRAME_DEPTH} levels`;
+      values++;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+    else if (c === 0x2c || c === 0x3a) values++;
+    if (values > MAX_FRAME_VALUES) return `the frame has more than ${MAX_FRAME_VALUES} values`;
+  }
+  return null;
+}
+
 /**
  * Parses one client frame. `data` is the frame's payload; `isBinary` whether it came as a binary
  * frame. Throws nothing: a rejected frame comes back as a ProtocolError. A key that is not a
@@ -121,6 +157,9 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
   const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
   if (size > maxFrameBytes) return new ProtocolError('WEFT_FRAME_TOO_LARGE', `the frame has ${size} bytes; the limit is ${maxFrameBytes}`);
   if (isBinary) return new ProtocolError('WEFT_BAD_FRAME', 'binary frames are not accepted: send JSON text frames');
+  const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+  const shape = structureError(bytes);
+  if (shape) return new ProtocolError('WEFT_BAD_FRAME', shape);
   let msg: unknown;
   try {
     msg = JSON.parse(typeof data === 'string' ? data : data.toString('utf8'));
