@@ -8,6 +8,7 @@ import { Engine, type SamplingOptions } from '../src/engine/engine.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { ChatFormat } from '../src/session/chat-format.js';
 import { Session, SessionState, type Turn, type TurnDone } from '../src/session/session.js';
+import { replayPrompt } from './helpers/replay.js';
 
 let engine: Engine;
 let sched: Scheduler;
@@ -41,7 +42,7 @@ describe('session', () => {
     expect(f.render([{ role: 'user', content: 'Hi' }], true)).toBe('<|endoftext|>And one asked him, saying, Hi\nAnd he answered and said,');
   });
 
-  test('a follow-up turn reuses the KV and equals a fresh session given the whole transcript', async () => {
+  test('a follow-up turn reuses the KV of every token so far (answers as generated) and equals a fresh sequence given the same prompt', async () => {
     const a = new Session(sched, { sampling: SAMPLING, maxTokens: 40 });
     expect(a.state).toBe(SessionState.Idle);
     const t1 = a.send('Who made the heaven and the earth?');
@@ -54,25 +55,30 @@ describe('session', () => {
     expect(['stop', 'length']).toContain(r1.done.finishReason);
     expect(r1.done.usage.cached_tokens).toBe(0);
 
-    const r2 = await run(a.send('And what did he say unto them?'));
-    expect(r2.done.usage.cached_tokens).toBeGreaterThan(0);
-    expect(r2.done.usage.prompt_tokens).toBeGreaterThan(r2.done.usage.cached_tokens);
+    const t2 = a.send('And what did he say unto them?');
+    const r2 = await run(t2);
+    // the whole conversation is reused: turn 1's prompt and answer (but its last token, sampled and never fed)
+    const p1 = r1.done.usage.prompt_tokens;
+    const c1 = r1.done.usage.completion_tokens;
+    expect(r2.done.usage.cached_tokens).toBe(p1 + c1 - 1);
+    expect(t2.prompt.slice(0, p1 + c1)).toEqual([...t1.prompt, ...t1.request.generated]);
+    // what the template adds after the answer, as tokens: the answer's own "\n" is not doubled
+    const added = engine.tokenizer!.decode(t2.prompt.slice(p1 + c1) as number[]);
+    expect(added).toBe('And one asked him, saying, And what did he say unto them?\nAnd he answered and said,');
+    expect(engine.tokenizer!.decode(t1.request.generated).endsWith('\n')).toBe(r1.done.finishReason === 'stop');
 
-    const b = new Session(sched, {
-      sampling: SAMPLING,
-      maxTokens: 40,
-      history: [
-        { role: 'user', content: 'Who made the heaven and the earth?' },
-        { role: 'assistant', content: r1.done.text },
-      ],
-    });
-    const rb = await run(b.send('And what did he say unto them?'));
-    expect(rb.done.usage.cached_tokens).toBe(0);
-    expect(rb.done.usage.prompt_tokens).toBe(r2.done.usage.prompt_tokens);
-    expect(rb.text).toBe(r2.text);
-    expect(rb.done.finishReason).toBe(r2.done.finishReason);
+    const ref = await replayPrompt(sched, a.format, t2.prompt, SAMPLING, 40);
+    expect(ref.text).toBe(r2.text);
+    expect(ref.tokens).toEqual(t2.request.generated);
     expect(a.messages.map((m) => m.role)).toEqual(['user', 'assistant', 'user', 'assistant']);
-    expect(a.messages).toEqual(b.messages);
+    expect(a.messages[1]).toEqual({ role: 'assistant', content: r1.text });
+
+    // a session given the same transcript as text renders and encodes it whole: same messages, its own tokens
+    const b = new Session(sched, { sampling: SAMPLING, maxTokens: 40, history: [{ role: 'user', content: 'Who made the heaven and the earth?' }, { role: 'assistant', content: r1.done.text }] });
+    const tb = b.send('And what did he say unto them?');
+    const rb = await run(tb);
+    expect(rb.done.usage.cached_tokens).toBe(0);
+    expect(rb.text).toBe((await replayPrompt(sched, b.format, tb.prompt, SAMPLING, 40)).text);
 
     const before = engine.stats().sequences;
     await a.close();

@@ -27,6 +27,7 @@ usage:
                 [--resume-ttl SECONDS] [--transport ws|uws] [--allowed-origins LIST]
                 [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-buffered-bytes SIZE]
                 [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
+                [--context-policy truncate|reject]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -50,7 +51,9 @@ allowed), WEFT_MAX_FRAMES_PER_SECOND (per connection, default 100), WEFT_MAX_BYT
 (per connection, default 1MiB), WEFT_MAX_BUFFERED_BYTES (unread answers after which a client
 that keeps sending is disconnected, default 16MiB), WEFT_MAX_DETACHED_SESSIONS (sessions waiting
 for a resume, default --max-sessions), WEFT_MAX_DETACHED_PER_CLIENT (per client address,
-default 16), WEFT_DRAIN_TIMEOUT (seconds SIGTERM lets running answers finish, default 10).
+default 16), WEFT_DRAIN_TIMEOUT (seconds SIGTERM lets running answers finish, default 10),
+WEFT_CONTEXT_POLICY (truncate: a chat that outgrows the context drops its oldest turns, the
+default; reject: WEFT_CONTEXT_OVERFLOW).
 
 Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. It has
 no API keys and no TLS yet: on any other --host (0.0.0.0, a LAN address) anyone who can reach
@@ -179,7 +182,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     model: 'string', port: 'string', host: 'string', backend: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
     'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
     'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-buffered-bytes': 'string',
-    'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string',
+    'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string', 'context-policy': 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
@@ -206,6 +209,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     maxDetachedSessions: int('max-detached-sessions'),
     maxDetachedPerClient: int('max-detached-per-client'),
     drainTimeoutMs: seconds('drain-timeout'),
+    contextPolicy: serveOption(f, 'context-policy', 'string') as 'truncate' | 'reject' | undefined,
   });
   const { url } = await gw.listen();
   if (!isLoopback(host)) {

@@ -117,7 +117,7 @@ export class Connection {
     }
     if (this.resume !== undefined) this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
     if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions`);
-    const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens, sampling: this.gw.options.sessionSampling });
+    const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens, sampling: this.gw.options.sessionSampling, contextPolicy: this.gw.options.contextPolicy });
     this.session = session;
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
@@ -210,11 +210,10 @@ export class Connection {
         if (ev.session.sampling) this.sampling = { ...this.sampling, ...ev.session.sampling };
         if (ev.session.system !== undefined) {
           this.system = ev.session.system || undefined;
-          const msgs = session.messages;
-          if (msgs[0]?.role === 'system') msgs.splice(0, 1);
-          if (this.system) msgs.unshift({ role: 'system', content: this.system });
+          session.setSystem(this.system);
         }
-        return this.send(withId({ type: 'session.updated', session: { id: session.id, system: this.system ?? null, sampling: this.sampling } }, ev.event_id));
+        if (ev.session.context_policy !== undefined) session.contextPolicy = ev.session.context_policy;
+        return this.send(withId({ type: 'session.updated', session: { id: session.id, system: this.system ?? null, sampling: this.sampling, context_policy: session.contextPolicy } }, ev.event_id));
       }
       case 'message.create':
         return this.create(session, ev);
@@ -305,7 +304,7 @@ export class Connection {
     m.promptTokens.inc(ev.usage.prompt_tokens);
     m.cachedTokens.inc(ev.usage.cached_tokens);
     m.generatedTokens.inc(ev.usage.completion_tokens);
-    const done: Record<string, unknown> = { type: 'response.done', response_id: id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing };
+    const done: Record<string, unknown> = { type: 'response.done', response_id: id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing, truncated_turns: ev.truncatedTurns };
     if (ev.error) {
       done.error = ev.error;
       m.errors.inc({ code: ev.error.code });

@@ -21,10 +21,18 @@ export interface WireSampling {
 }
 
 export type ClientEvent =
-  | { type: 'session.update'; event_id?: string; session: { system?: string; sampling?: WireSampling } }
+  | { type: 'session.update'; event_id?: string; session: SessionUpdate }
   | { type: 'message.create'; event_id?: string; content: string; sampling?: WireSampling }
   | { type: 'response.cancel'; event_id?: string }
   | { type: 'session.close'; event_id?: string };
+
+/** The fields of `session.update`'s session object. */
+export interface SessionUpdate {
+  system?: string;
+  sampling?: WireSampling;
+  /** What a message that does not fit the context does: drop the oldest turns (`truncate`) or `reject`. */
+  context_policy?: 'truncate' | 'reject';
+}
 
 export interface ErrorEvent {
   type: 'error';
@@ -75,7 +83,7 @@ const EVENT_FIELDS: Record<ClientEvent['type'], readonly string[]> = {
   'response.cancel': [],
   'session.close': [],
 };
-const SESSION_FIELDS = ['system', 'sampling'];
+const SESSION_FIELDS = ['system', 'sampling', 'context_policy'];
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 /** A key of a table, looked up without the prototype chain (`constructor`, `__proto__` are not fields). */
@@ -188,12 +196,16 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
         const s = msg.session;
         const extraField = unknownKey(s, SESSION_FIELDS);
         if (extraField !== undefined) throw new ProtocolError('WEFT_BAD_FRAME', `session.update: unknown field session.${quoteKey(extraField)}`, id);
-        const session: { system?: string; sampling?: WireSampling } = {};
+        const session: SessionUpdate = {};
         if (has(s, 'system')) {
           if (typeof s.system !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'session.system must be a string', id);
           session.system = s.system;
         }
         if (has(s, 'sampling')) session.sampling = parseSampling(s.sampling, 'session.sampling', id);
+        if (has(s, 'context_policy')) {
+          if (s.context_policy !== 'truncate' && s.context_policy !== 'reject') throw new ProtocolError('WEFT_BAD_FRAME', 'session.context_policy must be "truncate" or "reject"', id);
+          session.context_policy = s.context_policy;
+        }
         return withId({ type: 'session.update' as const, session });
       }
       case 'message.create': {

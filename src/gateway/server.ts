@@ -56,6 +56,8 @@ export interface GatewayOptions {
   transport?: 'ws' | 'uws';
   /** Server-side sampling defaults of every session (a client's sampling overrides them field by field). */
   sessionSampling?: SamplingOptions;
+  /** A message that does not fit the context: `truncate` (drop the oldest turns, the default) or `reject`. Per session in session.update. */
+  contextPolicy?: 'truncate' | 'reject';
   scheduler?: SchedulerOptions;
 }
 
@@ -125,6 +127,9 @@ export class Gateway {
         void this.endSession(d.session);
       },
     );
+    if (options.contextPolicy !== undefined && options.contextPolicy !== 'truncate' && options.contextPolicy !== 'reject') {
+      throw new WeftError('WEFT_BAD_ARGUMENT', `contextPolicy must be truncate or reject (got ${String(options.contextPolicy)})`);
+    }
     this.transportName = options.transport ?? 'ws';
     if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
     this.transport = this.transportName === 'uws' ? new UwsTransport(this) : new WsTransport(this);

@@ -1,22 +1,28 @@
 /**
- * A chat session: its transcript, its engine Sequence (the conversation's KV, kept across turns),
- * its sampling defaults and limits, and a state machine.
+ * A chat session: its conversation (messages, and every token so far as the model saw and
+ * generated it: src/session/conversation.ts), its engine Sequence (the conversation's KV, kept
+ * across turns), its sampling defaults and limits, and a state machine.
  *
- * KV reuse: each turn renders the whole transcript with the chat template and encodes it; the
- * longest common prefix with the tokens already in the sequence's KV is kept (the rest of the
- * KV is truncated) and only the remaining tokens are prefilled. `cached_tokens` is that prefix.
- * Because the kept KV is exactly the prefix of the fresh encoding, a follow-up turn computes the
- * same thing a fresh session given the whole transcript would (the sampler is reseeded per turn).
+ * KV reuse: a follow-up turn's prompt is the conversation's tokens plus the tokens of what the
+ * chat template adds after the last answer; the KV holds a prefix of those tokens (all of them
+ * but an answer's last, never-fed token), so only the new message is prefilled. When the
+ * conversation must be rendered again (system prompt changed, turns dropped) the longest prefix
+ * of the KV that still matches is kept. `cached_tokens` is the part of the prompt already in KV.
+ * A turn equals a fresh sequence prefilled with the same prompt tokens (the sampler is reseeded).
  *
- * Context policy: a turn whose prompt does not fit the context (leaving room for one generated
- * token) is rejected with WEFT_CONTEXT_OVERFLOW and the transcript is left unchanged. Generation
+ * Context policy: `truncate` (default) drops the oldest exchanges (never the system prompt, never
+ * the new message) until the prompt leaves room for the answer (max_tokens, at most a quarter of
+ * the context), and says so in the done event (`truncatedTurns`); `reject` (or a new message that
+ * does not fit even alone) is WEFT_CONTEXT_OVERFLOW with the transcript unchanged. Generation
  * that reaches the context limit ends with finish reason `length`.
  * A `send` while a turn is running is rejected with WEFT_SEQUENCE_BUSY.
  */
 import { WeftError } from '../errors.js';
 import type { SamplingOptions, Sequence } from '../engine/engine.js';
-import type { DoneEvent, FinishReason, ScheduledRequest, Scheduler } from '../scheduler/scheduler.js';
+import type { DoneEvent, ScheduledRequest, Scheduler } from '../scheduler/scheduler.js';
 import { ChatFormat, type ChatMessage } from './chat-format.js';
+import { Conversation } from './conversation.js';
+import { Turn, type TurnDone } from './turn.js';
 
 export enum SessionState {
   /** No turn in progress; the conversation's KV is cached (possibly parked to host memory under KV pressure). */
@@ -47,7 +53,11 @@ export interface AsyncTurnOptions extends TurnOptions {
   signal?: AbortSignal;
 }
 
+export type ContextPolicy = 'truncate' | 'reject';
+
 export interface SessionOptions extends TurnOptions {
+  /** What a turn that does not fit the context does. Default `truncate`. */
+  contextPolicy?: ContextPolicy;
   system?: string;
   /** Prior messages (a transcript to continue). */
   history?: ChatMessage[];
@@ -55,91 +65,30 @@ export interface SessionOptions extends TurnOptions {
   format?: ChatFormat;
 }
 
-export type TurnEvent =
-  /** One per generated token (seq from 0, no gaps; text may be ''); a last delta with token -1 carries text the decoder held back to the end. */
-  | { type: 'delta'; seq: number; text: string; token: number }
-  | {
-      type: 'done';
-      finishReason: FinishReason;
-      /** The assistant message as added to the transcript. */
-      text: string;
-      error?: DoneEvent['error'];
-      usage: { prompt_tokens: number; cached_tokens: number; completion_tokens: number };
-      timing: { queue_ms: number; ttft_ms: number; duration_ms: number };
-    };
-
-export type TurnDone = Extract<TurnEvent, { type: 'done' }>;
-
-/** Receives a turn's events as they come (`Turn.listen`): the push alternative to iterating. */
-export interface TurnListener {
-  /** One per generated token, seq from 0 without gaps (text may be ''); a last one may carry held-back text. */
-  delta(seq: number, text: string): void;
-  done(ev: TurnDone): void;
-  /** The turn could not be settled (an internal failure). */
-  fail(err: unknown): void;
-}
-
-/**
- * One turn in progress: iterate it for deltas and the done event, or `listen` (one of the two);
- * `done` resolves either way.
- */
-export class Turn implements AsyncIterable<TurnEvent> {
-  constructor(
-    readonly request: ScheduledRequest,
-    readonly done: Promise<TurnDone>,
-  ) {}
-
-  cancel(): void {
-    this.request.cancel();
-  }
-
-  /** Text the decoder held back until the end (a prefix of a stop string that never completed). */
-  private heldBack(done: TurnDone, streamed: string): string {
-    return done.text.length > streamed.length && done.text.startsWith(streamed) ? done.text.slice(streamed.length) : '';
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<TurnEvent> {
-    let text = '';
-    for await (const ev of this.request) {
-      if (ev.type === 'token') {
-        text += ev.text ?? '';
-        yield { type: 'delta', seq: ev.index, text: ev.text ?? '', token: ev.token };
-      }
-    }
-    const done = await this.done;
-    const tail = this.heldBack(done, text);
-    if (tail) yield { type: 'delta', seq: this.request.generated.length, text: tail, token: -1 };
-    yield done;
-  }
-
-  /** Pushes the turn's events to `l` as each scheduler step delivers them: no promise or event object per token. */
-  listen(l: TurnListener): void {
-    let text = '';
-    this.request.listen((ev) => {
-      if (ev.type !== 'token') return;
-      const t = ev.text ?? '';
-      text += t;
-      l.delta(ev.index, t);
-    });
-    this.done.then(
-      (done) => {
-        const tail = this.heldBack(done, text);
-        if (tail) l.delta(this.request.generated.length, tail);
-        l.done(done);
-      },
-      (err) => l.fail(err),
-    ).catch(() => undefined); // a listener that throws never becomes an unhandled rejection
-  }
-}
+export { Turn, type TurnDone, type TurnEvent, type TurnListener } from './turn.js';
 
 let nextSessionId = 1;
 
+/** A turn's prompt once tokenized: every token, and how many of the oldest exchanges it leaves out. */
+interface Plan {
+  prompt: number[];
+  skip: number;
+}
+
+/** A turn's prompt before tokenizing: kept tokens, the text to encode, the exchanges left out. */
+interface Draft {
+  prefix: number[];
+  text: string;
+  skip: number;
+}
+
 export class Session {
   readonly id = `sess_${nextSessionId++}`;
-  readonly messages: ChatMessage[] = [];
   readonly format: ChatFormat;
+  readonly conversation: Conversation;
+  contextPolicy: ContextPolicy;
   private seq: Sequence | null;
-  /** Token ids whose KV the sequence holds, in order. */
+  /** Token ids whose KV the sequence holds, in order (a prefix of the conversation's tokens). */
   private cached: number[] = [];
   private turn: Turn | null = null;
   private closed = false;
@@ -152,9 +101,23 @@ export class Session {
     const tok = scheduler.engine.tokenizer;
     if (!tok) throw new WeftError('WEFT_TOKENIZER', 'a chat session needs the model tokenizer');
     this.format = defaults.format ?? new ChatFormat(tok);
-    if (defaults.system) this.messages.push({ role: 'system', content: defaults.system });
-    if (defaults.history) this.messages.push(...defaults.history.map((m) => ({ ...m })));
+    this.conversation = new Conversation(this.format);
+    if (defaults.system) this.conversation.setSystem(defaults.system);
+    if (defaults.history) this.conversation.append(defaults.history);
+    this.contextPolicy = defaults.contextPolicy ?? 'truncate';
+    if (this.contextPolicy !== 'truncate' && this.contextPolicy !== 'reject') throw new WeftError('WEFT_BAD_ARGUMENT', `contextPolicy must be truncate or reject (got ${String(this.contextPolicy)})`);
     this.seq = scheduler.engine.createSequence(defaults.sampling);
+  }
+
+  /** The transcript (system message first when there is one). */
+  get messages(): readonly ChatMessage[] {
+    return this.conversation.messages;
+  }
+
+  /** Replaces (or with '' removes) the system prompt; an idle session only. */
+  setSystem(system: string | undefined): void {
+    if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
+    this.conversation.setSystem(system);
   }
 
   get state(): SessionState {
@@ -180,10 +143,15 @@ export class Session {
    * The conversation is tokenized on this thread: see sendAsync for long messages.
    */
   send(content: string, opts: TurnOptions = {}): Turn {
-    const messages = this.nextConversation(content);
-    const text = this.format.render(messages, true);
-    this.checkFits(text);
-    return this.begin(content, this.format.tokenizer.encode(text, { addSpecialTokens: false }), opts);
+    this.checkIdle(content);
+    const encode = (text: string) => this.format.tokenizer.encode(text, { addSpecialTokens: false });
+    let plan: Plan | null = null;
+    for (let skip = 0; plan === null; ) {
+      const d = this.draft(content, skip, opts);
+      plan = this.plan(d, opts, encode(d.text));
+      skip = d.skip + 1;
+    }
+    return this.begin(content, plan, opts);
   }
 
   /**
@@ -192,46 +160,89 @@ export class Session {
    * the event loop is never held for long. The session is busy (Preparing) meanwhile.
    */
   async sendAsync(content: string, opts: AsyncTurnOptions = {}): Promise<Turn> {
-    const messages = this.nextConversation(content);
-    const text = this.format.render(messages, true);
-    this.checkFits(text);
+    this.checkIdle(content);
     this.preparing = true;
-    let ids: number[];
+    let plan: Plan | null = null;
     try {
-      ids = await this.format.tokenizer.encodeAsync(text, { addSpecialTokens: false, signal: opts.signal });
+      for (let skip = 0; plan === null; ) {
+        const d = this.draft(content, skip, opts);
+        plan = this.plan(d, opts, await this.format.tokenizer.encodeAsync(d.text, { addSpecialTokens: false, signal: opts.signal }));
+        skip = d.skip + 1;
+      }
     } finally {
       this.preparing = false;
     }
     if (this.closed) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (opts.signal?.aborted) throw new WeftError('WEFT_CANCELLED', 'the message was cancelled before its response started');
-    return this.begin(content, ids, opts);
+    return this.begin(content, plan, opts);
   }
 
-  /** The transcript with the new user message, after the checks that need no tokenizing. */
-  private nextConversation(content: string): ChatMessage[] {
+  private checkIdle(content: string): void {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (typeof content !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'content must be a string');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is already running in this session');
-    return [...this.messages, { role: 'user', content }];
   }
 
-  /** Rejects a rendered conversation that is certain not to fit by its byte count alone (no tokenizing). */
-  private checkFits(text: string): void {
+  /** Most prompt tokens a turn may have: all but one (reject), or leaving room for the answer (truncate). */
+  private promptLimit(opts: TurnOptions): number {
     const maxContext = this.scheduler.engine.stats().maxContext;
-    const atLeast = this.format.tokenizer.minTokens(text);
-    if (atLeast >= maxContext) {
-      throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${Buffer.byteLength(text)} bytes: at least ${atLeast} tokens) does not fit the context of ${maxContext} tokens`);
+    if (this.contextPolicy === 'reject') return maxContext - 1;
+    const room = Math.min(opts.maxTokens ?? this.defaults.maxTokens ?? 256, Math.floor(maxContext / 4));
+    return maxContext - Math.max(1, room);
+  }
+
+  /**
+   * The text to encode for a turn that drops the `skip` oldest exchanges, after the checks that
+   * need no tokenizing: a draft that is certain not to fit by its byte count moves on to the next
+   * `skip` (truncate) or is WEFT_CONTEXT_OVERFLOW.
+   */
+  private draft(content: string, skip: number, opts: TurnOptions): Draft {
+    const limit = this.promptLimit(opts);
+    for (;;) {
+      const d = skip === 0 ? this.conversation.next(content) : { prefix: [], text: this.format.render([...this.withoutOldest(skip), { role: 'user', content }], true) };
+      const atLeast = d.prefix.length + this.format.tokenizer.minTokens(d.text);
+      if (atLeast <= limit) return { ...d, skip };
+      if (!this.canDrop(skip)) this.overflow(`at least ${atLeast}`, Buffer.byteLength(d.text));
+      skip++;
     }
   }
 
-  /** Submits the turn whose whole prompt is `ids`. */
-  private begin(content: string, ids: number[], opts: TurnOptions): Turn {
+  /** The prompt of a draft whose text encoded to `ids`, or null when it must drop one more exchange. */
+  private plan(d: Draft, opts: TurnOptions, ids: number[]): Plan | null {
+    const prompt = d.prefix.length > 0 ? [...d.prefix, ...ids] : ids;
+    if (prompt.length <= this.promptLimit(opts)) return { prompt, skip: d.skip };
+    if (!this.canDrop(d.skip)) this.overflow(String(prompt.length));
+    return null;
+  }
+
+  /** Whether the truncate policy can leave out one more exchange than `skip`. */
+  private canDrop(skip: number): boolean {
+    return this.contextPolicy === 'truncate' && this.withoutOldest(skip + 1).length < this.withoutOldest(skip).length;
+  }
+
+  private overflow(tokens: string, bytes?: number): never {
+    const maxContext = this.scheduler.engine.stats().maxContext;
+    const size = bytes === undefined ? `${tokens} tokens` : `${bytes} bytes: ${tokens} tokens`;
+    throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${size}) does not fit the context of ${maxContext} tokens${this.contextPolicy === 'truncate' ? ', even with only the system prompt and the new message' : ''}`);
+  }
+
+  /** The messages without the `skip` oldest exchanges (the system message stays). */
+  private withoutOldest(skip: number): ChatMessage[] {
+    const msgs = [...this.conversation.messages];
+    const first = msgs[0]?.role === 'system' ? 1 : 0;
+    for (let k = 0; k < skip && msgs.length > first; k++) {
+      let n = 1;
+      while (first + n < msgs.length && msgs[first + n]!.role !== 'user') n++;
+      msgs.splice(first, n);
+    }
+    return msgs;
+  }
+
+  /** Submits the turn whose whole prompt is `plan.prompt`. */
+  private begin(content: string, plan: Plan, opts: TurnOptions): Turn {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is already running in this session');
-    const maxContext = this.scheduler.engine.stats().maxContext;
-    if (ids.length >= maxContext) {
-      throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${ids.length} tokens) does not fit the context of ${maxContext} tokens`);
-    }
+    const ids = plan.prompt;
     // keep the longest cached prefix, leaving at least one token to prefill (the sample comes from it)
     let keep = 0;
     const limit = Math.min(this.cached.length, ids.length - 1);
@@ -273,14 +284,15 @@ export class Session {
       stopStrings,
       isBlocked: opts.isBlocked ?? this.defaults.isBlocked,
     });
-    this.messages.push({ role: 'user', content });
-    const done = request.done.then((ev) => this.settle(request, ev, stopStrings, prior));
-    this.turn = new Turn(request, done);
+    for (let k = 0; k < plan.skip; k++) this.conversation.dropOldestTurn();
+    const done = request.done.then((ev) => this.settle(content, request, ev, stopStrings, prior, ids, plan.skip));
+    this.turn = new Turn(request, done, ids);
     return this.turn;
   }
 
-  private settle(request: ScheduledRequest, ev: DoneEvent, stopStrings: string[], prior: number[]): TurnDone {
-    let text = this.format.tokenizer.decode(request.generated);
+  private settle(content: string, request: ScheduledRequest, ev: DoneEvent, stopStrings: string[], prior: number[], prompt: number[], truncatedTurns: number): TurnDone {
+    const generatedText = this.format.tokenizer.decode(request.generated);
+    let text = generatedText;
     let cut = -1;
     for (const s of stopStrings) {
       const i = s ? text.indexOf(s) : -1;
@@ -288,7 +300,7 @@ export class Session {
     }
     if (cut >= 0) text = text.slice(0, cut);
     this.cached = [...prior, ...request.fed];
-    this.messages.push({ role: 'assistant', content: text });
+    this.conversation.commit(content, text, [...prompt, ...request.generated], generatedText);
     if (this.seq && !this.closed) this.scheduler.release(this.seq);
     const done: TurnDone = {
       type: 'done',
@@ -296,11 +308,11 @@ export class Session {
       text,
       usage: { prompt_tokens: ev.usage.promptTokens + ev.usage.cachedTokens, cached_tokens: ev.usage.cachedTokens, completion_tokens: ev.usage.completionTokens },
       timing: { queue_ms: ev.timing.queueMs, ttft_ms: ev.timing.ttftMs, duration_ms: ev.timing.durationMs },
+      truncatedTurns,
     };
     if (ev.error) done.error = ev.error;
     return done;
   }
-
   /**
    * Parks the conversation's KV in host memory, returning its pages to the pool (an idle session
    * only; no-op otherwise). The next turn restores it (or re-prefills when the prefix changed).

@@ -1,0 +1,105 @@
+/**
+ * A conversation as the model has seen it: the messages (text, for the transcript and for
+ * re-rendering) and the token ids of everything so far, answers exactly as they were generated.
+ *
+ * The next turn's prompt is those tokens plus the tokens of what the chat template adds after
+ * the last answer (its turn terminator, the new user message, the generation prompt), found by
+ * rendering the conversation with a marker in place of the last answer's content. So a follow-up
+ * turn re-uses the KV of every token so far, and never re-tokenizes an answer into different
+ * tokens (a re-rendered answer that begins with a space would, with many templates, get two).
+ *
+ * When the tokens no longer match the messages (the system prompt changed, old turns were
+ * dropped to fit the context), the whole conversation is rendered and encoded again.
+ */
+import type { ChatFormat, ChatMessage } from './chat-format.js';
+
+/** Never a substring of a real message, and not touched by templates that trim or escape content. */
+const MARKER = '\u2063weft-answer\u2063';
+/** Most characters of a template's text after an answer that an answer's stop text can overlap. */
+const MAX_OVERLAP = 256;
+
+export interface NextPrompt {
+  /** Tokens that stay as they are (the conversation so far), possibly none. */
+  prefix: number[];
+  /** Text to encode and append after `prefix`. */
+  text: string;
+}
+
+export class Conversation {
+  readonly messages: ChatMessage[] = [];
+  /** Every token so far, answers as generated; null when the messages must be rendered again. */
+  private tokens: number[] | null = null;
+  /** The last answer's generated text, stop string included (it may already hold the template's terminator). */
+  private lastGenerated = '';
+
+  constructor(private readonly format: ChatFormat) {}
+
+  /** Tokens of the conversation so far (empty when they must be rebuilt from the messages). */
+  get numTokens(): number {
+    return this.tokens?.length ?? 0;
+  }
+
+  get system(): string | undefined {
+    return this.messages[0]?.role === 'system' ? this.messages[0].content : undefined;
+  }
+
+  /** Replaces (or with '' / undefined removes) the system message. The tokens are rebuilt at the next turn. */
+  setSystem(system: string | undefined): void {
+    if (this.messages[0]?.role === 'system') this.messages.splice(0, 1);
+    if (system) this.messages.unshift({ role: 'system', content: system });
+    this.tokens = null;
+  }
+
+  /** Adds messages as they are (a transcript to continue); the tokens are rebuilt at the next turn. */
+  append(messages: ChatMessage[]): void {
+    this.messages.push(...messages.map((m) => ({ ...m })));
+    this.tokens = null;
+  }
+
+  /** The prompt of a turn that adds the user message `content`. */
+  next(content: string): NextPrompt {
+    const last = this.messages.at(-1);
+    if (this.tokens && this.tokens.length > 0 && last?.role === 'assistant') {
+      const after = this.afterLastAnswer(content);
+      if (after !== null) return { prefix: this.tokens, text: after.slice(overlap(this.lastGenerated, after)) };
+    }
+    return { prefix: [], text: this.format.render([...this.messages, { role: 'user', content }], true) };
+  }
+
+  /** A turn ended: its user message and answer join the transcript, `tokens` is everything the model has seen and said. */
+  commit(content: string, answer: string, tokens: number[], generatedText: string): void {
+    this.messages.push({ role: 'user', content }, { role: 'assistant', content: answer });
+    this.tokens = tokens;
+    this.lastGenerated = generatedText;
+  }
+
+  /**
+   * Drops the oldest exchange (user message and its answer; never the system message), so that a
+   * conversation fits the context again. False when there is nothing left to drop.
+   */
+  dropOldestTurn(): boolean {
+    const first = this.messages[0]?.role === 'system' ? 1 : 0;
+    if (this.messages.length <= first) return false;
+    let n = 1;
+    while (first + n < this.messages.length && this.messages[first + n]!.role !== 'user') n++;
+    this.messages.splice(first, n);
+    this.tokens = null;
+    return true;
+  }
+
+  /** Rendered text after the last answer's content: terminator, the new user turn, the generation prompt. */
+  private afterLastAnswer(content: string): string | null {
+    const msgs = this.messages.map((m, i) => (i === this.messages.length - 1 ? { role: m.role, content: MARKER } : m));
+    const text = this.format.render([...msgs, { role: 'user', content }], true);
+    const at = text.indexOf(MARKER);
+    return at < 0 || text.indexOf(MARKER, at + 1) >= 0 ? null : text.slice(at + MARKER.length);
+  }
+}
+
+/** Length of the longest suffix of `generated` that is a prefix of `after` (the terminator the model already produced). */
+function overlap(generated: string, after: string): number {
+  for (let n = Math.min(generated.length, after.length, MAX_OVERLAP); n > 0; n--) {
+    if (generated.endsWith(after.slice(0, n))) return n;
+  }
+  return 0;
+}
