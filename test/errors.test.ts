@@ -29,6 +29,8 @@ const TS_ONLY = [
   'WEFT_ORIGIN_REFUSED',
   'WEFT_DRAINING',
   'WEFT_LISTEN_FAILED',
+  'WEFT_REPLAY_GAP',
+  'WEFT_SESSION_CONNECTED',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

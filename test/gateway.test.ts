@@ -217,11 +217,11 @@ describe('gateway', () => {
     expect(await unknown.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
     expect(await unknown.next()).toMatchObject({ type: 'session.created' });
     unknown.ws.close();
-    // the same token cannot be used twice while its session is connected
+    // the same token cannot be used twice while its session is connected: refused, nothing changes
     const again = await Client.open(`${wsUrl}?resume=${encodeURIComponent(created.resume_token)}`);
-    expect(await again.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
-    expect((await again.next()).type).toBe('session.created');
-    again.ws.close();
+    expect(await again.next()).toMatchObject({ type: 'error', code: 'WEFT_SESSION_CONNECTED' });
+    await again.waitClosed();
+    expect(again.closeCode).toBe(1013);
     expect(r1.done.usage.cached_tokens).toBe(0);
     r.send({ type: 'session.close' });
     await r.waitClosed();

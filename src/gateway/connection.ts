@@ -1,16 +1,18 @@
 /**
- * One client connection speaking protocol v1 (docs/protocol.md) over any transport: it owns one
- * Session (its transcript and KV) and runs at most one response at a time. When the transport
- * closes, a running response is cancelled and the session's KV pages are returned to the pool at
- * once: with resume enabled the KV is parked in host memory and the session waits for a
- * reconnect with its resume_token until the TTL runs out; otherwise the session is freed.
+ * One client connection speaking protocol v1 (docs/protocol.md) over any transport: its limits
+ * (frame rate, bytes, unread answers), its frames, and the session it serves through a
+ * SessionRunner (responses, replay). When the transport closes without session.close and resume
+ * is enabled, the runner is detached and kept for a reconnect with the resume_token until the
+ * TTL runs out: a running response goes on into its replay log, and the session's KV is parked
+ * in host memory once no response runs. Otherwise the session is freed.
  */
 import { randomBytes } from 'node:crypto';
 import { toWeftError, type WeftErrorCode } from '../errors.js';
-import { Session, type Turn, type TurnDone } from '../session/session.js';
+import { Session } from '../session/session.js';
 import type { Gateway } from './server.js';
-import { ProtocolError, parseClientFrame, toTurnSampling, type ClientEvent, type WireSampling } from './protocol.js';
+import { ProtocolError, parseClientFrame } from './protocol.js';
 import { ConnectionRateLimiter } from './rate-limit.js';
+import { SessionRunner, type Wire } from './session-runner.js';
 
 /**
  * What a transport gives a connection. The transport calls `Connection.onDrain()` whenever
@@ -35,15 +37,8 @@ export interface TransportSocket {
   readonly remoteAddress: string;
 }
 
-let nextResponseId = 1;
-
 export class Connection {
-  session: Session | null = null;
-  private sampling: WireSampling = {};
-  private system: string | undefined;
-  private running: { id: string; turn: Turn; cancelEventId?: string; shutdown?: boolean } | null = null;
-  /** A message.create being tokenized (sendAsync): at most one per connection. */
-  private preparing: { abort: AbortController; cancelled: boolean; cancelEventId?: string } | null = null;
+  private runner: SessionRunner | null = null;
   private closed = false;
   private readonly limiter: ConnectionRateLimiter;
   private pausedUntil = 0;
@@ -53,30 +48,38 @@ export class Connection {
   private blocked = false;
   private corked = false;
   private resumeToken: string | null = null;
-  /** `{"type":"response.delta","response_id":"…","seq":` of the running response. */
-  private deltaPrefix = '';
-  private lastDeltaAt = 0;
+  private readonly wire: Wire = {
+    sendText: (text) => this.sendText(text),
+    blocked: () => (this.blocked = this.sock.bufferedAmount > this.gw.backpressureBytes),
+  };
 
+  /**
+   * `resume`: the resume token of the URL, if any; `lastSeq`: the last delta the client got
+   * (replay after it; absent: the running response from its start, if its end was not delivered).
+   */
   constructor(
     private readonly gw: Gateway,
     private readonly sock: TransportSocket,
     private readonly resume?: string,
+    private readonly lastSeq?: number,
+    private readonly responseId?: string,
   ) {
     this.limiter = new ConnectionRateLimiter(gw.rateLimits);
   }
 
+  /** The session this connection serves. */
+  get session(): Session | null {
+    return this.runner?.session ?? null;
+  }
+
   /** Whether a response is running or being prepared. */
   get busy(): boolean {
-    return this.running !== null || this.preparing !== null;
+    return this.runner?.busy ?? false;
   }
 
   /** The server shuts down: a running response ends now with finish_reason `shutdown`. */
   cancelForShutdown(): void {
-    if (this.running) {
-      this.running.shutdown = true;
-      this.running.turn.cancel();
-    }
-    this.preparing?.abort.abort();
+    this.runner?.cancelForShutdown();
   }
 
   /** Closes the socket (the session is ended, not kept for resume). */
@@ -108,20 +111,26 @@ export class Connection {
     const full = this.gw.numLiveSessions >= this.gw.maxSessions;
     if (this.resume !== undefined && this.gw.hasDetached(this.resume)) {
       if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions; the session stays resumable`);
-      const d = this.gw.takeDetached(this.resume)!;
-      this.session = d.session;
-      this.sampling = d.sampling;
-      this.system = d.system;
+      const runner = (this.runner = this.gw.takeDetached(this.resume)!);
       this.resumeToken = this.resume;
-      return this.send({ type: 'session.resumed', session: { id: d.session.id, model: this.gw.modelName, limits: this.gw.limits() }, resume_token: this.resume });
+      this.gw.liveTokens.add(this.resume);
+      runner.attach(this.wire);
+      this.send({ type: 'session.resumed', session: { id: runner.session.id, model: this.gw.modelName, limits: this.gw.limits() }, resume_token: this.resume, response: runner.status() });
+      runner.replay(this.lastSeq ?? -1, this.responseId);
+      return;
+    }
+    if (this.resume !== undefined && this.gw.liveTokens.has(this.resume)) {
+      return this.refuse('WEFT_SESSION_CONNECTED', 'the session of this resume token is connected on another socket; retry once that one has closed');
     }
     if (this.resume !== undefined) this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
     if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions`);
     const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens, sampling: this.gw.options.sessionSampling, contextPolicy: this.gw.options.contextPolicy });
-    this.session = session;
+    this.runner = new SessionRunner(this.gw, session);
+    this.runner.attach(this.wire);
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
     this.resumeToken = this.gw.resumeTtlMs > 0 ? randomBytes(24).toString('base64url') : null;
+    if (this.resumeToken) this.gw.liveTokens.add(this.resumeToken);
     this.send({
       type: 'session.created',
       session: { id: session.id, model: this.gw.modelName, limits: this.gw.limits() },
@@ -147,7 +156,15 @@ export class Connection {
     const ev = parseClientFrame(data, isBinary, this.gw.maxFrameBytes);
     if (ev instanceof ProtocolError) return this.error(ev.code, ev.message, ev.event_id);
     try {
-      this.handle(ev);
+      if (ev.type === 'session.close') {
+        this.send(withId({ type: 'session.closed', session: { id: this.runner!.session.id } }, ev.event_id));
+        // ended before the socket closes: some transports report the close synchronously, and a
+        // close without session.close would keep the session for resume
+        this.onClose(true);
+        this.sock.close(1000, 'session.close');
+        return;
+      }
+      this.runner!.handle(ev);
     } catch (err) {
       const e = toWeftError(err);
       this.error(e.code, e.message, ev.event_id);
@@ -174,145 +191,25 @@ export class Connection {
   }
 
   /**
-   * Called by the transport when the socket is gone (either side). Cancels a running response; the
-   * session is detached for resume (its KV parked) or, with `end` or resume disabled, closed.
+   * Called by the transport when the socket is gone (either side). With resume enabled (and not
+   * `end`) the session is detached for a reconnect: a running response goes on into its replay
+   * log and the KV is parked once it ends. Otherwise the session is closed.
    */
   onClose(end = false): void {
     if (this.closed) return;
     this.closed = true;
     this.gw.connections.delete(this);
     this.gw.metrics.connections.set(this.gw.connections.size);
-    const running = this.running;
-    running?.turn.cancel();
-    this.preparing?.abort.abort();
-    const session = this.session;
-    if (session && this.resumeToken && !end && this.gw.resumeTtlMs > 0 && !this.gw.draining) {
-      this.gw.detach(this.resumeToken, { session, sampling: this.sampling, system: this.system }, this.sock.remoteAddress);
-      void (running ? running.turn.done : Promise.resolve()).then(() => session.park()).catch(() => undefined);
+    if (this.resumeToken) this.gw.liveTokens.delete(this.resumeToken);
+    const runner = this.runner;
+    if (!runner) return;
+    runner.detach();
+    if (this.resumeToken && !end && this.gw.resumeTtlMs > 0 && !this.gw.draining) {
+      this.gw.detach(this.resumeToken, runner, this.sock.remoteAddress);
+      void runner.idle().then(() => runner.session.park()).catch(() => undefined);
       return;
     }
-    if (session) {
-      void session
-        .close()
-        .catch(() => undefined)
-        .finally(() => {
-          this.gw.sessions.delete(session);
-          this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
-        });
-    }
-  }
-
-  private handle(ev: ClientEvent): void {
-    const session = this.session!;
-    switch (ev.type) {
-      case 'session.update': {
-        if (this.running || this.preparing) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'session.update while a response is running', ev.event_id);
-        if (ev.session.sampling) this.sampling = { ...this.sampling, ...ev.session.sampling };
-        if (ev.session.system !== undefined) {
-          this.system = ev.session.system || undefined;
-          session.setSystem(this.system);
-        }
-        if (ev.session.context_policy !== undefined) session.contextPolicy = ev.session.context_policy;
-        return this.send(withId({ type: 'session.updated', session: { id: session.id, system: this.system ?? null, sampling: this.sampling, context_policy: session.contextPolicy } }, ev.event_id));
-      }
-      case 'message.create':
-        return this.create(session, ev);
-      case 'response.cancel':
-        if (this.preparing && !this.preparing.cancelled) {
-          // the message is still being tokenized: its response is created and cancelled at once
-          this.preparing.cancelled = true;
-          this.preparing.cancelEventId = ev.event_id;
-          return;
-        }
-        if (!this.running) return this.error('WEFT_NO_RESPONSE', 'no response is running', ev.event_id);
-        this.running.cancelEventId = ev.event_id;
-        this.running.turn.cancel();
-        return;
-      case 'session.close':
-        this.send(withId({ type: 'session.closed', session: { id: session.id } }, ev.event_id));
-        // ended before the socket closes: some transports report the close synchronously, and a
-        // close without session.close would keep the session for resume
-        this.onClose(true);
-        this.sock.close(1000, 'session.close');
-        return;
-    }
-  }
-
-  private create(session: Session, ev: Extract<ClientEvent, { type: 'message.create' }>): void {
-    if (this.running || this.preparing) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'a response is already running in this session (wait for response.done or send response.cancel)', ev.event_id);
-    if (this.gw.draining) return this.error('WEFT_DRAINING', 'the server is shutting down and starts no new responses', ev.event_id);
-    const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
-    const threshold = this.gw.backpressureBytes;
-    const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
-    session
-      .sendAsync(ev.content, {
-        sampling: opts.sampling,
-        maxTokens: opts.maxTokens,
-        stop: opts.stop,
-        isBlocked: () => (this.blocked = this.sock.bufferedAmount > threshold),
-        signal: preparing.abort.signal,
-      })
-      .then(
-        (turn) => {
-          this.preparing = null;
-          this.started(turn, ev.event_id, preparing.cancelled ? preparing.cancelEventId ?? null : undefined);
-        },
-        (err) => {
-          this.preparing = null;
-          const e = toWeftError(err);
-          if (!this.closed) this.error(e.code, e.message, ev.event_id);
-        },
-      );
-  }
-
-  /** A turn was submitted: response.created, then its events. `cancelId`: a cancel came while it was being prepared. */
-  private started(turn: Turn, eventId: string | undefined, cancelId: string | null | undefined): void {
-    const id = `resp_${nextResponseId++}`;
-    this.running = { id, turn };
-    this.send(withId({ type: 'response.created', response_id: id }, eventId));
-    this.deltaPrefix = `{"type":"response.delta","response_id":${JSON.stringify(id)},"seq":`;
-    this.lastDeltaAt = 0;
-    turn.listen({
-      delta: (seq, text) => this.delta(seq, text),
-      done: (done) => this.done(id, done),
-      fail: (err) => {
-        const e = toWeftError(err);
-        this.running = null;
-        this.send({ type: 'response.done', response_id: id, finish_reason: 'error', error: { code: e.code, message: e.message } });
-        this.gw.metrics.errors.inc({ code: e.code });
-      },
-    });
-    if (cancelId !== undefined) {
-      this.running.cancelEventId = cancelId ?? undefined;
-      turn.cancel();
-    }
-    if (this.closed) turn.cancel();
-  }
-
-  /** One token's frame, built without an object or a JSON.stringify of the whole event. */
-  private delta(seq: number, text: string): void {
-    const now = performance.now();
-    if (this.lastDeltaAt > 0) this.gw.metrics.interToken.observe((now - this.lastDeltaAt) / 1000);
-    this.lastDeltaAt = now;
-    this.sendText(this.deltaPrefix + seq + ',"text":' + JSON.stringify(text) + '}');
-  }
-
-  private done(id: string, ev: TurnDone): void {
-    const m = this.gw.metrics;
-    m.ttft.observe(ev.timing.ttft_ms / 1000);
-    m.queueWait.observe(ev.timing.queue_ms / 1000);
-    m.promptTokens.inc(ev.usage.prompt_tokens);
-    m.cachedTokens.inc(ev.usage.cached_tokens);
-    m.generatedTokens.inc(ev.usage.completion_tokens);
-    const done: Record<string, unknown> = { type: 'response.done', response_id: id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing, truncated_turns: ev.truncatedTurns };
-    if (ev.error) {
-      done.error = ev.error;
-      m.errors.inc({ code: ev.error.code });
-    }
-    const running = this.running?.id === id ? this.running : null;
-    if (running?.shutdown && ev.finishReason === 'cancelled') done.finish_reason = 'shutdown';
-    this.running = null;
-    this.send(withId(done, running?.cancelEventId));
+    this.gw.endSession(runner);
   }
 
   private refuse(code: WeftErrorCode, message: string): void {

@@ -26,14 +26,30 @@ export function parseTarget(raw: string | undefined): RequestTarget {
   return { path: path === '' ? '/' : path, query: query.split('#', 1)[0]! };
 }
 
+/** What a WebSocket URL asks of a resume: `?resume=TOKEN&last_seq=N&response_id=ID`. */
+export interface ResumeParams {
+  /** Absent or empty: a fresh session. */
+  token?: string;
+  /** The last delta the client got (NaN when it is not an integer: answered with an error). */
+  lastSeq?: number;
+  responseId?: string;
+}
+
 /**
- * The `resume` parameter of a query string: the first one, decoded as a form value. Absent or
- * empty is undefined (a fresh session). URLSearchParams never throws: a malformed escape stays as sent.
+ * The resume parameters of a query string: the first of each, decoded as form values.
+ * URLSearchParams never throws: a malformed escape stays as sent.
  */
-export function resumeParam(query: string): string | undefined {
-  if (query === '' || !query.includes('resume')) return undefined;
-  const v = new URLSearchParams(query).get('resume');
-  return v === null || v === '' ? undefined : v;
+export function resumeParams(query: string): ResumeParams {
+  if (query === '' || !query.includes('resume')) return {};
+  const q = new URLSearchParams(query);
+  const out: ResumeParams = {};
+  const token = q.get('resume');
+  if (token) out.token = token;
+  const last = q.get('last_seq');
+  if (last !== null) out.lastSeq = /^-?\d{1,10}$/.test(last) ? Number(last) : NaN;
+  const id = q.get('response_id');
+  if (id) out.responseId = id;
+  return out;
 }
 
 /** A raw HTTP/1.1 error response for a socket that is not (yet) a WebSocket: written, then the socket ends. */

@@ -23,7 +23,9 @@ export interface WireSampling {
 export type ClientEvent =
   | { type: 'session.update'; event_id?: string; session: SessionUpdate }
   | { type: 'message.create'; event_id?: string; content: string; sampling?: WireSampling }
-  | { type: 'response.cancel'; event_id?: string }
+  | { type: 'response.cancel'; event_id?: string; truncate_at_seq?: number }
+  | { type: 'response.truncate'; event_id?: string; response_id?: string; seq: number }
+  | { type: 'session.resume'; event_id?: string; response_id?: string; last_seq: number }
   | { type: 'session.close'; event_id?: string };
 
 /** The fields of `session.update`'s session object. */
@@ -55,7 +57,7 @@ export class ProtocolError {
   }
 }
 
-export const CLIENT_EVENT_TYPES = ['session.update', 'message.create', 'response.cancel', 'session.close'] as const;
+export const CLIENT_EVENT_TYPES = ['session.update', 'message.create', 'response.cancel', 'response.truncate', 'session.resume', 'session.close'] as const;
 
 /** Most characters an event_id may have. */
 export const MAX_EVENT_ID = 256;
@@ -80,7 +82,9 @@ export const MAX_STOP_CHARS = 1024;
 const EVENT_FIELDS: Record<ClientEvent['type'], readonly string[]> = {
   'session.update': ['session'],
   'message.create': ['content', 'sampling'],
-  'response.cancel': [],
+  'response.cancel': ['truncate_at_seq'],
+  'response.truncate': ['response_id', 'seq'],
+  'session.resume': ['response_id', 'last_seq'],
   'session.close': [],
 };
 const SESSION_FIELDS = ['system', 'sampling', 'context_policy'];
@@ -118,6 +122,12 @@ function parseSampling(v: unknown, where: string, id: string | undefined): WireS
     (out as Record<string, number>)[k] = val;
   }
   return out;
+}
+
+/** A delta seq field: an integer from -1 (none) up. */
+function seqField(v: unknown, name: string, id: string | undefined): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < -1 || v > 2 ** 31) throw new ProtocolError('WEFT_BAD_FRAME', `${name} must be an integer from -1`, id);
+  return v;
 }
 
 /** Deepest nesting and most values (`,` `:` and brackets outside strings) a frame may have: a valid one has a handful. */
@@ -214,8 +224,21 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
         if (has(msg, 'sampling')) ev.sampling = parseSampling(msg.sampling, 'sampling', id);
         return withId(ev);
       }
-      case 'response.cancel':
-        return withId({ type: 'response.cancel' as const });
+      case 'response.cancel': {
+        const ev: Extract<ClientEvent, { type: 'response.cancel' }> = { type: 'response.cancel' };
+        if (has(msg, 'truncate_at_seq')) ev.truncate_at_seq = seqField(msg.truncate_at_seq, 'truncate_at_seq', id);
+        return withId(ev);
+      }
+      case 'response.truncate':
+      case 'session.resume': {
+        const key = type === 'response.truncate' ? 'seq' : 'last_seq';
+        if (!has(msg, key)) throw new ProtocolError('WEFT_BAD_FRAME', `${type} needs ${key} (an integer, -1 for none)`, id);
+        const n = seqField(msg[key], key, id);
+        const responseId = has(msg, 'response_id') ? msg.response_id : undefined;
+        if (responseId !== undefined && (typeof responseId !== 'string' || responseId.length > MAX_EVENT_ID)) throw new ProtocolError('WEFT_BAD_FRAME', 'response_id must be a string', id);
+        const ev = type === 'response.truncate' ? { type: 'response.truncate' as const, seq: n } : { type: 'session.resume' as const, last_seq: n };
+        return withId(responseId === undefined ? ev : { ...ev, response_id: responseId as string });
+      }
       default:
         return withId({ type: 'session.close' as const });
     }

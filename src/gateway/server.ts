@@ -12,9 +12,9 @@ import { WeftError } from '../errors.js';
 import { Connection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
-import type { WireSampling } from './protocol.js';
 import type { RateLimits } from './rate-limit.js';
 import { ResumePool } from './resume-pool.js';
+import type { SessionRunner } from './session-runner.js';
 import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
 
@@ -39,6 +39,8 @@ export interface GatewayOptions {
    * send no Origin (non-browser ones) are always allowed. Default: none.
    */
   allowedOrigins?: string[];
+  /** Bytes of a response's latest deltas kept for replay after a reconnect; a disconnected response pauses when they fill up. Default 256 KiB. */
+  replayBytes?: number;
   /** How long a drain (SIGTERM) lets running answers finish before ending them, in ms. Default 10000. */
   drainTimeoutMs?: number;
   /** Largest client frame in bytes. Default 1 MiB. */
@@ -61,13 +63,6 @@ export interface GatewayOptions {
   scheduler?: SchedulerOptions;
 }
 
-/** A session whose connection is gone, kept for resume. */
-export interface DetachedSession {
-  session: Session;
-  sampling: WireSampling;
-  system: string | undefined;
-}
-
 export class Gateway {
   engine: Engine | null = null;
   scheduler: Scheduler | null = null;
@@ -75,6 +70,8 @@ export class Gateway {
   modelName = '';
   readonly sessions = new Set<Session>();
   readonly connections = new Set<Connection>();
+  /** Resume tokens of the sessions connected now. */
+  readonly liveTokens = new Set<string>();
   /** Connections that corked frames during the delivery of the current step's events. */
   readonly corked: Connection[] = [];
   readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler);
@@ -86,8 +83,9 @@ export class Gateway {
   readonly rateLimits: RateLimits;
   readonly maxBufferedBytes: number;
   readonly drainTimeoutMs: number;
+  readonly replayBytes: number;
   readonly origins: OriginPolicy;
-  private readonly detached: ResumePool<DetachedSession>;
+  private readonly detached: ResumePool<SessionRunner>;
   readonly transportName: 'ws' | 'uws';
   private readonly transport: Transport;
   private closing = false;
@@ -112,19 +110,20 @@ export class Gateway {
     const bytesPerSecond = pos(options.maxBytesPerSecond, 'maxBytesPerSecond', 1 << 20);
     this.rateLimits = { framesPerSecond, bytesPerSecond, frameBurst: 2 * framesPerSecond, byteBurst: Math.max(bytesPerSecond, 2 * this.maxFrameBytes) };
     this.maxBufferedBytes = pos(options.maxBufferedBytes, 'maxBufferedBytes', 16 << 20);
+    this.replayBytes = pos(options.replayBytes, 'replayBytes', 256 << 10);
     const drain = options.drainTimeoutMs ?? 10_000;
     if (!Number.isFinite(drain) || drain < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `drainTimeoutMs must be a non-negative number (got ${drain})`);
     this.drainTimeoutMs = drain;
     this.origins = new OriginPolicy(options.allowedOrigins ?? []);
-    this.detached = new ResumePool<DetachedSession>(
+    this.detached = new ResumePool<SessionRunner>(
       {
         ttlMs: ttl,
         maxTotal: pos(options.maxDetachedSessions, 'maxDetachedSessions', this.maxSessions),
         maxPerClient: pos(options.maxDetachedPerClient, 'maxDetachedPerClient', 16),
       },
-      (d) => {
+      (runner) => {
         this.metrics.sessionsDetached.set(this.detached.size);
-        void this.endSession(d.session);
+        this.endSession(runner);
       },
     );
     if (options.contextPolicy !== undefined && options.contextPolicy !== 'truncate' && options.contextPolicy !== 'reject') {
@@ -189,8 +188,8 @@ export class Gateway {
   }
 
   /** Keeps a disconnected session for resume until the TTL runs out (then closes it); `address`: the client's, for its cap. */
-  detach(token: string, d: DetachedSession, address: string): void {
-    this.detached.add(token, d, address);
+  detach(token: string, runner: SessionRunner, address: string): void {
+    this.detached.add(token, runner, address);
     this.metrics.sessionsDetached.set(this.detached.size);
   }
 
@@ -199,21 +198,27 @@ export class Gateway {
   }
 
   /** The detached session of a resume token (removed from the detached set), or undefined. */
-  takeDetached(token: string): DetachedSession | undefined {
+  takeDetached(token: string): SessionRunner | undefined {
     const d = this.detached.take(token);
     this.metrics.sessionsDetached.set(this.detached.size);
     return d;
   }
 
-  private async endSession(session: Session): Promise<void> {
-    await session.close().catch(() => undefined);
-    this.sessions.delete(session);
-    this.metrics.sessionsActive.set(this.sessions.size);
+  /** Ends a session: a running response is cancelled, the KV freed. */
+  endSession(runner: SessionRunner): void {
+    runner.cancelAll();
+    void runner.session
+      .close()
+      .catch(() => undefined)
+      .finally(() => {
+        this.sessions.delete(runner.session);
+        this.metrics.sessionsActive.set(this.sessions.size);
+      });
   }
 
   /** A transport's new socket (`resume`: the resume token of the URL, if any). */
-  connect(sock: TransportSocket, resume?: string): Connection {
-    const conn = new Connection(this, sock, resume);
+  connect(sock: TransportSocket, resume?: { token?: string; lastSeq?: number; responseId?: string }): Connection {
+    const conn = new Connection(this, sock, resume?.token, resume?.lastSeq, resume?.responseId);
     this.connections.add(conn);
     this.metrics.connections.set(this.connections.size);
     return conn;

@@ -6,12 +6,12 @@ import { createRequire } from 'node:module';
 import type * as UWS from '@trufflesuite/uws-js-unofficial';
 import { WeftError } from '../errors.js';
 import type { Connection } from './connection.js';
-import { ORIGIN_REFUSED, parseTarget, resumeParam } from './http-request.js';
+import { ORIGIN_REFUSED, parseTarget, resumeParams, type ResumeParams } from './http-request.js';
 import type { Gateway } from './server.js';
 import { WS_PATH, listenError, type Transport } from './transport-ws.js';
 
 interface UserData {
-  resume?: string;
+  resume?: ResumeParams;
   remoteAddress: string;
   conn?: Connection;
   closed?: boolean;
@@ -53,7 +53,7 @@ export class UwsTransport implements Transport {
           res.cork(() => res.writeStatus('403 Forbidden').writeHeader('content-type', 'text/plain; charset=utf-8').end(ORIGIN_REFUSED));
           return;
         }
-        const resume = resumeParam(req.getQuery() ?? '');
+        const resume = resumeParams(req.getQuery() ?? '');
         const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
         res.upgrade<UserData>(
           { resume, remoteAddress },

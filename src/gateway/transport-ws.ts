@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { WeftError } from '../errors.js';
-import { ORIGIN_REFUSED, parseTarget, rawHttpError, resumeParam } from './http-request.js';
+import { ORIGIN_REFUSED, parseTarget, rawHttpError, resumeParams, type ResumeParams } from './http-request.js';
 import type { Gateway } from './server.js';
 
 export const WS_PATH = '/v1/ws';
@@ -66,10 +66,10 @@ export class WsTransport implements Transport {
     if (path !== WS_PATH) return void socket.end(rawHttpError(404, 'not found\n'));
     if (!this.gw.origins.allows(req.headers.origin)) return void socket.end(rawHttpError(403, ORIGIN_REFUSED));
     const remoteAddress = req.socket.remoteAddress ?? '';
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, socket as Socket, remoteAddress, resumeParam(query)));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, socket as Socket, remoteAddress, resumeParams(query)));
   }
 
-  private open(ws: WebSocket, raw: Socket, remoteAddress: string, resume: string | undefined): void {
+  private open(ws: WebSocket, raw: Socket, remoteAddress: string, resume: ResumeParams): void {
     // one callback for every send (Node batches the completions of a same callback): queued bytes went out
     const drained = (err?: Error) => {
       if (!err) conn.onDrain();

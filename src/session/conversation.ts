@@ -31,6 +31,8 @@ export class Conversation {
   private tokens: number[] | null = null;
   /** The last answer's generated text, stop string included (it may already hold the template's terminator). */
   private lastGenerated = '';
+  /** Where the last answer's tokens start in `tokens`. */
+  private answerStart = 0;
 
   constructor(private readonly format: ChatFormat) {}
 
@@ -66,11 +68,26 @@ export class Conversation {
     return { prefix: [], text: this.format.render([...this.messages, { role: 'user', content }], true) };
   }
 
-  /** A turn ended: its user message and answer join the transcript, `tokens` is everything the model has seen and said. */
-  commit(content: string, answer: string, tokens: number[], generatedText: string): void {
+  /** A turn ended: its user message and answer join the transcript; the tokens are its prompt and every generated token. */
+  commit(content: string, answer: string, prompt: readonly number[], generated: readonly number[], generatedText: string): void {
     this.messages.push({ role: 'user', content }, { role: 'assistant', content: answer });
-    this.tokens = tokens;
+    this.tokens = [...prompt, ...generated];
+    this.answerStart = prompt.length;
     this.lastGenerated = generatedText;
+  }
+
+  /**
+   * The last answer keeps its first `numGenerated` tokens (barge-in: what the user saw); its text
+   * becomes theirs. Null when the conversation does not end with an answer whose tokens are known.
+   */
+  trimLastAnswer(numGenerated: number): { text: string; numTokens: number } | null {
+    const last = this.messages.at(-1);
+    if (!this.tokens || last?.role !== 'assistant') return null;
+    const answer = this.tokens.slice(this.answerStart, this.answerStart + Math.max(0, numGenerated));
+    this.tokens = this.tokens.slice(0, this.answerStart + answer.length);
+    this.lastGenerated = this.format.tokenizer.decode(answer);
+    last.content = this.lastGenerated;
+    return { text: last.content, numTokens: this.tokens.length };
   }
 
   /**

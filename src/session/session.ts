@@ -247,31 +247,10 @@ export class Session {
     let keep = 0;
     const limit = Math.min(this.cached.length, ids.length - 1);
     while (keep < limit && this.cached[keep] === ids[keep]) keep++;
-    let seq = this.seq;
     const sampling = { ...this.defaults.sampling, ...opts.sampling };
     const stopStrings = [...this.format.stopStrings, ...(this.defaults.stop ?? []), ...(opts.stop ?? [])];
-    if (keep < this.cached.length) {
-      let parked = seq.info().parked;
-      if (parked) {
-        // truncating needs the pages in place: restore now when the pool has room
-        try {
-          this.scheduler.engine.native.restoreSequence(seq.id);
-          parked = false;
-        } catch {
-          /* no free pages: replaced below */
-        }
-      }
-      if (parked) {
-        // a parked sequence that must be cut and cannot be restored is replaced (full re-prefill);
-        // one that is only extended is restored by the scheduler at admission
-        this.scheduler.forget(seq);
-        seq.free();
-        seq = this.seq = this.scheduler.engine.createSequence(this.defaults.sampling);
-        keep = 0;
-      } else {
-        seq.truncate(keep);
-      }
-    }
+    keep = this.cutKv(keep);
+    const seq = this.seq;
     const prior = this.cached.slice(0, keep);
     // the KV now holds `prior` only, whether or not the scheduler accepts the turn (WEFT_OVERLOADED)
     this.cached = prior;
@@ -290,6 +269,48 @@ export class Session {
     return this.turn;
   }
 
+  /**
+   * Cuts the KV to its first `keep` tokens. A parked sequence is restored to be cut; one that
+   * cannot be (no free pages) is replaced by a new, empty one. Returns the tokens kept.
+   */
+  private cutKv(keep: number): number {
+    if (keep >= this.cached.length) return keep;
+    const seq = this.seq!;
+    let parked = seq.info().parked;
+    if (parked) {
+      try {
+        this.scheduler.engine.native.restoreSequence(seq.id);
+        parked = false;
+      } catch {
+        /* no free pages: replaced below */
+      }
+    }
+    if (parked) {
+      // one that is only extended is restored by the scheduler at admission
+      this.scheduler.forget(seq);
+      seq.free();
+      this.seq = this.scheduler.engine.createSequence(this.defaults.sampling);
+      keep = 0;
+    } else {
+      seq.truncate(keep);
+    }
+    this.cached = this.cached.slice(0, keep);
+    return keep;
+  }
+
+  /**
+   * Barge-in: the last answer keeps only its first `numTokens` generated tokens (what the user
+   * was shown), in the transcript and in the KV; an idle session only. Returns the kept text.
+   */
+  truncateLastAnswer(numTokens: number): string {
+    if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
+    if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
+    const kept = this.conversation.trimLastAnswer(numTokens);
+    if (kept === null) throw new WeftError('WEFT_NO_RESPONSE', 'the session has no answer to truncate');
+    this.cutKv(Math.min(this.cached.length, kept.numTokens));
+    return kept.text;
+  }
+
   private settle(content: string, request: ScheduledRequest, ev: DoneEvent, stopStrings: string[], prior: number[], prompt: number[], truncatedTurns: number): TurnDone {
     const generatedText = this.format.tokenizer.decode(request.generated);
     let text = generatedText;
@@ -300,7 +321,7 @@ export class Session {
     }
     if (cut >= 0) text = text.slice(0, cut);
     this.cached = [...prior, ...request.fed];
-    this.conversation.commit(content, text, [...prompt, ...request.generated], generatedText);
+    this.conversation.commit(content, text, prompt, request.generated, generatedText);
     if (this.seq && !this.closed) this.scheduler.release(this.seq);
     const done: TurnDone = {
       type: 'done',

@@ -1,0 +1,325 @@
+/**
+ * Protocol v1's side of one session: its settings on the wire, its responses (at most one at a
+ * time, each with a replay log), cancel and barge-in, truncation, and replay on resume. It
+ * outlives a connection: when the socket drops the runner is detached (a running response goes
+ * on into its log, paused once the log's window is full), and a resumed connection attaches it
+ * again and gets what it missed.
+ */
+import { WeftError, toWeftError, type WeftErrorCode } from '../errors.js';
+import { ResponseLog, type ResponseSink } from '../session/response-log.js';
+import type { Session, Turn, TurnDone } from '../session/session.js';
+import { toTurnSampling, type ClientEvent, type WireSampling } from './protocol.js';
+import type { Gateway } from './server.js';
+
+/** What a connection gives its session's runner. */
+export interface Wire {
+  /** Sends one frame's text (corked per step by the connection). */
+  sendText(text: string): void;
+  /** True while the socket holds more than the backpressure threshold. */
+  blocked(): boolean;
+}
+
+interface Response {
+  id: string;
+  turn: Turn;
+  log: ResponseLog;
+  cancelEventId?: string;
+  /** Ended by a drain: a cancelled finish is reported as `shutdown`. */
+  shutdown?: boolean;
+  /** Barge-in: keep the tokens of deltas 0..truncateAt when the cancel settles. */
+  truncateAt?: number;
+  /** Its response.done, built once when it ended. */
+  doneFrame?: Record<string, unknown>;
+  /** The response.done was sent to a connection. */
+  delivered?: boolean;
+}
+
+type Create = Extract<ClientEvent, { type: 'message.create' }>;
+
+let nextResponseId = 1;
+
+export class SessionRunner {
+  sampling: WireSampling = {};
+  system: string | undefined;
+  private wire: Wire | null = null;
+  /** The running response, or the last one (kept for replay and response.truncate). */
+  private current: Response | null = null;
+  /** A message.create being tokenized (sendAsync). */
+  private preparing: { abort: AbortController; cancelled: boolean; cancelEventId?: string } | null = null;
+  /** A message.create that came while a cancel was settling (barge-in): started when it has. */
+  private queued: Create | null = null;
+  private lastDeltaAt = 0;
+
+  constructor(
+    private readonly gw: Gateway,
+    readonly session: Session,
+  ) {}
+
+  /** Whether a response is running or being prepared. */
+  get busy(): boolean {
+    return this.running !== null || this.preparing !== null;
+  }
+
+  private get running(): Response | null {
+    return this.current && !this.current.log.result ? this.current : null;
+  }
+
+  /** The running response: where a resume stands. */
+  status(): { response_id: string; status: 'in_progress' | 'done'; next_seq: number } | null {
+    const c = this.current;
+    if (!c) return null;
+    return { response_id: c.id, status: c.log.result ? 'done' : 'in_progress', next_seq: c.log.nextSeq };
+  }
+
+  /** Frames go to `wire` from now on. */
+  attach(wire: Wire): void {
+    this.wire = wire;
+    this.gw.scheduler?.wake(); // a response paused while detached may go on
+  }
+
+  /** The connection is gone: a running response keeps generating into its log (until the window is full). */
+  detach(): void {
+    this.wire = null;
+    this.current?.log.detach();
+    this.preparing?.abort.abort();
+    this.queued = null;
+  }
+
+  /**
+   * Sends the deltas of `responseId` (default: the current response when its done was not
+   * delivered) after `lastSeq`, then attaches the live stream; a gap the log no longer holds is
+   * WEFT_REPLAY_GAP with the whole text so far.
+   */
+  replay(lastSeq: number, responseId?: string, eventId?: string): void {
+    if (!Number.isInteger(lastSeq) || lastSeq < -1) return this.error('WEFT_BAD_ARGUMENT', 'last_seq must be an integer from -1 (none received)', eventId);
+    const c = this.current;
+    if (!c || (responseId !== undefined && responseId !== c.id)) {
+      if (responseId !== undefined) this.error('WEFT_REPLAY_GAP', `response ${JSON.stringify(responseId.slice(0, 64))} is not this session's latest response`, eventId);
+      return;
+    }
+    if (responseId === undefined && c.delivered) return;
+    if (lastSeq >= c.log.nextSeq) return this.error('WEFT_BAD_ARGUMENT', `last_seq ${lastSeq} is beyond what was sent (next seq ${c.log.nextSeq})`, eventId);
+    const r = c.log.replayAfter(lastSeq);
+    if ('gap' in r) {
+      this.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: `the deltas after seq ${lastSeq} are no longer held (--replay-bytes); the text so far follows`, response_id: c.id, text: r.text, next_seq: r.nextSeq, ...(eventId === undefined ? {} : { event_id: eventId }) });
+      this.gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
+    } else {
+      const prefix = deltaPrefix(c.id);
+      for (const d of r.deltas) this.wire?.sendText(prefix + d.seq + ',"text":' + JSON.stringify(d.text) + '}');
+    }
+    if (c.log.result) this.finish(c);
+    else c.log.attach(this.sink(c));
+  }
+
+  handle(ev: ClientEvent): void {
+    switch (ev.type) {
+      case 'session.update':
+        return this.update(ev);
+      case 'message.create':
+        return this.create(ev);
+      case 'response.cancel':
+        return this.cancel(ev.event_id, ev.truncate_at_seq);
+      case 'response.truncate':
+        return this.truncate(ev.seq, ev.response_id, ev.event_id);
+      case 'session.resume':
+        return this.replay(ev.last_seq, ev.response_id, ev.event_id);
+      case 'session.close':
+        return; // the connection ends the session
+    }
+  }
+
+  private update(ev: Extract<ClientEvent, { type: 'session.update' }>): void {
+    if (this.busy) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'session.update while a response is running', ev.event_id);
+    if (ev.session.sampling) this.sampling = { ...this.sampling, ...ev.session.sampling };
+    if (ev.session.system !== undefined) {
+      this.system = ev.session.system || undefined;
+      this.session.setSystem(this.system);
+    }
+    if (ev.session.context_policy !== undefined) this.session.contextPolicy = ev.session.context_policy;
+    this.send(withId({ type: 'session.updated', session: { id: this.session.id, system: this.system ?? null, sampling: this.sampling, context_policy: this.session.contextPolicy } }, ev.event_id));
+  }
+
+  private cancel(eventId: string | undefined, truncateAt: number | undefined): void {
+    if (this.preparing && !this.preparing.cancelled) {
+      // the message is still being tokenized: its response is created and cancelled at once
+      this.preparing.cancelled = true;
+      this.preparing.cancelEventId = eventId;
+      return;
+    }
+    const r = this.running;
+    if (!r) return this.error('WEFT_NO_RESPONSE', 'no response is running', eventId);
+    r.cancelEventId = eventId;
+    if (truncateAt !== undefined) r.truncateAt = truncateAt;
+    r.turn.cancel();
+  }
+
+  /** response.truncate: the last answer (finished) keeps the tokens of deltas 0..seq. */
+  private truncate(seq: number, responseId: string | undefined, eventId: string | undefined): void {
+    if (this.busy) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'response.truncate while a response is running (use response.cancel with truncate_at_seq)', eventId);
+    const c = this.current;
+    if (!c || (responseId !== undefined && responseId !== c.id)) return this.error('WEFT_NO_RESPONSE', 'only the latest response of the session can be truncated', eventId);
+    const kept = this.trim(c, seq);
+    this.send(withId({ type: 'response.truncated', response_id: c.id, seq, text: kept }, eventId));
+  }
+
+  /** Trims the session's last answer (and KV) to the tokens of deltas 0..seq; the kept text. */
+  private trim(c: Response, seq: number): string {
+    if (!Number.isInteger(seq) || seq < -1 || seq >= c.log.nextSeq) throw new WeftError('WEFT_BAD_ARGUMENT', `seq ${seq} is not a delta of ${c.id} (0..${c.log.nextSeq - 1}, or -1 for none)`);
+    return this.session.truncateLastAnswer(Math.min(seq + 1, c.turn.request.generated.length));
+  }
+
+  private create(ev: Create): void {
+    const r = this.running;
+    if (r && r.turn.request.cancelRequested && !this.queued) {
+      this.queued = ev; // barge-in: the cancel settles within a step, then this message starts
+      return;
+    }
+    if (this.busy) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'a response is already running in this session (wait for response.done or send response.cancel)', ev.event_id);
+    if (this.gw.draining) return this.error('WEFT_DRAINING', 'the server is shutting down and starts no new responses', ev.event_id);
+    const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
+    const id = `resp_${nextResponseId++}`;
+    const log = new ResponseLog(id, this.gw.replayBytes);
+    const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
+    this.session
+      .sendAsync(ev.content, {
+        sampling: opts.sampling,
+        maxTokens: opts.maxTokens,
+        stop: opts.stop,
+        isBlocked: () => log.blocked(),
+        signal: preparing.abort.signal,
+      })
+      .then(
+        (turn) => {
+          this.preparing = null;
+          this.started({ id, turn, log }, ev.event_id, preparing.cancelled ? (preparing.cancelEventId ?? null) : undefined);
+        },
+        (err) => {
+          this.preparing = null;
+          const e = toWeftError(err);
+          if (this.wire) this.error(e.code, e.message, ev.event_id);
+        },
+      );
+  }
+
+  /** A turn was submitted: response.created, then its events. `cancelId`: a cancel came while it was being prepared. */
+  private started(r: Response, eventId: string | undefined, cancelId: string | null | undefined): void {
+    this.current = r;
+    this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
+    this.lastDeltaAt = 0;
+    r.turn.listen(r.log);
+    r.log.attach(this.sink(r));
+    void r.turn.done.then((d) => this.observe(d), () => undefined);
+    if (cancelId !== undefined) {
+      r.cancelEventId = cancelId ?? undefined;
+      r.turn.cancel();
+    }
+    if (!this.wire) r.log.detach();
+  }
+
+  private sink(r: Response): ResponseSink {
+    const prefix = deltaPrefix(r.id);
+    return {
+      delta: (seq, text) => {
+        const now = performance.now();
+        if (this.lastDeltaAt > 0) this.gw.metrics.interToken.observe((now - this.lastDeltaAt) / 1000);
+        this.lastDeltaAt = now;
+        // one token's frame, built without an object or a JSON.stringify of the whole event
+        this.wire?.sendText(prefix + seq + ',"text":' + JSON.stringify(text) + '}');
+      },
+      done: () => this.finish(r),
+      fail: () => this.finish(r),
+      blocked: () => this.wire?.blocked() ?? false,
+    };
+  }
+
+  /** The response ended (or a resume finds it ended): response.done to the connection, then a queued message. */
+  private finish(r: Response): void {
+    r.doneFrame ??= this.doneFrame(r);
+    if (!this.wire) return; // delivered on resume
+    r.delivered = true;
+    r.log.detach();
+    this.send(withId(r.doneFrame, r.cancelEventId));
+    const next = this.queued;
+    this.queued = null;
+    if (next) this.create(next);
+  }
+
+  /** The response.done of an ended response, after its barge-in trim. */
+  private doneFrame(r: Response): Record<string, unknown> {
+    const result = r.log.result!;
+    let done: Record<string, unknown>;
+    if ('error' in result) {
+      const e = toWeftError(result.error);
+      done = { type: 'response.done', response_id: r.id, finish_reason: 'error', error: { code: e.code, message: e.message } };
+      this.gw.metrics.errors.inc({ code: e.code });
+    } else {
+      const ev = result.done;
+      done = { type: 'response.done', response_id: r.id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing, truncated_turns: ev.truncatedTurns };
+      if (ev.error) {
+        done.error = ev.error;
+        this.gw.metrics.errors.inc({ code: ev.error.code });
+      }
+      if (r.shutdown && ev.finishReason === 'cancelled') done.finish_reason = 'shutdown';
+      if (r.truncateAt !== undefined) {
+        try {
+          done.truncated_at_seq = r.truncateAt;
+          done.text = this.trim(r, r.truncateAt);
+        } catch (err) {
+          done.truncate_error = { code: toWeftError(err).code, message: toWeftError(err).message };
+        }
+      }
+    }
+    return done;
+  }
+
+  private observe(d: TurnDone): void {
+    const m = this.gw.metrics;
+    m.ttft.observe(d.timing.ttft_ms / 1000);
+    m.queueWait.observe(d.timing.queue_ms / 1000);
+    m.promptTokens.inc(d.usage.prompt_tokens);
+    m.cachedTokens.inc(d.usage.cached_tokens);
+    m.generatedTokens.inc(d.usage.completion_tokens);
+  }
+
+  /** The server shuts down: a running response ends now with finish_reason `shutdown`. */
+  cancelForShutdown(): void {
+    const r = this.running;
+    if (r) {
+      r.shutdown = true;
+      r.turn.cancel();
+    }
+    this.preparing?.abort.abort();
+    this.queued = null;
+  }
+
+  /** Cancels a running response (the session is being ended). */
+  cancelAll(): void {
+    this.running?.turn.cancel();
+    this.preparing?.abort.abort();
+    this.queued = null;
+  }
+
+  /** Resolves when no response runs. */
+  idle(): Promise<void> {
+    const r = this.running;
+    return r ? r.turn.done.then(() => undefined, () => undefined) : Promise.resolve();
+  }
+
+  error(code: WeftErrorCode, message: string, eventId?: string): void {
+    this.gw.metrics.errors.inc({ code });
+    this.send(withId({ type: 'error', code, message }, eventId));
+  }
+
+  private send(ev: object): void {
+    this.wire?.sendText(JSON.stringify(ev));
+  }
+}
+
+/** `{"type":"response.delta","response_id":"…","seq":` of a response. */
+function deltaPrefix(id: string): string {
+  return `{"type":"response.delta","response_id":${JSON.stringify(id)},"seq":`;
+}
+
+function withId<T extends object>(ev: T, eventId: string | undefined): T {
+  return eventId === undefined ? ev : { ...ev, event_id: eventId };
+}
