@@ -27,7 +27,7 @@ usage:
                 [--resume-ttl SECONDS] [--transport ws|uws] [--allowed-origins LIST]
                 [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-buffered-bytes SIZE]
                 [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
-                [--context-policy truncate|reject]
+                [--context-policy truncate|reject] [--replay-bytes SIZE] [--heartbeat SECONDS]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -53,7 +53,10 @@ that keeps sending is disconnected, default 16MiB), WEFT_MAX_DETACHED_SESSIONS (
 for a resume, default --max-sessions), WEFT_MAX_DETACHED_PER_CLIENT (per client address,
 default 16), WEFT_DRAIN_TIMEOUT (seconds SIGTERM lets running answers finish, default 10),
 WEFT_CONTEXT_POLICY (truncate: a chat that outgrows the context drops its oldest turns, the
-default; reject: WEFT_CONTEXT_OVERFLOW).
+default; reject: WEFT_CONTEXT_OVERFLOW), WEFT_REPLAY_BYTES (latest deltas of an answer kept for a
+reconnect; a disconnected answer pauses when they fill up; default 256KiB), WEFT_HEARTBEAT
+(seconds between server pings; a connection silent past the next one is closed; default 30,
+0 disables).
 
 Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. It has
 no API keys and no TLS yet: on any other --host (0.0.0.0, a LAN address) anyone who can reach
@@ -183,6 +186,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
     'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-buffered-bytes': 'string',
     'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string', 'context-policy': 'string',
+    'replay-bytes': 'string', heartbeat: 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
@@ -210,6 +214,8 @@ async function cmdServe(argv: string[]): Promise<void> {
     maxDetachedPerClient: int('max-detached-per-client'),
     drainTimeoutMs: seconds('drain-timeout'),
     contextPolicy: serveOption(f, 'context-policy', 'string') as 'truncate' | 'reject' | undefined,
+    replayBytes: serveOption(f, 'replay-bytes', 'size') as number | undefined,
+    heartbeatMs: seconds('heartbeat'),
   });
   const { url } = await gw.listen();
   if (!isLoopback(host)) {

@@ -164,6 +164,12 @@ export class Connection {
         this.sock.close(1000, 'session.close');
         return;
       }
+      if (ev.type === 'session.update' && ev.session.rotate_resume_token && this.resumeToken && !this.runner!.refusesUpdate()) {
+        this.gw.liveTokens.delete(this.resumeToken);
+        this.resumeToken = randomBytes(24).toString('base64url');
+        this.gw.liveTokens.add(this.resumeToken);
+        return this.runner!.handle(ev, { resume_token: this.resumeToken });
+      }
       this.runner!.handle(ev);
     } catch (err) {
       const e = toWeftError(err);

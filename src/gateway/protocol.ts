@@ -18,6 +18,11 @@ export interface WireSampling {
   seed?: number;
   max_tokens?: number;
   stop?: string[];
+  /** Extra token ids that end the answer (the model's EOS always does). */
+  stop_token_ids?: number[];
+  /** Per delta: the sampled token's id and log-probability (and `top_logprobs` alternatives). */
+  logprobs?: boolean;
+  top_logprobs?: number;
 }
 
 export type ClientEvent =
@@ -34,6 +39,8 @@ export interface SessionUpdate {
   sampling?: WireSampling;
   /** What a message that does not fit the context does: drop the oldest turns (`truncate`) or `reject`. */
   context_policy?: 'truncate' | 'reject';
+  /** A new resume token replaces the session's (the old one stops working). */
+  rotate_resume_token?: boolean;
 }
 
 export interface ErrorEvent {
@@ -62,7 +69,7 @@ export const CLIENT_EVENT_TYPES = ['session.update', 'message.create', 'response
 /** Most characters an event_id may have. */
 export const MAX_EVENT_ID = 256;
 
-const NUMERIC: Record<Exclude<keyof WireSampling, 'stop'>, 'number' | 'integer'> = {
+const NUMERIC: Record<Exclude<keyof WireSampling, 'stop' | 'stop_token_ids' | 'logprobs'>, 'number' | 'integer'> = {
   temperature: 'number',
   top_p: 'number',
   top_k: 'integer',
@@ -72,6 +79,7 @@ const NUMERIC: Record<Exclude<keyof WireSampling, 'stop'>, 'number' | 'integer'>
   frequency_penalty: 'number',
   seed: 'integer',
   max_tokens: 'integer',
+  top_logprobs: 'integer',
 };
 
 /** Most stop strings, and most characters in one. */
@@ -87,7 +95,7 @@ const EVENT_FIELDS: Record<ClientEvent['type'], readonly string[]> = {
   'session.resume': ['response_id', 'last_seq'],
   'session.close': [],
 };
-const SESSION_FIELDS = ['system', 'sampling', 'context_policy'];
+const SESSION_FIELDS = ['system', 'sampling', 'context_policy', 'rotate_resume_token'];
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 /** A key of a table, looked up without the prototype chain (`constructor`, `__proto__` are not fields). */
@@ -114,11 +122,22 @@ function parseSampling(v: unknown, where: string, id: string | undefined): WireS
       out.stop = val as string[];
       continue;
     }
+    if (k === 'stop_token_ids') {
+      if (!Array.isArray(val) || val.length > MAX_STOP_STRINGS || val.some((t) => !Number.isInteger(t) || t < 0)) throw bad(`stop_token_ids must be an array of at most ${MAX_STOP_STRINGS} token ids`);
+      out.stop_token_ids = val as number[];
+      continue;
+    }
+    if (k === 'logprobs') {
+      if (typeof val !== 'boolean') throw bad('logprobs must be a boolean');
+      out.logprobs = val;
+      continue;
+    }
     if (!has(NUMERIC, k)) throw bad(`unknown field ${quoteKey(k)}`);
     const kind = NUMERIC[k as keyof typeof NUMERIC];
     if (typeof val !== 'number' || !Number.isFinite(val)) throw bad(`${k} must be a finite number`);
     if (kind === 'integer' && !Number.isInteger(val)) throw bad(`${k} must be an integer`);
     if (k === 'max_tokens' && val < 1) throw bad('max_tokens must be at least 1');
+    if (k === 'top_logprobs' && (val < 0 || val > 20)) throw bad('top_logprobs must be from 0 to 20');
     (out as Record<string, number>)[k] = val;
   }
   return out;
@@ -216,6 +235,10 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
           if (s.context_policy !== 'truncate' && s.context_policy !== 'reject') throw new ProtocolError('WEFT_BAD_FRAME', 'session.context_policy must be "truncate" or "reject"', id);
           session.context_policy = s.context_policy;
         }
+        if (has(s, 'rotate_resume_token')) {
+          if (typeof s.rotate_resume_token !== 'boolean') throw new ProtocolError('WEFT_BAD_FRAME', 'session.rotate_resume_token must be a boolean', id);
+          session.rotate_resume_token = s.rotate_resume_token;
+        }
         return withId({ type: 'session.update' as const, session });
       }
       case 'message.create': {
@@ -249,7 +272,7 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
 }
 
 /** Wire sampling → the engine's options, max_tokens and stop strings. */
-export function toTurnSampling(w: WireSampling): { sampling: SamplingOptions; maxTokens?: number; stop?: string[] } {
+export function toTurnSampling(w: WireSampling): { sampling: SamplingOptions; maxTokens?: number; stop?: string[]; logprobs?: boolean; topLogprobs?: number } {
   const s: SamplingOptions = {};
   if (w.temperature !== undefined) s.temperature = w.temperature;
   if (w.top_p !== undefined) s.topP = w.top_p;
@@ -259,7 +282,14 @@ export function toTurnSampling(w: WireSampling): { sampling: SamplingOptions; ma
   if (w.presence_penalty !== undefined) s.presencePenalty = w.presence_penalty;
   if (w.frequency_penalty !== undefined) s.frequencyPenalty = w.frequency_penalty;
   if (w.seed !== undefined) s.seed = w.seed;
-  const out: { sampling: SamplingOptions; maxTokens?: number; stop?: string[] } = { sampling: s };
+  if (w.stop_token_ids !== undefined) s.stopTokens = w.stop_token_ids;
+  // the engine returns log-probabilities with n >= 1 alternatives; top_logprobs 0 drops them on the wire
+  if (w.logprobs) s.logprobs = Math.max(1, w.top_logprobs ?? 0);
+  const out: ReturnType<typeof toTurnSampling> = { sampling: s };
+  if (w.logprobs) {
+    out.logprobs = true;
+    out.topLogprobs = w.top_logprobs ?? 0;
+  }
   if (w.max_tokens !== undefined) out.maxTokens = w.max_tokens;
   if (w.stop !== undefined) out.stop = w.stop;
   return out;

@@ -41,6 +41,12 @@ export interface GatewayOptions {
   allowedOrigins?: string[];
   /** Bytes of a response's latest deltas kept for replay after a reconnect; a disconnected response pauses when they fill up. Default 256 KiB. */
   replayBytes?: number;
+  /**
+   * The server pings every connection this often (ms); one that has not answered by the next ping
+   * is closed (its session kept for resume). 0 disables. Default 30000. (uWebSockets.js: its idle
+   * timeout, in whole multiples of 4 s, with automatic pings.)
+   */
+  heartbeatMs?: number;
   /** How long a drain (SIGTERM) lets running answers finish before ending them, in ms. Default 10000. */
   drainTimeoutMs?: number;
   /** Largest client frame in bytes. Default 1 MiB. */
@@ -84,6 +90,7 @@ export class Gateway {
   readonly maxBufferedBytes: number;
   readonly drainTimeoutMs: number;
   readonly replayBytes: number;
+  readonly heartbeatMs: number;
   readonly origins: OriginPolicy;
   private readonly detached: ResumePool<SessionRunner>;
   readonly transportName: 'ws' | 'uws';
@@ -111,6 +118,9 @@ export class Gateway {
     this.rateLimits = { framesPerSecond, bytesPerSecond, frameBurst: 2 * framesPerSecond, byteBurst: Math.max(bytesPerSecond, 2 * this.maxFrameBytes) };
     this.maxBufferedBytes = pos(options.maxBufferedBytes, 'maxBufferedBytes', 16 << 20);
     this.replayBytes = pos(options.replayBytes, 'replayBytes', 256 << 10);
+    const heartbeat = options.heartbeatMs ?? 30_000;
+    if (!Number.isFinite(heartbeat) || heartbeat < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `heartbeatMs must be a non-negative number (got ${heartbeat})`);
+    this.heartbeatMs = heartbeat;
     const drain = options.drainTimeoutMs ?? 10_000;
     if (!Number.isFinite(drain) || drain < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `drainTimeoutMs must be a non-negative number (got ${drain})`);
     this.drainTimeoutMs = drain;

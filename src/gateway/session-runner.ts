@@ -6,7 +6,7 @@
  * again and gets what it missed.
  */
 import { WeftError, toWeftError, type WeftErrorCode } from '../errors.js';
-import { ResponseLog, type ResponseSink } from '../session/response-log.js';
+import { ResponseLog, type FrameBuilder, type ResponseSink } from '../session/response-log.js';
 import type { Session, Turn, TurnDone } from '../session/session.js';
 import { toTurnSampling, type ClientEvent, type WireSampling } from './protocol.js';
 import type { Gateway } from './server.js';
@@ -104,17 +104,17 @@ export class SessionRunner {
       this.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: `the deltas after seq ${lastSeq} are no longer held (--replay-bytes); the text so far follows`, response_id: c.id, text: r.text, next_seq: r.nextSeq, ...(eventId === undefined ? {} : { event_id: eventId }) });
       this.gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
     } else {
-      const prefix = deltaPrefix(c.id);
-      for (const d of r.deltas) this.wire?.sendText(prefix + d.seq + ',"text":' + JSON.stringify(d.text) + '}');
+      for (const f of r.frames) this.wire?.sendText(f);
     }
     if (c.log.result) this.finish(c);
     else c.log.attach(this.sink(c));
   }
 
-  handle(ev: ClientEvent): void {
+  /** A client event; `updated`: fields the connection adds to session.updated (a rotated resume token). */
+  handle(ev: ClientEvent, updated?: Record<string, unknown>): void {
     switch (ev.type) {
       case 'session.update':
-        return this.update(ev);
+        return this.update(ev, updated);
       case 'message.create':
         return this.create(ev);
       case 'response.cancel':
@@ -128,7 +128,12 @@ export class SessionRunner {
     }
   }
 
-  private update(ev: Extract<ClientEvent, { type: 'session.update' }>): void {
+  /** Whether a session.update would be refused now (a response runs). */
+  refusesUpdate(): boolean {
+    return this.busy;
+  }
+
+  private update(ev: Extract<ClientEvent, { type: 'session.update' }>, updated: Record<string, unknown> = {}): void {
     if (this.busy) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'session.update while a response is running', ev.event_id);
     if (ev.session.sampling) this.sampling = { ...this.sampling, ...ev.session.sampling };
     if (ev.session.system !== undefined) {
@@ -136,7 +141,22 @@ export class SessionRunner {
       this.session.setSystem(this.system);
     }
     if (ev.session.context_policy !== undefined) this.session.contextPolicy = ev.session.context_policy;
-    this.send(withId({ type: 'session.updated', session: { id: this.session.id, system: this.system ?? null, sampling: this.sampling, context_policy: this.session.contextPolicy } }, ev.event_id));
+    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy };
+    this.send(withId({ type: 'session.updated', session, ...updated }, ev.event_id));
+  }
+
+  /** What a message.create without sampling would use: the server's defaults, then the session's. */
+  private effectiveSampling(): WireSampling {
+    const d = this.gw.options.sessionSampling ?? {};
+    const server: WireSampling = { temperature: d.temperature ?? 0, max_tokens: this.gw.defaultMaxTokens };
+    if (d.topP !== undefined) server.top_p = d.topP;
+    if (d.topK !== undefined) server.top_k = d.topK;
+    if (d.minP !== undefined) server.min_p = d.minP;
+    if (d.repetitionPenalty !== undefined) server.repetition_penalty = d.repetitionPenalty;
+    if (d.presencePenalty !== undefined) server.presence_penalty = d.presencePenalty;
+    if (d.frequencyPenalty !== undefined) server.frequency_penalty = d.frequencyPenalty;
+    if (d.seed !== undefined) server.seed = d.seed;
+    return { ...server, ...this.sampling };
   }
 
   private cancel(eventId: string | undefined, truncateAt: number | undefined): void {
@@ -178,7 +198,7 @@ export class SessionRunner {
     if (this.gw.draining) return this.error('WEFT_DRAINING', 'the server is shutting down and starts no new responses', ev.event_id);
     const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
     const id = `resp_${nextResponseId++}`;
-    const log = new ResponseLog(id, this.gw.replayBytes);
+    const log = new ResponseLog(id, this.gw.replayBytes, this.frameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1));
     const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
     this.session
       .sendAsync(ev.content, {
@@ -216,15 +236,35 @@ export class SessionRunner {
     if (!this.wire) r.log.detach();
   }
 
+  /**
+   * A response's delta frames, built by concatenation (no object or JSON.stringify of the whole
+   * event per token). `topLogprobs` -1: no log-probabilities; else the sampled token's and that
+   * many alternatives.
+   */
+  private frameBuilder(id: string, topLogprobs: number): FrameBuilder {
+    const prefix = `{"type":"response.delta","response_id":${JSON.stringify(id)},"seq":`;
+    const tok = this.session.format.tokenizer;
+    const num = (x: number) => (Number.isFinite(x) ? String(x) : '-9999');
+    return (seq, text, info) => {
+      let f = prefix + seq + ',"text":' + JSON.stringify(text);
+      if (topLogprobs >= 0 && info && info.token >= 0 && info.logprob !== undefined) {
+        f += ',"token":' + info.token + ',"logprob":' + num(info.logprob);
+        if (topLogprobs > 0) {
+          const top = (info.top ?? []).slice(0, topLogprobs).map((t) => `{"token":${t.token},"text":${JSON.stringify(tok.decode([t.token]))},"logprob":${num(t.logprob)}}`);
+          f += ',"top_logprobs":[' + top.join(',') + ']';
+        }
+      }
+      return f + '}';
+    };
+  }
+
   private sink(r: Response): ResponseSink {
-    const prefix = deltaPrefix(r.id);
     return {
-      delta: (seq, text) => {
+      delta: (_seq, frame) => {
         const now = performance.now();
         if (this.lastDeltaAt > 0) this.gw.metrics.interToken.observe((now - this.lastDeltaAt) / 1000);
         this.lastDeltaAt = now;
-        // one token's frame, built without an object or a JSON.stringify of the whole event
-        this.wire?.sendText(prefix + seq + ',"text":' + JSON.stringify(text) + '}');
+        this.wire?.sendText(frame);
       },
       done: () => this.finish(r),
       fail: () => this.finish(r),
@@ -250,7 +290,15 @@ export class SessionRunner {
     let done: Record<string, unknown>;
     if ('error' in result) {
       const e = toWeftError(result.error);
-      done = { type: 'response.done', response_id: r.id, finish_reason: 'error', error: { code: e.code, message: e.message } };
+      // an internal failure: usage and timing from the request, as far as it got
+      const q = r.turn.request;
+      const now = performance.now();
+      done = {
+        type: 'response.done', response_id: r.id, finish_reason: 'error', error: { code: e.code, message: e.message },
+        usage: { prompt_tokens: r.turn.prompt.length, cached_tokens: q.cachedAtStart, completion_tokens: q.generated.length },
+        timing: { queue_ms: (q.admittedAt || now) - q.submittedAt, ttft_ms: q.firstTokenAt ? q.firstTokenAt - q.submittedAt : 0, duration_ms: now - q.submittedAt },
+        truncated_turns: 0,
+      };
       this.gw.metrics.errors.inc({ code: e.code });
     } else {
       const ev = result.done;
@@ -313,11 +361,6 @@ export class SessionRunner {
   private send(ev: object): void {
     this.wire?.sendText(JSON.stringify(ev));
   }
-}
-
-/** `{"type":"response.delta","response_id":"…","seq":` of a response. */
-function deltaPrefix(id: string): string {
-  return `{"type":"response.delta","response_id":${JSON.stringify(id)},"seq":`;
 }
 
 function withId<T extends object>(ev: T, eventId: string | undefined): T {

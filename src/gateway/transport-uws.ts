@@ -45,7 +45,9 @@ export class UwsTransport implements Transport {
     this.app.ws<UserData>(WS_PATH, {
       maxPayloadLength: gw.maxFrameBytes * 4,
       maxBackpressure: 64 << 20,
-      idleTimeout: 0,
+      // the heartbeat: uWS pings an idle connection and closes one that stays silent (4 s resolution)
+      idleTimeout: gw.heartbeatMs > 0 ? Math.max(8, Math.round(gw.heartbeatMs / 4000) * 4) : 0,
+      sendPingsAutomatically: gw.heartbeatMs > 0,
       upgrade: (res, req, context) => {
         // everything from req is read now: it is valid during this callback only
         const origin = req.getHeader('origin');

@@ -37,12 +37,28 @@ function toBuffer(data: RawData): Buffer {
 export class WsTransport implements Transport {
   readonly http: Server;
   private readonly wss: WebSocketServer;
+  /** Sockets that have not answered the last heartbeat ping. */
+  private readonly silent = new WeakSet<WebSocket>();
+  private heartbeat: NodeJS.Timeout | null = null;
 
   constructor(private readonly gw: Gateway) {
     this.http = createServer((req, res) => this.request(req, res));
     // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
     this.wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
     this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
+    if (gw.heartbeatMs > 0) {
+      this.heartbeat = setInterval(() => {
+        for (const ws of this.wss.clients) {
+          if (this.silent.has(ws)) {
+            ws.terminate(); // no pong since the last ping: a dead connection
+            continue;
+          }
+          this.silent.add(ws);
+          ws.ping();
+        }
+      }, gw.heartbeatMs);
+      this.heartbeat.unref();
+    }
   }
 
   private request(req: IncomingMessage, res: ServerResponse): void {
@@ -95,6 +111,7 @@ export class WsTransport implements Transport {
       },
       resume,
     );
+    ws.on('pong', () => this.silent.delete(ws));
     ws.on('message', (data, isBinary) => conn.onMessage(toBuffer(data), isBinary));
     ws.on('close', () => {
       clearTimeout(resumeTimer);
@@ -116,6 +133,7 @@ export class WsTransport implements Transport {
   }
 
   async close(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
     for (const c of this.wss.clients) c.terminate();
     this.wss.close();
     this.http.closeAllConnections();

@@ -8,11 +8,15 @@
  * generating until that window is full, then it is paused (`blocked()`, the scheduler's
  * backpressure hook) with its KV kept, as a slow reader's is.
  */
-import type { TurnDone, TurnListener } from './turn.js';
+import type { TokenInfo, TurnDone, TurnListener } from './turn.js';
+
+/** Builds a delta's frame (a protocol front's wire format), once: it is sent and kept for replay. */
+export type FrameBuilder = (seq: number, text: string, token?: TokenInfo) => string;
 
 /** Where a log's events go: a protocol front's connection. */
 export interface ResponseSink {
-  delta(seq: number, text: string): void;
+  /** A delta's frame, as built by the log's FrameBuilder. */
+  delta(seq: number, frame: string): void;
   done(done: TurnDone): void;
   fail(err: unknown): void;
   /** True while the consumer has too much unsent (socket backpressure). */
@@ -20,7 +24,7 @@ export interface ResponseSink {
 }
 
 /** What a resume gets for a `last_seq`: deltas to send, or a gap the window no longer holds. */
-export type Replay = { deltas: { seq: number; text: string }[] } | { gap: true; text: string; nextSeq: number };
+export type Replay = { frames: string[] } | { gap: true; text: string; nextSeq: number };
 
 export class ResponseLog implements TurnListener {
   /** The whole text so far (every delta's text, in order). */
@@ -29,13 +33,14 @@ export class ResponseLog implements TurnListener {
   nextSeq = 0;
   /** Set once the turn ended. */
   result: { done: TurnDone } | { error: unknown } | null = null;
-  private readonly window: { seq: number; text: string; bytes: number }[] = [];
+  private readonly window: { seq: number; frame: string; bytes: number }[] = [];
   private windowBytes = 0;
   private sink: ResponseSink | null = null;
 
   constructor(
     readonly responseId: string,
     private readonly replayBytes: number,
+    private readonly frame: FrameBuilder,
   ) {}
 
   get attached(): boolean {
@@ -48,17 +53,17 @@ export class ResponseLog implements TurnListener {
     return this.windowBytes >= this.replayBytes;
   }
 
-  delta(seq: number, text: string): void {
+  delta(seq: number, text: string, token?: TokenInfo): void {
     this.text += text;
     this.nextSeq = seq + 1;
-    // a delta's bytes: its text plus the frame around it (~60 bytes)
-    const bytes = Buffer.byteLength(text) + 64;
-    this.window.push({ seq, text, bytes });
+    const frame = this.frame(seq, text, token);
+    const bytes = Buffer.byteLength(frame);
+    this.window.push({ seq, frame, bytes });
     this.windowBytes += bytes;
     // an attached consumer was sent the oldest: keep the window under the bound; a detached one
     // stops the response (blocked) before the window passes it
     while (this.sink && this.windowBytes > this.replayBytes && this.window.length > 1) this.windowBytes -= this.window.shift()!.bytes;
-    this.sink?.delta(seq, text);
+    this.sink?.delta(seq, frame);
   }
 
   done(done: TurnDone): void {
@@ -75,7 +80,7 @@ export class ResponseLog implements TurnListener {
   replayAfter(lastSeq: number): Replay {
     const first = this.window[0]?.seq ?? this.nextSeq;
     if (lastSeq + 1 < first) return { gap: true, text: this.text, nextSeq: this.nextSeq };
-    return { deltas: this.window.filter((d) => d.seq > lastSeq).map(({ seq, text }) => ({ seq, text })) };
+    return { frames: this.window.filter((d) => d.seq > lastSeq).map((d) => d.frame) };
   }
 
   /** Sends the events from now on to `sink` (the caller sends the replay first). */

@@ -6,7 +6,7 @@ import type { DoneEvent, FinishReason, ScheduledRequest } from '../scheduler/sch
 
 export type TurnEvent =
   /** One per generated token (seq from 0, no gaps; text may be ''); a last delta with token -1 carries text the decoder held back to the end. */
-  | { type: 'delta'; seq: number; text: string; token: number }
+  | { type: 'delta'; seq: number; text: string; token: number; logprob?: number; top?: { token: number; logprob: number }[] }
   | {
       type: 'done';
       finishReason: FinishReason;
@@ -21,10 +21,17 @@ export type TurnEvent =
 
 export type TurnDone = Extract<TurnEvent, { type: 'done' }>;
 
+/** The token behind a delta: its id and, when asked for, its log-probability and the top alternatives. */
+export interface TokenInfo {
+  token: number;
+  logprob?: number;
+  top?: { token: number; logprob: number }[];
+}
+
 /** Receives a turn's events as they come (`Turn.listen`): the push alternative to iterating. */
 export interface TurnListener {
   /** One per generated token, seq from 0 without gaps (text may be ''); a last one may carry held-back text. */
-  delta(seq: number, text: string): void;
+  delta(seq: number, text: string, token?: TokenInfo): void;
   done(ev: TurnDone): void;
   /** The turn could not be settled (an internal failure). */
   fail(err: unknown): void;
@@ -56,7 +63,7 @@ export class Turn implements AsyncIterable<TurnEvent> {
     for await (const ev of this.request) {
       if (ev.type === 'token') {
         text += ev.text ?? '';
-        yield { type: 'delta', seq: ev.index, text: ev.text ?? '', token: ev.token };
+        yield { type: 'delta', seq: ev.index, text: ev.text ?? '', token: ev.token, ...(ev.logprob === undefined ? {} : { logprob: ev.logprob, top: ev.top }) };
       }
     }
     const done = await this.done;
@@ -72,7 +79,7 @@ export class Turn implements AsyncIterable<TurnEvent> {
       if (ev.type !== 'token') return;
       const t = ev.text ?? '';
       text += t;
-      l.delta(ev.index, t);
+      l.delta(ev.index, t, ev);
     });
     this.done.then(
       (done) => {
