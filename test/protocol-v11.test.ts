@@ -104,3 +104,38 @@ test('heartbeat (ws): a connection that stops answering pings is closed and its 
     await gw.close();
   }
 });
+
+test('progress (opt-in): a deliberately full server reports the place in line, then prefilling and generating', async () => {
+  const gw = new Gateway({ transport: 'ws', port: 0, sessionSampling: { ignoreEos: true }, scheduler: { maxActive: 1 } });
+  gw.attach(engine);
+  gw.format = Object.assign(Object.create(Object.getPrototypeOf(gw.format)), gw.format, { stopStrings: [] });
+  const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
+  try {
+    const [a, b, c] = await Promise.all([Client.open(url), Client.open(url), Client.open(url)]);
+    await Promise.all([a, b, c].map((x) => x.next((e) => e.type === 'session.created')));
+    for (const x of [b, c]) {
+      x.send({ type: 'session.update', session: { progress: true }, event_id: 'p' });
+      expect(await x.next((e) => e.event_id === 'p')).toMatchObject({ session: { progress: true } });
+    }
+    a.send({ type: 'message.create', content: 'Tell me of Moses.', sampling: { max_tokens: 400 } });
+    await a.next((e) => e.type === 'response.delta');
+    b.send({ type: 'message.create', content: 'Who made the heaven and the earth?', sampling: { max_tokens: 120 } });
+    expect(await b.next((e) => e.type === 'response.progress')).toMatchObject({ state: 'queued', position: 1, ahead: 0 });
+    c.send({ type: 'message.create', content: 'Amen.', sampling: { max_tokens: 8 } });
+    expect(await c.next((e) => e.type === 'response.progress')).toMatchObject({ state: 'queued', position: 2, ahead: 1 });
+    a.send({ type: 'response.cancel' });
+    const states: string[] = [];
+    for (;;) {
+      const e = await b.next((x) => x.type === 'response.progress' || x.type === 'response.done');
+      if (e.type === 'response.done') break;
+      states.push(e.state);
+    }
+    expect(states.at(-1)).toMatch(/prefilling|generating/);
+    expect(await c.next((e) => e.type === 'response.progress')).toMatchObject({ state: 'queued', position: 1, ahead: 0 });
+    // without the opt-in, no progress events
+    expect(a.events.some((e) => e.type === 'response.progress')).toBe(false);
+    for (const x of [a, b, c]) x.ws.close();
+  } finally {
+    await gw.close();
+  }
+});

@@ -41,6 +41,8 @@ export interface SessionUpdate {
   context_policy?: 'truncate' | 'reject';
   /** A new resume token replaces the session's (the old one stops working). */
   rotate_resume_token?: boolean;
+  /** response.progress events while a response runs. */
+  progress?: boolean;
 }
 
 export interface ErrorEvent {
@@ -95,7 +97,7 @@ const EVENT_FIELDS: Record<ClientEvent['type'], readonly string[]> = {
   'session.resume': ['response_id', 'last_seq'],
   'session.close': [],
 };
-const SESSION_FIELDS = ['system', 'sampling', 'context_policy', 'rotate_resume_token'];
+const SESSION_FIELDS = ['system', 'sampling', 'context_policy', 'rotate_resume_token', 'progress'];
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 /** A key of a table, looked up without the prototype chain (`constructor`, `__proto__` are not fields). */
@@ -234,6 +236,10 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
         if (has(s, 'context_policy')) {
           if (s.context_policy !== 'truncate' && s.context_policy !== 'reject') throw new ProtocolError('WEFT_BAD_FRAME', 'session.context_policy must be "truncate" or "reject"', id);
           session.context_policy = s.context_policy;
+        }
+        if (has(s, 'progress')) {
+          if (typeof s.progress !== 'boolean') throw new ProtocolError('WEFT_BAD_FRAME', 'session.progress must be a boolean', id);
+          session.progress = s.progress;
         }
         if (has(s, 'rotate_resume_token')) {
           if (typeof s.rotate_resume_token !== 'boolean') throw new ProtocolError('WEFT_BAD_FRAME', 'session.rotate_resume_token must be a boolean', id);

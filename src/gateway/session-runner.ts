@@ -41,6 +41,8 @@ let nextResponseId = 1;
 export class SessionRunner {
   sampling: WireSampling = {};
   system: string | undefined;
+  /** response.progress events (session.update progress). */
+  progress = false;
   private wire: Wire | null = null;
   /** The running response, or the last one (kept for replay and response.truncate). */
   private current: Response | null = null;
@@ -141,7 +143,8 @@ export class SessionRunner {
       this.session.setSystem(this.system);
     }
     if (ev.session.context_policy !== undefined) this.session.contextPolicy = ev.session.context_policy;
-    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy };
+    if (ev.session.progress !== undefined) this.progress = ev.session.progress;
+    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy, progress: this.progress };
     this.send(withId({ type: 'session.updated', session, ...updated }, ev.event_id));
   }
 
@@ -229,6 +232,7 @@ export class SessionRunner {
     r.turn.listen(r.log);
     r.log.attach(this.sink(r));
     void r.turn.done.then((d) => this.observe(d), () => undefined);
+    if (this.progress) this.watch(r);
     if (cancelId !== undefined) {
       r.cancelEventId = cancelId ?? undefined;
       r.turn.cancel();
@@ -318,6 +322,34 @@ export class SessionRunner {
       }
     }
     return done;
+  }
+
+  /**
+   * response.progress while `r` runs, checked every 100 ms and sent when it changed: `queued`
+   * (position: 1 for the next one admitted; ahead: requests before it), `prefilling` (tokens done
+   * of total), `generating`, `paused` (the consumer is not reading: backpressure, or no
+   * connection and a full replay window).
+   */
+  private watch(r: Response): void {
+    let last = '';
+    const check = () => {
+      if (r.log.result) return clearInterval(timer);
+      const q = r.turn.request;
+      let ev: Record<string, unknown>;
+      if (q.state === 'queued') {
+        const ahead = Math.max(0, this.gw.scheduler!.queuePosition(q));
+        ev = { state: 'queued', position: ahead + 1, ahead };
+      } else if (q.state === 'prefilling') ev = { state: 'prefilling', done: q.offset, total: q.opts.tokens.length };
+      else if (r.log.blocked()) ev = { state: 'paused', reason: this.wire ? 'backpressure' : 'disconnected' };
+      else ev = { state: 'generating', tokens: q.generated.length };
+      const key = JSON.stringify({ ...ev, tokens: undefined });
+      if (key === last) return;
+      last = key;
+      this.send({ type: 'response.progress', response_id: r.id, ...ev });
+    };
+    const timer = setInterval(check, 100);
+    timer.unref();
+    check();
   }
 
   private observe(d: TurnDone): void {

@@ -103,6 +103,11 @@ export class Scheduler {
     return this.queue.length;
   }
 
+  /** Where a request waits for admission: 0 for the next one admitted; -1 when it is not queued. */
+  queuePosition(req: ScheduledRequest): number {
+    return this.queue.indexOf(req);
+  }
+
   /**
    * Submits a request. Throws WEFT_OVERLOADED when the admission queue is full, WEFT_BAD_ARGUMENT /
    * WEFT_TOKEN_OUT_OF_RANGE / WEFT_CONTEXT_OVERFLOW for a request that could never run.
