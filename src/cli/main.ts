@@ -28,6 +28,7 @@ usage:
                 [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-buffered-bytes SIZE]
                 [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
                 [--context-policy truncate|reject] [--replay-bytes SIZE] [--heartbeat SECONDS]
+                [--park-after SECONDS] [--drop-after SECONDS] [--parked-memory SIZE] [--max-session-tokens N]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -56,7 +57,10 @@ WEFT_CONTEXT_POLICY (truncate: a chat that outgrows the context drops its oldest
 default; reject: WEFT_CONTEXT_OVERFLOW), WEFT_REPLAY_BYTES (latest deltas of an answer kept for a
 reconnect; a disconnected answer pauses when they fill up; default 256KiB), WEFT_HEARTBEAT
 (seconds between server pings; a connection silent past the next one is closed; default 30,
-0 disables).
+0 disables), WEFT_PARK_AFTER and WEFT_DROP_AFTER (seconds after which an idle session's KV is
+parked in host memory, or dropped to its tokens and prefilled again on the next turn; default
+never), WEFT_PARKED_MEMORY (most parked KV; beyond it the least recently active parked sessions
+are dropped), WEFT_MAX_SESSION_TOKENS (most tokens one conversation may hold).
 
 Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. It has
 no API keys and no TLS yet: on any other --host (0.0.0.0, a LAN address) anyone who can reach
@@ -186,7 +190,8 @@ async function cmdServe(argv: string[]): Promise<void> {
     'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
     'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-buffered-bytes': 'string',
     'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string', 'context-policy': 'string',
-    'replay-bytes': 'string', heartbeat: 'string',
+    'replay-bytes': 'string', heartbeat: 'string', 'park-after': 'string', 'drop-after': 'string', 'parked-memory': 'string',
+    'max-session-tokens': 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
@@ -216,6 +221,10 @@ async function cmdServe(argv: string[]): Promise<void> {
     contextPolicy: serveOption(f, 'context-policy', 'string') as 'truncate' | 'reject' | undefined,
     replayBytes: serveOption(f, 'replay-bytes', 'size') as number | undefined,
     heartbeatMs: seconds('heartbeat'),
+    parkAfterMs: seconds('park-after'),
+    dropAfterMs: seconds('drop-after'),
+    parkedMemoryBytes: serveOption(f, 'parked-memory', 'size') as number | undefined,
+    maxSessionTokens: int('max-session-tokens'),
   });
   const { url } = await gw.listen();
   if (!isLoopback(host)) {

@@ -124,7 +124,13 @@ export class Connection {
     }
     if (this.resume !== undefined) this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
     if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions`);
-    const session = new Session(scheduler, { format: this.gw.format, maxTokens: this.gw.defaultMaxTokens, sampling: this.gw.options.sessionSampling, contextPolicy: this.gw.options.contextPolicy });
+    const session = new Session(scheduler, {
+      format: this.gw.format,
+      maxTokens: this.gw.defaultMaxTokens,
+      sampling: this.gw.options.sessionSampling,
+      contextPolicy: this.gw.options.contextPolicy,
+      maxContextTokens: this.gw.options.maxSessionTokens,
+    });
     this.runner = new SessionRunner(this.gw, session);
     this.runner.attach(this.wire);
     this.gw.sessions.add(session);

@@ -2,6 +2,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Engine } from '../engine/engine.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
+import type { KvLifecycle } from '../session/kv-lifecycle.js';
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -21,7 +22,7 @@ export class GatewayMetrics {
   readonly generatedTokens = new Counter({ name: 'weft_generated_tokens_total', help: 'Generated (completion) tokens.', registers: [this.registry] });
   readonly errors = new Counter({ name: 'weft_errors_total', help: 'error events sent and responses that ended in error, by code.', labelNames: ['code'], registers: [this.registry] });
 
-  constructor(getEngine: () => Engine | null, getScheduler: () => Scheduler | null) {
+  constructor(getEngine: () => Engine | null, getScheduler: () => Scheduler | null, getKv: () => KvLifecycle | null = () => null) {
     const reg = this.registry;
     new Gauge({
       name: 'weft_sessions_queued', help: 'Turns waiting in the scheduler admission queue.', registers: [reg],
@@ -39,6 +40,20 @@ export class GatewayMetrics {
       name: 'weft_contexts_busy', help: 'Execution contexts running a step.', registers: [reg],
       collect() { this.set(getEngine()?.stats().contextsBusy ?? 0); },
     });
-    collectDefaultMetrics({ register: reg, prefix: 'weft_process_' });
+    new Gauge({
+      name: 'weft_sessions_kv', help: 'Sessions by where their KV is: resident (KV pages), parked (host memory), dropped (tokens only).', labelNames: ['state'], registers: [reg],
+      collect() {
+        const c = getKv()?.census();
+        for (const state of ['resident', 'parked', 'dropped'] as const) this.set({ state }, c?.[state].sessions ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'weft_session_kv_bytes', help: 'KV bytes held for sessions, by state (resident: in the pool; parked: host memory).', labelNames: ['state'], registers: [reg],
+      collect() {
+        const c = getKv()?.census();
+        for (const state of ['resident', 'parked'] as const) this.set({ state }, c?.[state].bytes ?? 0);
+      },
+    });
+    collectDefaultMetrics({ register: reg, prefix: 'weft_' });
   }
 }

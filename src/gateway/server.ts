@@ -14,6 +14,7 @@ import { GatewayMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
 import type { RateLimits } from './rate-limit.js';
 import { ResumePool } from './resume-pool.js';
+import { KvLifecycle } from '../session/kv-lifecycle.js';
 import type { SessionRunner } from './session-runner.js';
 import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
@@ -47,6 +48,14 @@ export interface GatewayOptions {
    * timeout, in whole multiples of 4 s, with automatic pings.)
    */
   heartbeatMs?: number;
+  /** Park an idle session's KV in host memory after this many ms (0: only under KV pressure). Default 0. */
+  parkAfterMs?: number;
+  /** Drop an idle session's KV (keep its tokens; the next turn prefills them) after this many ms (0: never by age). Default 0. */
+  dropAfterMs?: number;
+  /** Most bytes of parked KV; beyond, the least recently active parked sessions are dropped. Default: no limit. */
+  parkedMemoryBytes?: number;
+  /** Most tokens one session's conversation may hold (below the model's context); the context policy applies. */
+  maxSessionTokens?: number;
   /** How long a drain (SIGTERM) lets running answers finish before ending them, in ms. Default 10000. */
   drainTimeoutMs?: number;
   /** Largest client frame in bytes. Default 1 MiB. */
@@ -80,7 +89,7 @@ export class Gateway {
   readonly liveTokens = new Set<string>();
   /** Connections that corked frames during the delivery of the current step's events. */
   readonly corked: Connection[] = [];
-  readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler);
+  readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler, () => this.kv);
   readonly maxSessions: number;
   readonly maxFrameBytes: number;
   readonly backpressureBytes: number;
@@ -91,6 +100,7 @@ export class Gateway {
   readonly drainTimeoutMs: number;
   readonly replayBytes: number;
   readonly heartbeatMs: number;
+  kv: KvLifecycle | null = null;
   readonly origins: OriginPolicy;
   private readonly detached: ResumePool<SessionRunner>;
   readonly transportName: 'ws' | 'uws';
@@ -180,6 +190,18 @@ export class Gateway {
     };
     this.modelName = basename(engine.dir);
     this.engine = engine;
+    const ms = (v: number | undefined, name: string) => {
+      if (v === undefined) return 0;
+      if (!Number.isFinite(v) || v < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `${name} must be a non-negative number of ms (got ${v})`);
+      return v;
+    };
+    const budget = this.options.parkedMemoryBytes;
+    if (budget !== undefined && (!Number.isFinite(budget) || budget < 0)) throw new WeftError('WEFT_BAD_ARGUMENT', `parkedMemoryBytes must be a non-negative number (got ${budget})`);
+    this.kv = new KvLifecycle(engine, () => this.sessions, {
+      parkAfterMs: ms(this.options.parkAfterMs, 'parkAfterMs'),
+      dropAfterMs: ms(this.options.dropAfterMs, 'dropAfterMs'),
+      parkedMemoryBytes: budget ?? Infinity,
+    }, Math.min(1000, Math.max(25, (this.options.parkAfterMs || this.options.dropAfterMs || 1000) / 4)));
   }
 
   limits(): Record<string, number> {
@@ -268,6 +290,7 @@ export class Gateway {
   /** Closes every connection (their sessions free their KV), the scheduler and the server; not the engine. */
   async close(): Promise<void> {
     this.closing = true;
+    this.kv?.close();
     for (const c of [...this.connections]) c.onClose(true);
     this.detached.clear();
     await Promise.allSettled([...this.sessions].map((s) => s.close()));

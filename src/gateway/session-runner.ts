@@ -144,8 +144,13 @@ export class SessionRunner {
     }
     if (ev.session.context_policy !== undefined) this.session.contextPolicy = ev.session.context_policy;
     if (ev.session.progress !== undefined) this.progress = ev.session.progress;
-    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy, progress: this.progress };
+    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy, progress: this.progress, kv: this.kv() };
     this.send(withId({ type: 'session.updated', session, ...updated }, ev.event_id));
+  }
+
+  /** Where the session's KV is and how many tokens it holds. */
+  private kv(): { state: string; tokens: number } {
+    return { state: this.session.kvState, tokens: this.session.cachedTokens };
   }
 
   /** What a message.create without sampling would use: the server's defaults, then the session's. */
@@ -306,7 +311,7 @@ export class SessionRunner {
       this.gw.metrics.errors.inc({ code: e.code });
     } else {
       const ev = result.done;
-      done = { type: 'response.done', response_id: r.id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing, truncated_turns: ev.truncatedTurns };
+      done = { type: 'response.done', response_id: r.id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing, truncated_turns: ev.truncatedTurns, kv: this.kv() };
       if (ev.error) {
         done.error = ev.error;
         this.gw.metrics.errors.inc({ code: ev.error.code });

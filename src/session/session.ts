@@ -55,9 +55,14 @@ export interface AsyncTurnOptions extends TurnOptions {
 
 export type ContextPolicy = 'truncate' | 'reject';
 
+/** Where a session's KV is (src/session/kv-lifecycle.ts moves it). */
+export type KvState = 'resident' | 'parked' | 'dropped';
+
 export interface SessionOptions extends TurnOptions {
   /** What a turn that does not fit the context does. Default `truncate`. */
   contextPolicy?: ContextPolicy;
+  /** Most tokens the conversation may hold (prompt and answer), below the model's context. */
+  maxContextTokens?: number;
   system?: string;
   /** Prior messages (a transcript to continue). */
   history?: ChatMessage[];
@@ -93,6 +98,7 @@ export class Session {
   private turn: Turn | null = null;
   private closed = false;
   private preparing = false;
+  private activeAt = performance.now();
 
   constructor(
     readonly scheduler: Scheduler,
@@ -184,8 +190,14 @@ export class Session {
   }
 
   /** Most prompt tokens a turn may have: all but one (reject), or leaving room for the answer (truncate). */
+  /** The session's context: the model's, or less with `maxContextTokens`. */
+  private get maxContext(): number {
+    const model = this.scheduler.engine.stats().maxContext;
+    return Math.min(model, this.defaults.maxContextTokens ?? model);
+  }
+
   private promptLimit(opts: TurnOptions): number {
-    const maxContext = this.scheduler.engine.stats().maxContext;
+    const maxContext = this.maxContext;
     if (this.contextPolicy === 'reject') return maxContext - 1;
     const room = Math.min(opts.maxTokens ?? this.defaults.maxTokens ?? 256, Math.floor(maxContext / 4));
     return maxContext - Math.max(1, room);
@@ -221,7 +233,7 @@ export class Session {
   }
 
   private overflow(tokens: string, bytes?: number): never {
-    const maxContext = this.scheduler.engine.stats().maxContext;
+    const maxContext = this.maxContext;
     const size = bytes === undefined ? `${tokens} tokens` : `${bytes} bytes: ${tokens} tokens`;
     throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${size}) does not fit the context of ${maxContext} tokens${this.contextPolicy === 'truncate' ? ', even with only the system prompt and the new message' : ''}`);
   }
@@ -258,12 +270,14 @@ export class Session {
       sequence: seq,
       tokens: ids.slice(keep),
       sampling,
-      maxTokens: opts.maxTokens ?? this.defaults.maxTokens ?? 256,
+      // the answer stops at the session's context cap too
+      maxTokens: Math.max(1, Math.min(opts.maxTokens ?? this.defaults.maxTokens ?? 256, this.maxContext - ids.length)),
       decoder: this.format.tokenizer.createDecoder(),
       stopStrings,
       isBlocked: opts.isBlocked ?? this.defaults.isBlocked,
     });
     for (let k = 0; k < plan.skip; k++) this.conversation.dropOldestTurn();
+    this.activeAt = performance.now();
     const done = request.done.then((ev) => this.settle(content, request, ev, stopStrings, prior, ids, plan.skip));
     this.turn = new Turn(request, done, ids);
     return this.turn;
@@ -321,6 +335,7 @@ export class Session {
     }
     if (cut >= 0) text = text.slice(0, cut);
     this.cached = [...prior, ...request.fed];
+    this.activeAt = performance.now();
     this.conversation.commit(content, text, prompt, request.generated, generatedText);
     if (this.seq && !this.closed) this.scheduler.release(this.seq);
     const done: TurnDone = {
@@ -343,6 +358,34 @@ export class Session {
     const info = this.seq.info();
     if (info.parked || info.busy || info.numPages === 0) return;
     await this.seq.park();
+  }
+
+  /**
+   * Drops the conversation's KV (device and host memory): only the tokens stay, and the next turn
+   * prefills them again, computing what the kept KV would have held. An idle session only.
+   */
+  drop(): void {
+    if (this.closed || !this.seq || this.state !== SessionState.Idle || this.cached.length === 0) return;
+    this.scheduler.forget(this.seq);
+    this.seq.free();
+    this.seq = this.scheduler.engine.createSequence(this.defaults.sampling);
+    this.cached = [];
+  }
+
+  /** Where the conversation's KV is: `resident` (KV pages), `parked` (host memory), `dropped` (tokens only). */
+  get kvState(): KvState {
+    if (this.cached.length === 0 && this.conversation.numTokens > 0) return 'dropped';
+    if (!this.seq || this.closed) return 'dropped';
+    try {
+      return this.seq.info().parked ? 'parked' : 'resident';
+    } catch {
+      return 'dropped';
+    }
+  }
+
+  /** When the session last started or ended a turn (performance.now()). */
+  get lastActiveAt(): number {
+    return this.activeAt;
   }
 
   /** Cancels a running turn and frees the KV (once the turn's step settles). */
