@@ -29,6 +29,7 @@ usage:
                 [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
                 [--context-policy truncate|reject] [--replay-bytes SIZE] [--heartbeat SECONDS]
                 [--park-after SECONDS] [--drop-after SECONDS] [--parked-memory SIZE] [--max-session-tokens N]
+                [--state-dir DIR] [--drain-target URL]
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -60,7 +61,10 @@ reconnect; a disconnected answer pauses when they fill up; default 256KiB), WEFT
 0 disables), WEFT_PARK_AFTER and WEFT_DROP_AFTER (seconds after which an idle session's KV is
 parked in host memory, or dropped to its tokens and prefilled again on the next turn; default
 never), WEFT_PARKED_MEMORY (most parked KV; beyond it the least recently active parked sessions
-are dropped), WEFT_MAX_SESSION_TOKENS (most tokens one conversation may hold).
+are dropped), WEFT_MAX_SESSION_TOKENS (most tokens one conversation may hold), WEFT_STATE_DIR
+(sessions are saved there at the end of every turn and at drain; a restarted weft resumes them
+with their resume tokens until the resume TTL runs out), WEFT_DRAIN_TARGET (another instance's
+ws:// URL that draining clients are told to resume on, in session.draining).
 
 Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. It has
 no API keys and no TLS yet: on any other --host (0.0.0.0, a LAN address) anyone who can reach
@@ -191,7 +195,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-buffered-bytes': 'string',
     'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string', 'context-policy': 'string',
     'replay-bytes': 'string', heartbeat: 'string', 'park-after': 'string', 'drop-after': 'string', 'parked-memory': 'string',
-    'max-session-tokens': 'string',
+    'max-session-tokens': 'string', 'state-dir': 'string', 'drain-target': 'string',
   });
   const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
   const port = int('port') ?? 8080;
@@ -225,6 +229,8 @@ async function cmdServe(argv: string[]): Promise<void> {
     dropAfterMs: seconds('drop-after'),
     parkedMemoryBytes: serveOption(f, 'parked-memory', 'size') as number | undefined,
     maxSessionTokens: int('max-session-tokens'),
+    stateDir: serveOption(f, 'state-dir', 'string') as string | undefined,
+    drainTarget: serveOption(f, 'drain-target', 'string') as string | undefined,
   });
   const { url } = await gw.listen();
   if (!isLoopback(host)) {
@@ -259,7 +265,8 @@ async function cmdServe(argv: string[]): Promise<void> {
     return;
   }
   gw.attach(engine);
-  process.stdout.write(`weft ready: model ${gw.modelName}\n`);
+  const restored = await gw.loadState();
+  process.stdout.write(`weft ready: model ${gw.modelName}${gw.store ? `; ${restored} saved sessions resumable from ${gw.store.dir}` : ''}\n`);
   await stopped;
 }
 

@@ -38,7 +38,7 @@ export interface TransportSocket {
 }
 
 export class Connection {
-  private runner: SessionRunner | null = null;
+  runner: SessionRunner | null = null;
   private closed = false;
   private readonly limiter: ConnectionRateLimiter;
   private pausedUntil = 0;
@@ -82,6 +82,12 @@ export class Connection {
     this.runner?.cancelForShutdown();
   }
 
+  /** The server drains: the client learns how long it has and where to go next. */
+  notifyDraining(retryAfterMs: number, resumeUrl: string | undefined): void {
+    if (this.closed || !this.runner) return;
+    this.send({ type: 'session.draining', retry_after_ms: retryAfterMs, ...(resumeUrl ? { resume_url: resumeUrl } : {}) });
+  }
+
   /** Closes the socket (the session is ended, not kept for resume). */
   closeForShutdown(): void {
     if (this.closed) return;
@@ -119,6 +125,18 @@ export class Connection {
       runner.replay(this.lastSeq ?? -1, this.responseId);
       return;
     }
+    if (this.resume !== undefined && !this.gw.hasDetached(this.resume) && !this.gw.liveTokens.has(this.resume)) {
+      // a session a previous weft saved in the state dir
+      if (full && this.gw.hasSaved(this.resume)) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions; the session stays resumable`);
+      const restored = this.gw.restoreSession(this.resume);
+      if (restored) {
+        this.runner = restored;
+        this.resumeToken = this.resume;
+        this.gw.liveTokens.add(this.resume);
+        restored.attach(this.wire);
+        return this.send({ type: 'session.resumed', session: { id: restored.session.id, model: this.gw.modelName, limits: this.gw.limits() }, resume_token: this.resume, response: null });
+      }
+    }
     if (this.resume !== undefined && this.gw.liveTokens.has(this.resume)) {
       return this.refuse('WEFT_SESSION_CONNECTED', 'the session of this resume token is connected on another socket; retry once that one has closed');
     }
@@ -137,6 +155,7 @@ export class Connection {
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
     this.resumeToken = this.gw.resumeTtlMs > 0 ? randomBytes(24).toString('base64url') : null;
     if (this.resumeToken) this.gw.liveTokens.add(this.resumeToken);
+    this.runner.resumeToken = this.resumeToken;
     this.send({
       type: 'session.created',
       session: { id: session.id, model: this.gw.modelName, limits: this.gw.limits() },
@@ -172,8 +191,10 @@ export class Connection {
       }
       if (ev.type === 'session.update' && ev.session.rotate_resume_token && this.resumeToken && !this.runner!.refusesUpdate()) {
         this.gw.liveTokens.delete(this.resumeToken);
+        this.gw.forgetSaved(this.resumeToken);
         this.resumeToken = randomBytes(24).toString('base64url');
         this.gw.liveTokens.add(this.resumeToken);
+        this.runner!.resumeToken = this.resumeToken;
         return this.runner!.handle(ev, { resume_token: this.resumeToken });
       }
       this.runner!.handle(ev);

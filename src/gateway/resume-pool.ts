@@ -33,6 +33,11 @@ export class ResumePool<T> {
     return this.entries.size;
   }
 
+  /** The sessions held, oldest first. */
+  *values(): IterableIterator<T> {
+    for (const e of this.entries.values()) yield e.value;
+  }
+
   has(token: string): boolean {
     return this.entries.has(token);
   }

@@ -7,7 +7,6 @@ import { basename } from 'node:path';
 import type { Engine, SamplingOptions } from '../engine/engine.js';
 import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
 import { ChatFormat } from '../session/chat-format.js';
-import type { Session } from '../session/session.js';
 import { WeftError } from '../errors.js';
 import { Connection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
@@ -15,7 +14,9 @@ import { OriginPolicy } from './origin.js';
 import type { RateLimits } from './rate-limit.js';
 import { ResumePool } from './resume-pool.js';
 import { KvLifecycle } from '../session/kv-lifecycle.js';
-import type { SessionRunner } from './session-runner.js';
+import { Session } from '../session/session.js';
+import { StateStore, hashToken, type SessionRecord } from '../session/state-store.js';
+import { SessionRunner } from './session-runner.js';
 import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
 
@@ -56,8 +57,17 @@ export interface GatewayOptions {
   parkedMemoryBytes?: number;
   /** Most tokens one session's conversation may hold (below the model's context); the context policy applies. */
   maxSessionTokens?: number;
+  /**
+   * A directory where sessions are saved (at the end of every turn and at drain) so that a
+   * restarted weft resumes them (src/session/state-store.ts). Default: none.
+   */
+  stateDir?: string;
+  /** Where the gateway logs what an operator should see (state files skipped, writes that failed). Default: stderr. */
+  log?: (line: string) => void;
   /** How long a drain (SIGTERM) lets running answers finish before ending them, in ms. Default 10000. */
   drainTimeoutMs?: number;
+  /** Another instance's base URL (ws:// or wss://) that draining clients are told to resume on. */
+  drainTarget?: string;
   /** Largest client frame in bytes. Default 1 MiB. */
   maxFrameBytes?: number;
   /** A session whose socket has more than this many bytes buffered is skipped by the scheduler until it drains. Default 256 KiB. */
@@ -101,6 +111,9 @@ export class Gateway {
   readonly replayBytes: number;
   readonly heartbeatMs: number;
   kv: KvLifecycle | null = null;
+  readonly store: StateStore | null;
+  /** Sessions read from the state dir, by token hash, until resumed or expired. */
+  private restorable = new Map<string, SessionRecord>();
   readonly origins: OriginPolicy;
   private readonly detached: ResumePool<SessionRunner>;
   readonly transportName: 'ws' | 'uws';
@@ -135,6 +148,8 @@ export class Gateway {
     if (!Number.isFinite(drain) || drain < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `drainTimeoutMs must be a non-negative number (got ${drain})`);
     this.drainTimeoutMs = drain;
     this.origins = new OriginPolicy(options.allowedOrigins ?? []);
+    const log = options.log ?? ((line: string) => process.stderr.write(`weft: ${line}\n`));
+    this.store = options.stateDir ? new StateStore(options.stateDir, log) : null;
     this.detached = new ResumePool<SessionRunner>(
       {
         ttlMs: ttl,
@@ -209,6 +224,71 @@ export class Gateway {
     return { max_context: st.maxContext, max_frame_bytes: this.maxFrameBytes, default_max_tokens: this.defaultMaxTokens };
   }
 
+  /** Reads the sessions saved in the state dir (after attach): they can be resumed with their tokens. Returns how many. */
+  async loadState(): Promise<number> {
+    if (!this.store || !this.engine) return 0;
+    this.restorable = await this.store.load(this.engine.config.vocabSize);
+    return this.restorable.size;
+  }
+
+  hasSaved(token: string): boolean {
+    return this.restorable.has(hashToken(token));
+  }
+
+  /** A session saved in the state dir for this resume token, made live again (its KV is rebuilt by the next turn), or undefined. */
+  restoreSession(token: string): SessionRunner | undefined {
+    const hash = hashToken(token);
+    const r = this.restorable.get(hash);
+    if (!r || !this.scheduler || !this.format) return undefined;
+    this.restorable.delete(hash);
+    if (r.expires_at <= Date.now()) {
+      void this.store?.remove(hash);
+      return undefined;
+    }
+    const session = new Session(this.scheduler, {
+      format: this.format,
+      maxTokens: this.defaultMaxTokens,
+      sampling: this.options.sessionSampling,
+      contextPolicy: r.context_policy,
+      maxContextTokens: this.options.maxSessionTokens,
+    });
+    session.conversation.restore(r.conversation);
+    const runner = new SessionRunner(this, session);
+    runner.sampling = r.sampling;
+    runner.system = r.system ?? undefined;
+    runner.resumeToken = token;
+    this.sessions.add(session);
+    this.metrics.sessionsActive.set(this.sessions.size);
+    return runner;
+  }
+
+  /** Saves a session to the state dir (no-op without one, or without a resume token). */
+  persist(runner: SessionRunner): Promise<void> {
+    const token = runner.resumeToken;
+    if (!this.store || !token) return Promise.resolve();
+    return this.store.save({
+      weft_session: 1,
+      session_id: runner.session.id,
+      token_hash: hashToken(token),
+      expires_at: Date.now() + this.resumeTtlMs,
+      system: runner.system ?? null,
+      sampling: { ...runner.sampling },
+      context_policy: runner.session.contextPolicy,
+      conversation: runner.session.conversation.toJSON(),
+    });
+  }
+
+  /** Forgets a saved session (it ended, or its token was rotated). */
+  forgetSaved(token: string | null): void {
+    if (this.store && token) void this.store.remove(hashToken(token));
+  }
+
+  /** Every session runner: connected ones and those waiting for a resume. */
+  private *runners(): IterableIterator<SessionRunner> {
+    for (const c of this.connections) if (c.runner) yield c.runner;
+    yield* this.detached.values();
+  }
+
   /** Connected sessions (those waiting for a resume are not counted). */
   get numLiveSessions(): number {
     return this.sessions.size - this.detached.size;
@@ -236,9 +316,10 @@ export class Gateway {
     return d;
   }
 
-  /** Ends a session: a running response is cancelled, the KV freed. */
+  /** Ends a session: a running response is cancelled, the KV freed, its saved state deleted. */
   endSession(runner: SessionRunner): void {
     runner.cancelAll();
+    if (!this.closing && !this.draining) this.forgetSaved(runner.resumeToken);
     void runner.session
       .close()
       .catch(() => undefined)
@@ -273,14 +354,19 @@ export class Gateway {
     this.drained ??= (async () => {
       // still listening: /readyz answers 503 and a new connection gets WEFT_DRAINING (not a refused TCP connect)
       this.draining = true;
-      const busy = () => [...this.connections].some((c) => c.busy);
+      const target = this.options.drainTarget?.replace(/\/+$/, '');
+      for (const c of this.connections) c.notifyDraining(this.drainTimeoutMs, target ? `${target}${WS_PATH}` : undefined);
+      const busy = () => [...this.runners()].some((r) => r.busy);
       const wait = async (ms: number) => {
         const end = performance.now() + ms;
         while (busy() && performance.now() < end) await new Promise((r) => setTimeout(r, 10));
       };
       await wait(this.drainTimeoutMs);
-      for (const c of this.connections) c.cancelForShutdown();
+      for (const r of this.runners()) r.cancelForShutdown();
       await wait(5000); // a cancel takes effect within one step
+      // every conversation, as it stands after its last answer, for a restarted weft to resume
+      await Promise.all([...this.runners()].map((r) => this.persist(r)));
+      await this.store?.flush();
       for (const c of [...this.connections]) c.closeForShutdown();
       await this.close();
     })();

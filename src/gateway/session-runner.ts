@@ -43,6 +43,8 @@ export class SessionRunner {
   system: string | undefined;
   /** response.progress events (session.update progress). */
   progress = false;
+  /** The session's resume token (set by the connection; null when resume is off). */
+  resumeToken: string | null = null;
   private wire: Wire | null = null;
   /** The running response, or the last one (kept for replay and response.truncate). */
   private current: Response | null = null;
@@ -144,6 +146,7 @@ export class SessionRunner {
     }
     if (ev.session.context_policy !== undefined) this.session.contextPolicy = ev.session.context_policy;
     if (ev.session.progress !== undefined) this.progress = ev.session.progress;
+    void this.gw.persist(this);
     const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy, progress: this.progress, kv: this.kv() };
     this.send(withId({ type: 'session.updated', session, ...updated }, ev.event_id));
   }
@@ -283,7 +286,10 @@ export class SessionRunner {
 
   /** The response ended (or a resume finds it ended): response.done to the connection, then a queued message. */
   private finish(r: Response): void {
-    r.doneFrame ??= this.doneFrame(r);
+    if (!r.doneFrame) {
+      r.doneFrame = this.doneFrame(r);
+      void this.gw.persist(this); // the conversation as it stands after this answer
+    }
     if (!this.wire) return; // delivered on resume
     r.delivered = true;
     r.log.detach();

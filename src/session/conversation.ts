@@ -18,6 +18,14 @@ const MARKER = '\u2063weft-answer\u2063';
 /** Most characters of a template's text after an answer that an answer's stop text can overlap. */
 const MAX_OVERLAP = 256;
 
+/** A conversation as saved to disk (--state-dir) and read back. */
+export interface ConversationData {
+  messages: ChatMessage[];
+  tokens: number[] | null;
+  answerStart: number;
+  lastGenerated: string;
+}
+
 export interface NextPrompt {
   /** Tokens that stay as they are (the conversation so far), possibly none. */
   prefix: number[];
@@ -35,6 +43,19 @@ export class Conversation {
   private answerStart = 0;
 
   constructor(private readonly format: ChatFormat) {}
+
+  toJSON(): ConversationData {
+    return { messages: this.messages.map((m) => ({ ...m })), tokens: this.tokens && [...this.tokens], answerStart: this.answerStart, lastGenerated: this.lastGenerated };
+  }
+
+  /** Takes over a saved conversation (checked by the caller). */
+  restore(d: ConversationData): void {
+    this.messages.length = 0;
+    this.messages.push(...d.messages.map((m) => ({ ...m })));
+    this.tokens = d.tokens && [...d.tokens];
+    this.answerStart = d.answerStart;
+    this.lastGenerated = d.lastGenerated;
+  }
 
   /** Tokens of the conversation so far (empty when they must be rebuilt from the messages). */
   get numTokens(): number {
