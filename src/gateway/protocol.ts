@@ -27,7 +27,9 @@ export interface WireSampling {
 
 export type ClientEvent =
   | { type: 'session.update'; event_id?: string; session: SessionUpdate }
-  | { type: 'message.create'; event_id?: string; content: string; sampling?: WireSampling }
+  | { type: 'message.create'; event_id?: string; content: string; commit?: boolean; sampling?: WireSampling }
+  | { type: 'input.append'; event_id?: string; text: string }
+  | { type: 'input.clear'; event_id?: string }
   | { type: 'response.cancel'; event_id?: string; truncate_at_seq?: number }
   | { type: 'response.truncate'; event_id?: string; response_id?: string; seq: number }
   | { type: 'session.resume'; event_id?: string; response_id?: string; last_seq: number }
@@ -66,7 +68,7 @@ export class ProtocolError {
   }
 }
 
-export const CLIENT_EVENT_TYPES = ['session.update', 'message.create', 'response.cancel', 'response.truncate', 'session.resume', 'session.close'] as const;
+export const CLIENT_EVENT_TYPES = ['session.update', 'message.create', 'input.append', 'input.clear', 'response.cancel', 'response.truncate', 'session.resume', 'session.close'] as const;
 
 /** Most characters an event_id may have. */
 export const MAX_EVENT_ID = 256;
@@ -91,7 +93,9 @@ export const MAX_STOP_CHARS = 1024;
 /** The fields each client event may have (besides `type` and `event_id`). */
 const EVENT_FIELDS: Record<ClientEvent['type'], readonly string[]> = {
   'session.update': ['session'],
-  'message.create': ['content', 'sampling'],
+  'message.create': ['content', 'commit', 'sampling'],
+  'input.append': ['text'],
+  'input.clear': [],
   'response.cancel': ['truncate_at_seq'],
   'response.truncate': ['response_id', 'seq'],
   'session.resume': ['response_id', 'last_seq'],
@@ -248,11 +252,20 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
         return withId({ type: 'session.update' as const, session });
       }
       case 'message.create': {
-        if (typeof msg.content !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'message.create needs content (a string)', id);
-        const ev: Extract<ClientEvent, { type: 'message.create' }> = { type: 'message.create', content: msg.content };
+        const commit = has(msg, 'commit') ? msg.commit : undefined;
+        if (commit !== undefined && commit !== true) throw new ProtocolError('WEFT_BAD_FRAME', 'message.create commit must be true (the typed input is the message)', id);
+        if (commit && has(msg, 'content')) throw new ProtocolError('WEFT_BAD_FRAME', 'message.create takes content or commit, not both', id);
+        if (!commit && typeof msg.content !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'message.create needs content (a string) or commit: true', id);
+        const ev: Extract<ClientEvent, { type: 'message.create' }> = { type: 'message.create', content: commit ? '' : (msg.content as string) };
+        if (commit) ev.commit = true;
         if (has(msg, 'sampling')) ev.sampling = parseSampling(msg.sampling, 'sampling', id);
         return withId(ev);
       }
+      case 'input.append':
+        if (typeof msg.text !== 'string') throw new ProtocolError('WEFT_BAD_FRAME', 'input.append needs text (a string)', id);
+        return withId({ type: 'input.append' as const, text: msg.text });
+      case 'input.clear':
+        return withId({ type: 'input.clear' as const });
       case 'response.cancel': {
         const ev: Extract<ClientEvent, { type: 'response.cancel' }> = { type: 'response.cancel' };
         if (has(msg, 'truncate_at_seq')) ev.truncate_at_seq = seqField(msg.truncate_at_seq, 'truncate_at_seq', id);

@@ -53,6 +53,10 @@ export class SessionRunner {
   /** A message.create that came while a cancel was settling (barge-in): started when it has. */
   private queued: Create | null = null;
   private lastDeltaAt = 0;
+  /** The message being typed (input.append), and whether a typing-ahead prefill runs / is due. */
+  private input = '';
+  private typing = false;
+  private typingDue = false;
 
   constructor(
     private readonly gw: Gateway,
@@ -121,6 +125,11 @@ export class SessionRunner {
         return this.update(ev, updated);
       case 'message.create':
         return this.create(ev);
+      case 'input.append':
+        return this.append(ev.text, ev.event_id);
+      case 'input.clear':
+        this.input = '';
+        return;
       case 'response.cancel':
         return this.cancel(ev.event_id, ev.truncate_at_seq);
       case 'response.truncate':
@@ -199,7 +208,44 @@ export class SessionRunner {
     return this.session.truncateLastAnswer(Math.min(seq + 1, c.turn.request.generated.length));
   }
 
+  /** Typing-ahead: the message grows; what can no longer change is prefilled while the user types. */
+  private append(text: string, eventId: string | undefined): void {
+    const next = this.input + text;
+    const tok = this.session.format.tokenizer;
+    if (Buffer.byteLength(next) > this.gw.maxFrameBytes || tok.minTokens(next) >= this.gw.limits().max_context) {
+      return this.error('WEFT_CONTEXT_OVERFLOW', 'the message being typed no longer fits (the context, or the frame size limit); it is kept as it was', eventId);
+    }
+    this.input = next;
+    this.kickTyping();
+  }
+
+  /** Starts a typing-ahead prefill of the current input when the session is idle (one at a time; the newest input wins). */
+  private kickTyping(): void {
+    if (this.typing) {
+      this.typingDue = true;
+      return;
+    }
+    if (this.input === '' || this.busy || this.queued) return;
+    this.typing = true;
+    this.typingDue = false;
+    this.session.typeAhead(this.input).then(
+      () => undefined,
+      (err) => {
+        const e = toWeftError(err);
+        if (e.code !== 'WEFT_SEQUENCE_BUSY') this.error(e.code, `typing-ahead: ${e.message}`);
+      },
+    ).finally(() => {
+      this.typing = false;
+      if (this.typingDue) this.kickTyping();
+    });
+  }
+
   private create(ev: Create): void {
+    if (ev.commit) {
+      ev = { ...ev, content: this.input };
+      delete ev.commit;
+      this.input = '';
+    }
     const r = this.running;
     if (r && r.turn.request.cancelRequested && !this.queued) {
       this.queued = ev; // barge-in: the cancel settles within a step, then this message starts
@@ -297,6 +343,7 @@ export class SessionRunner {
     const next = this.queued;
     this.queued = null;
     if (next) this.create(next);
+    else this.kickTyping(); // typed while the answer streamed
   }
 
   /** The response.done of an ended response, after its barge-in trim. */

@@ -45,6 +45,8 @@ export interface SubmitOptions {
   sampling?: SamplingOptions;
   /** Most tokens to generate. Default 256. */
   maxTokens?: number;
+  /** Only extend the sequence's KV with `tokens` (no sampling): done with finish reason `length` and no token. */
+  prefillOnly?: boolean;
   /** Streaming text: a decoder (`tokenizer.createDecoder()`) and optional stop strings. */
   decoder?: StreamDecoder;
   stopStrings?: string[];

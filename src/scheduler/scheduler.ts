@@ -293,7 +293,7 @@ export class Scheduler {
       const left = r.opts.tokens.length - r.offset;
       const n = Math.min(left, this.maxBatchTokens - tokens);
       const chunk = r.opts.tokens.slice(r.offset, r.offset + n);
-      batch.push({ req: r, entry: { sequence: r.seq!, tokens: chunk, sample: n === left }, decode: false });
+      batch.push({ req: r, entry: { sequence: r.seq!, tokens: chunk, sample: n === left && !r.opts.prefillOnly }, decode: false });
       tokens += n;
     }
     const now = ++this.tick;
@@ -363,6 +363,7 @@ export class Scheduler {
       if (!b.decode) r.offset += b.entry.tokens.length;
       if (r.state === 'done') return;
       if (r.cancelRequested) return this.finish(r, 'cancelled');
+      if (r.opts.prefillOnly && r.offset >= r.opts.tokens.length) return this.finish(r, 'length');
       if (!b.entry.sample) return; // more prompt to prefill
       r.state = 'generating';
       if (res.stop) return this.finish(r, 'stop');

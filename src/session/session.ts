@@ -74,6 +74,9 @@ export { Turn, type TurnDone, type TurnEvent, type TurnListener } from './turn.j
 
 let nextSessionId = 1;
 
+/** Stands for the end of a message being typed, to find where it ends in the rendered prompt. */
+const TYPING_MARKER = '\u2063weft-typing\u2063';
+
 /** A turn's prompt once tokenized: every token, and how many of the oldest exchanges it leaves out. */
 interface Plan {
   prompt: number[];
@@ -99,6 +102,8 @@ export class Session {
   private closed = false;
   private preparing = false;
   private activeAt = performance.now();
+  /** A typing-ahead prefill in flight (the sequence is in the scheduler meanwhile). */
+  private typing: Promise<number> | null = null;
 
   constructor(
     readonly scheduler: Scheduler,
@@ -167,6 +172,8 @@ export class Session {
    */
   async sendAsync(content: string, opts: AsyncTurnOptions = {}): Promise<Turn> {
     this.checkIdle(content);
+    // a typing-ahead prefill settles first (within a step or two); its KV is the new prompt's prefix
+    while (this.typing) await this.typing.catch(() => undefined);
     this.preparing = true;
     let plan: Plan | null = null;
     try {
@@ -187,6 +194,46 @@ export class Session {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (typeof content !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'content must be a string');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is already running in this session');
+  }
+
+  /**
+   * Typing-ahead: prefills the KV with the conversation and the part of a message still being
+   * typed that more text can no longer change (the last, unfinished word and two more tokens are
+   * held back: a BPE merge can cross them). The turn that sends the message then prefills only the
+   * rest; an edit that changed earlier text is cut back to the common prefix. Resolves with the
+   * tokens now in KV. A partial message that cannot fit is WEFT_CONTEXT_OVERFLOW.
+   */
+  typeAhead(partial: string): Promise<number> {
+    if (this.closed || !this.seq) return Promise.reject(new WeftError('WEFT_DISPOSED', 'the session is closed'));
+    if (this.state !== SessionState.Idle) return Promise.reject(new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session'));
+    const run = async (): Promise<number> => {
+      if (this.closed || !this.seq || this.state !== SessionState.Idle) return this.cached.length;
+      const word = /\S*$/.exec(partial)![0].length;
+      const d = this.conversation.next(partial.slice(0, partial.length - word) + TYPING_MARKER);
+      const text = d.text.slice(0, Math.max(0, d.text.indexOf(TYPING_MARKER)));
+      const limit = this.promptLimit({});
+      if (d.prefix.length + this.format.tokenizer.minTokens(text) > limit) throw new WeftError('WEFT_CONTEXT_OVERFLOW', 'the message being typed no longer fits the context');
+      const ids = [...d.prefix, ...(await this.format.tokenizer.encodeAsync(text, { addSpecialTokens: false }))];
+      const stable = ids.slice(0, Math.max(0, ids.length - 2));
+      if (stable.length > limit) throw new WeftError('WEFT_CONTEXT_OVERFLOW', 'the message being typed no longer fits the context');
+      if (this.closed || !this.seq || this.state !== SessionState.Idle) return this.cached.length;
+      let keep = 0;
+      while (keep < Math.min(this.cached.length, stable.length) && this.cached[keep] === stable[keep]) keep++;
+      keep = this.cutKv(keep);
+      if (stable.length <= keep) return keep;
+      const prior = this.cached.slice(0, keep);
+      const request = this.scheduler.submit({ sequence: this.seq, tokens: stable.slice(keep), prefillOnly: true });
+      await request.done;
+      this.cached = [...prior, ...request.fed];
+      if (this.seq && !this.closed) this.scheduler.release(this.seq);
+      return this.cached.length;
+    };
+    const p = (this.typing ?? Promise.resolve(0)).then(run, run);
+    this.typing = p;
+    void p.finally(() => {
+      if (this.typing === p) this.typing = null;
+    }).catch(() => undefined);
+    return p;
   }
 
   /** Most prompt tokens a turn may have: all but one (reject), or leaving room for the answer (truncate). */
