@@ -31,10 +31,33 @@ import { Gateway } from '../src/gateway/server.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { ChatFormat } from '../src/session/chat-format.js';
 import { Session } from '../src/session/session.js';
+import { tmpdir } from 'node:os';
+import { benchTypingAhead, typingTable, type TypingResult } from './typing-ahead.js';
 
 const f = parseFlags(process.argv.slice(2), {
   sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number', 'idle-server': 'string',
+  typing: 'boolean', 'typing-only': 'boolean', 'typing-model': 'string', dir: 'string',
 });
+// --typing: also typing-ahead (bench/typing-ahead.ts); --typing-only: just that
+const typing = f.typing === true || f['typing-only'] === true;
+if (f['typing-only']) {
+  const results = await typingRuns((f.repeats as number | undefined) ?? 3);
+  process.stdout.write(JSON.stringify({ typing: results }) + '\n');
+  process.exit(0);
+}
+
+/** Typing-ahead on each model (--typing-model DIR, or the generated small and bench100m ones). */
+async function typingRuns(runs: number): Promise<TypingResult[]> {
+  const dir = (f.dir as string | undefined) ?? join(tmpdir(), 'weft-bench');
+  const model = f['typing-model'] as string | undefined;
+  const out: TypingResult[] = [];
+  for (const preset of model ? [undefined] : ['small', 'bench100m']) {
+    const r = await benchTypingAhead({ dir, model, preset, threads: f.threads as number | undefined, repeats: runs });
+    process.stdout.write(typingTable(r) + '\n');
+    out.push(r);
+  }
+  return out;
+}
 const sessionCounts = (f.sessions as number[] | undefined) ?? [1, 16, 64, 256];
 const genTokens = (f['gen-tokens'] as number | undefined) ?? 128;
 const transports = ((f.transports as string | undefined) ?? 'ws,uws').split(',') as ('ws' | 'uws')[];
@@ -340,6 +363,7 @@ if (idle > 0) for (const t of transports) mem.push(await idleInChild(t));
 for (const m of mem) {
   process.stdout.write(`idle sessions (${m.transport}): ${m.sessions}, ${(m.rss_bytes_per_session / 1024).toFixed(1)} KiB RSS (${(m.heap_bytes_per_session / 1024).toFixed(1)} KiB JS heap) per session, server process only\n`);
 }
-process.stdout.write(JSON.stringify({ genTokens, repeats, rows, idle: mem }) + '\n');
+const typingResult = typing ? await typingRuns(repeats) : undefined;
+process.stdout.write(JSON.stringify({ genTokens, repeats, rows, idle: mem, typing: typingResult }) + '\n');
 engine.dispose();
 process.exit(0);

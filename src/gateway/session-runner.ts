@@ -135,6 +135,8 @@ export class SessionRunner {
       case 'response.truncate':
         return this.truncate(ev.seq, ev.response_id, ev.event_id);
       case 'session.resume':
+        // in-band: answered like a reconnect's session.resumed (echoing event_id), then the replay
+        this.send(withId({ type: 'session.resumed', session: { id: this.session.id, model: this.gw.modelName, limits: this.gw.limits() }, response: this.status() }, ev.event_id));
         return this.replay(ev.last_seq, ev.response_id, ev.event_id);
       case 'session.close':
         return; // the connection ends the session

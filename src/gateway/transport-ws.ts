@@ -43,6 +43,9 @@ export class WsTransport implements Transport {
 
   constructor(private readonly gw: Gateway) {
     this.http = createServer((req, res) => this.request(req, res));
+    // a client that sends its request head slowly (or never finishes it) is dropped after 10 s
+    this.http.headersTimeout = 10_000;
+    this.http.requestTimeout = 30_000;
     // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
     this.wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
     this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
