@@ -93,7 +93,7 @@ export async function benchTypingAhead(opts: { dir: string; model?: string; pres
   const model = opts.model ?? join(opts.dir, `typing-${preset}`);
   if (!opts.model && !existsSync(join(model, 'config.json'))) await makeTinyModel(model, MODELS[preset]!);
   const engine = await Engine.load(model, { threads: opts.threads, contexts: 1, kvMemoryBytes: 256 * 2 ** 20 });
-  const gw = new Gateway({ port: 0, maxFrameBytes: 4 << 20, maxBytesPerSecond: 64 << 20 });
+  const gw = new Gateway({ port: 0, maxFrameBytes: 4 << 20, maxBytesPerSecond: 64 << 20, maxBytesPerSecondPerClient: 64 << 20 });
   gw.attach(engine);
   const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
   try {

@@ -263,7 +263,7 @@ describe('gateway under load (answers that run to max_tokens: EOS ignored, no te
   let url5: string;
   beforeAll(async () => {
     // the slow-reader test floods its socket with large frames: no per-connection byte limit in the way
-    g5 = new Gateway({ transport, port: 0, sessionSampling: { ignoreEos: true }, backpressureBytes: 1024, maxBytesPerSecond: 1 << 30 });
+    g5 = new Gateway({ transport, port: 0, sessionSampling: { ignoreEos: true }, backpressureBytes: 1024, maxBytesPerSecond: 1 << 30, maxBytesPerSecondPerClient: 1 << 30 });
     g5.attach(engine);
     // the default model's template ends a turn at a newline: drop that stop string so answers run to max_tokens
     g5.format = Object.assign(Object.create(Object.getPrototypeOf(g5.format)), g5.format, { stopStrings: [] });

@@ -170,6 +170,7 @@ describe.each(['ws', 'uws'] as const)('replay after reconnect over %s', (transpo
       expect(next.seq).toBe(gap.next_seq);
       // in-band: a last_seq beyond what was sent, and one that is not an integer
       r.send({ type: 'session.resume', last_seq: 100_000, event_id: 'far' });
+      expect(await r.next((e) => e.event_id === 'far')).toMatchObject({ type: 'session.resumed', response: { response_id: id } });
       expect(await r.next((e) => e.event_id === 'far')).toMatchObject({ type: 'error', code: 'WEFT_BAD_ARGUMENT' });
       r.send({ type: 'session.resume', last_seq: -2, event_id: 'neg' });
       expect(await r.next((e) => e.event_id === 'neg')).toMatchObject({ type: 'error', code: 'WEFT_BAD_FRAME' });

@@ -25,7 +25,8 @@ usage:
   weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--backend cpu|cuda] [--contexts N] [--threads N]
                 [--kv-memory SIZE] [--max-sessions N] [--max-tokens N] [--max-frame-bytes N]
                 [--resume-ttl SECONDS] [--transport ws|uws] [--allowed-origins LIST]
-                [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-buffered-bytes SIZE]
+                [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-bytes-per-second-per-client SIZE]
+                [--max-buffered-bytes SIZE]
                 [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
                 [--context-policy truncate|reject] [--replay-bytes SIZE] [--heartbeat SECONDS]
                 [--park-after SECONDS] [--drop-after SECONDS] [--parked-memory SIZE] [--max-session-tokens N]
@@ -50,7 +51,8 @@ waits for a resume; default 60, 0 disables resume), WEFT_TRANSPORT (ws, the defa
 ws; or uws: uWebSockets.js), WEFT_ALLOWED_ORIGINS (comma-separated browser origins allowed to
 open a WebSocket besides the server's own; * allows any; clients that send no Origin are always
 allowed), WEFT_MAX_FRAMES_PER_SECOND (per connection, default 100), WEFT_MAX_BYTES_PER_SECOND
-(per connection, default 1MiB), WEFT_MAX_BUFFERED_BYTES (unread answers after which a client
+(per connection, default 1MiB), WEFT_MAX_BYTES_PER_SECOND_PER_CLIENT (all connections of one
+client address together, default 4MiB), WEFT_MAX_BUFFERED_BYTES (unread answers after which a client
 that keeps sending is disconnected, default 16MiB), WEFT_MAX_DETACHED_SESSIONS (sessions waiting
 for a resume, default --max-sessions), WEFT_MAX_DETACHED_PER_CLIENT (per client address,
 default 16), WEFT_DRAIN_TIMEOUT (seconds SIGTERM lets running answers finish, default 10),
@@ -192,7 +194,7 @@ async function cmdServe(argv: string[]): Promise<void> {
   const f = parseFlags(argv, {
     model: 'string', port: 'string', host: 'string', backend: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
     'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
-    'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-buffered-bytes': 'string',
+    'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-bytes-per-second-per-client': 'string', 'max-buffered-bytes': 'string',
     'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string', 'context-policy': 'string',
     'replay-bytes': 'string', heartbeat: 'string', 'park-after': 'string', 'drop-after': 'string', 'parked-memory': 'string',
     'max-session-tokens': 'string', 'state-dir': 'string', 'drain-target': 'string',
@@ -218,6 +220,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     allowedOrigins: origins?.split(',').map((o) => o.trim()).filter((o) => o !== ''),
     maxFramesPerSecond: int('max-frames-per-second'),
     maxBytesPerSecond: serveOption(f, 'max-bytes-per-second', 'size') as number | undefined,
+    maxBytesPerSecondPerClient: serveOption(f, 'max-bytes-per-second-per-client', 'size') as number | undefined,
     maxBufferedBytes: serveOption(f, 'max-buffered-bytes', 'size') as number | undefined,
     maxDetachedSessions: int('max-detached-sessions'),
     maxDetachedPerClient: int('max-detached-per-client'),

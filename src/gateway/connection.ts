@@ -174,7 +174,7 @@ export class Connection {
       return;
     }
     const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
-    const wait = this.limiter.admit(size);
+    const wait = this.limiter.admit(size) || this.gw.addressLimiter.admit(this.sock.remoteAddress, size);
     if (wait > 0) return this.rateLimited(wait, size);
     this.numDropped = 0;
     this.droppedBytes = 0;
@@ -208,14 +208,16 @@ export class Connection {
   private rateLimited(waitMs: number, size: number): void {
     this.gw.metrics.errors.inc({ code: 'WEFT_RATE_LIMITED' });
     this.droppedBytes += size;
-    if (++this.numDropped > this.gw.rateLimits.frameBurst || this.droppedBytes > this.gw.rateLimits.byteBurst) {
-      // it keeps sending without heeding retry_after_ms (a transport that cannot pause reading)
-      this.error('WEFT_RATE_LIMITED', 'the client keeps sending over its rate limit; the connection is closed');
+    // a transport that cannot pause reading would read (and unmask) everything the client sends:
+    // close at once; else close when it keeps sending without heeding retry_after_ms
+    const close = !this.sock.pauseReading || ++this.numDropped > this.gw.rateLimits.frameBurst || this.droppedBytes > this.gw.rateLimits.byteBurst;
+    const what = close ? 'the frame was dropped and the connection is closed' : 'the frame was dropped';
+    this.sendText(`{"type":"error","code":"WEFT_RATE_LIMITED","message":"too many frames or bytes per second from this connection or client address; ${what}","retry_after_ms":${waitMs}}`);
+    if (close) {
       this.onClose();
       this.sock.close(1008, 'WEFT_RATE_LIMITED');
       return;
     }
-    this.sendText(`{"type":"error","code":"WEFT_RATE_LIMITED","message":"too many frames or bytes per second on this connection; the frame was dropped","retry_after_ms":${waitMs}}`);
     const now = performance.now();
     if (this.sock.pauseReading && now + waitMs > this.pausedUntil) {
       this.pausedUntil = now + waitMs;

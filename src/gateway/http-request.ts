@@ -53,10 +53,14 @@ export function resumeParams(query: string): ResumeParams {
 }
 
 /** A raw HTTP/1.1 error response for a socket that is not (yet) a WebSocket: written, then the socket ends. */
-export function rawHttpError(status: 400 | 403 | 404 | 503, body: string): string {
-  const reason = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 503: 'Service Unavailable' }[status];
-  return `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+export function rawHttpError(status: 400 | 403 | 404 | 429 | 503, body: string, retryAfterS?: number): string {
+  const reason = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' }[status];
+  const retry = retryAfterS === undefined ? '' : `Retry-After: ${retryAfterS}\r\n`;
+  return `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${retry}Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
 }
+
+/** The body of a refused upgrade from a client address over its byte budget. */
+export const ADDRESS_RATE_LIMITED = 'WEFT_RATE_LIMITED: this client address sends more than its byte budget (weft serve --max-bytes-per-second-per-client); retry later\n';
 
 /** The message of a refused Origin (the origin itself is not echoed). */
 export const ORIGIN_REFUSED = 'WEFT_ORIGIN_REFUSED: this origin may not open a WebSocket here (weft serve --allowed-origins)\n';

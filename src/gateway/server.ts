@@ -11,7 +11,7 @@ import { WeftError } from '../errors.js';
 import { Connection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
-import type { RateLimits } from './rate-limit.js';
+import { AddressRateLimiter, type RateLimits } from './rate-limit.js';
 import { ResumePool } from './resume-pool.js';
 import { KvLifecycle } from '../session/kv-lifecycle.js';
 import { Session } from '../session/session.js';
@@ -34,6 +34,8 @@ export interface GatewayOptions {
   maxFramesPerSecond?: number;
   /** Bytes per second one connection may send (a burst of at least two max-size frames). Default 1 MiB. */
   maxBytesPerSecond?: number;
+  /** Bytes per second all connections of one client address may send together (a burst of at least two max-size frames). Default 4 MiB. */
+  maxBytesPerSecondPerClient?: number;
   /** A client that sends a frame while the server holds more than this for it, unread, is disconnected (1008). Default 16 MiB. */
   maxBufferedBytes?: number;
   /**
@@ -106,6 +108,7 @@ export class Gateway {
   readonly defaultMaxTokens: number;
   readonly resumeTtlMs: number;
   readonly rateLimits: RateLimits;
+  readonly addressLimiter: AddressRateLimiter;
   readonly maxBufferedBytes: number;
   readonly drainTimeoutMs: number;
   readonly replayBytes: number;
@@ -139,6 +142,8 @@ export class Gateway {
     const framesPerSecond = pos(options.maxFramesPerSecond, 'maxFramesPerSecond', 100);
     const bytesPerSecond = pos(options.maxBytesPerSecond, 'maxBytesPerSecond', 1 << 20);
     this.rateLimits = { framesPerSecond, bytesPerSecond, frameBurst: 2 * framesPerSecond, byteBurst: Math.max(bytesPerSecond, 2 * this.maxFrameBytes) };
+    const perClient = pos(options.maxBytesPerSecondPerClient, 'maxBytesPerSecondPerClient', 4 << 20);
+    this.addressLimiter = new AddressRateLimiter(perClient, Math.max(perClient, 2 * this.maxFrameBytes));
     this.maxBufferedBytes = pos(options.maxBufferedBytes, 'maxBufferedBytes', 16 << 20);
     this.replayBytes = pos(options.replayBytes, 'replayBytes', 256 << 10);
     const heartbeat = options.heartbeatMs ?? 30_000;

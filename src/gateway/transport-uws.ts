@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import type * as UWS from '@trufflesuite/uws-js-unofficial';
 import { WeftError } from '../errors.js';
 import type { Connection } from './connection.js';
-import { ORIGIN_REFUSED, parseTarget, resumeParams, type ResumeParams } from './http-request.js';
+import { ADDRESS_RATE_LIMITED, ORIGIN_REFUSED, parseTarget, resumeParams, type ResumeParams } from './http-request.js';
 import type { Gateway } from './server.js';
 import { WS_PATH, listenError, type Transport } from './transport-ws.js';
 
@@ -57,6 +57,11 @@ export class UwsTransport implements Transport {
         }
         const resume = resumeParams(req.getQuery() ?? '');
         const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+        const wait = gw.addressLimiter.refusesFor(remoteAddress);
+        if (wait > 0) {
+          res.cork(() => res.writeStatus('429 Too Many Requests').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain; charset=utf-8').end(ADDRESS_RATE_LIMITED));
+          return;
+        }
         res.upgrade<UserData>(
           { resume, remoteAddress },
           req.getHeader('sec-websocket-key'),

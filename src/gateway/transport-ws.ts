@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { WeftError } from '../errors.js';
-import { ORIGIN_REFUSED, parseTarget, rawHttpError, resumeParams, type ResumeParams } from './http-request.js';
+import { ADDRESS_RATE_LIMITED, ORIGIN_REFUSED, parseTarget, rawHttpError, resumeParams, type ResumeParams } from './http-request.js';
 import type { Gateway } from './server.js';
 
 export const WS_PATH = '/v1/ws';
@@ -85,6 +85,8 @@ export class WsTransport implements Transport {
     if (path !== WS_PATH) return void socket.end(rawHttpError(404, 'not found\n'));
     if (!this.gw.origins.allows(req.headers.origin)) return void socket.end(rawHttpError(403, ORIGIN_REFUSED));
     const remoteAddress = req.socket.remoteAddress ?? '';
+    const wait = this.gw.addressLimiter.refusesFor(remoteAddress);
+    if (wait > 0) return void socket.end(rawHttpError(429, ADDRESS_RATE_LIMITED, Math.ceil(wait / 1000)));
     this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, socket as Socket, remoteAddress, resumeParams(query)));
   }
 
