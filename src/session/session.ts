@@ -12,7 +12,8 @@
  *
  * Context policy: `truncate` (default) drops the oldest exchanges (never the system prompt, never
  * the new message) until the prompt leaves room for the answer (max_tokens, at most a quarter of
- * the context), and says so in the done event (`truncatedTurns`); `reject` (or a new message that
+ * the context) and, when there are turns enough, a quarter of the context more (so that the
+ * re-prefill a drop costs buys several cached turns), and says so in the done event (`truncatedTurns`); `reject` (or a new message that
  * does not fit even alone) is WEFT_CONTEXT_OVERFLOW with the transcript unchanged. Generation
  * that reaches the context limit ends with finish reason `length`.
  * A `send` while a turn is running is rejected with WEFT_SEQUENCE_BUSY.
@@ -266,10 +267,17 @@ export class Session {
     }
   }
 
-  /** The prompt of a draft whose text encoded to `ids`, or null when it must drop one more exchange. */
+  /**
+   * The prompt of a draft whose text encoded to `ids`, or null when it must drop one more exchange.
+   * Once turns are dropped, a quarter of the context more is freed when there are turns to drop:
+   * dropping changes the prefix (the next turn prefills the whole conversation again), so it
+   * should buy several turns of cache hits, not one.
+   */
   private plan(d: Draft, opts: TurnOptions, ids: number[]): Plan | null {
     const prompt = d.prefix.length > 0 ? [...d.prefix, ...ids] : ids;
-    if (prompt.length <= this.promptLimit(opts)) return { prompt, skip: d.skip };
+    const limit = this.promptLimit(opts);
+    const target = d.skip === 0 ? limit : limit - Math.floor(this.maxContext / 4);
+    if (prompt.length <= target || (prompt.length <= limit && !this.canDrop(d.skip))) return { prompt, skip: d.skip };
     if (!this.canDrop(d.skip)) this.overflow(String(prompt.length));
     return null;
   }
