@@ -37,6 +37,8 @@ export const ERRORS = {
   WEFT_LISTEN_FAILED: { status: 500, retryable: false, summary: 'The server cannot listen on its host and port (in use, no permission, not an address of this machine).' },
   WEFT_SESSION_CONNECTED: { status: 409, retryable: true, summary: 'A resume token whose session is connected on another socket; retry once that one has closed (gateway only).' },
   WEFT_REPLAY_GAP: { status: 410, retryable: false, summary: 'A resume asked for deltas the replay buffer no longer holds (or of another response); the text so far is sent instead (gateway only).' },
+  WEFT_TIMEOUT: { status: 504, retryable: true, summary: 'The server did not answer in time (the client SDK).' },
+  WEFT_CONNECTION_LOST: { status: 503, retryable: true, summary: 'The connection was lost and could not be resumed (the client SDK).' },
   WEFT_NOT_READY: { status: 503, retryable: true, summary: 'The model is still loading (gateway only).' },
   WEFT_BACKEND_UNAVAILABLE: { status: 501, retryable: false, summary: 'The requested backend (cuda) was not built or no GPU is present.' },
   WEFT_DEVICE_OUT_OF_MEMORY: { status: 507, retryable: true, summary: 'GPU memory ran out (weights, KV pages or a step workspace); the step changed nothing.' },

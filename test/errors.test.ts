@@ -31,6 +31,8 @@ const TS_ONLY = [
   'WEFT_LISTEN_FAILED',
   'WEFT_REPLAY_GAP',
   'WEFT_SESSION_CONNECTED',
+  'WEFT_TIMEOUT',
+  'WEFT_CONNECTION_LOST',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

@@ -1,8 +1,10 @@
 /** Prometheus metrics of one gateway (its own prom-client Registry; `weft_` prefix). */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Engine } from '../engine/engine.js';
+import { ERRORS } from '../errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { KvLifecycle } from '../session/kv-lifecycle.js';
+import type { Session } from '../session/session.js';
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -22,8 +24,26 @@ export class GatewayMetrics {
   readonly generatedTokens = new Counter({ name: 'weft_generated_tokens_total', help: 'Generated (completion) tokens.', registers: [this.registry] });
   readonly errors = new Counter({ name: 'weft_errors_total', help: 'error events sent and responses that ended in error, by code.', labelNames: ['code'], registers: [this.registry] });
 
-  constructor(getEngine: () => Engine | null, getScheduler: () => Scheduler | null, getKv: () => KvLifecycle | null = () => null) {
+  constructor(
+    getEngine: () => Engine | null,
+    getScheduler: () => Scheduler | null,
+    getKv: () => KvLifecycle | null = () => null,
+    getSessions: () => Iterable<Session> = () => [],
+  ) {
     const reg = this.registry;
+    // every code starts at 0: rate() sees the first error of a code (a series that appears at 1 reads as no increase)
+    for (const code of Object.keys(ERRORS)) this.errors.inc({ code }, 0);
+    new Gauge({
+      name: 'weft_sessions_state', help: 'Open sessions (those waiting for a resume included) by turn state: idle, preparing (tokenizing a message), queued (admission queue), prefilling, generating.', labelNames: ['state'], registers: [reg],
+      collect() {
+        const n: Record<string, number> = { idle: 0, preparing: 0, queued: 0, prefilling: 0, generating: 0 };
+        for (const s of getSessions()) {
+          const st: string = s.state;
+          if (st in n) n[st]!++;
+        }
+        for (const [state, v] of Object.entries(n)) this.set({ state }, v);
+      },
+    });
     new Gauge({
       name: 'weft_sessions_queued', help: 'Turns waiting in the scheduler admission queue.', registers: [reg],
       collect() { this.set(getScheduler()?.numQueued ?? 0); },

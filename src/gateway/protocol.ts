@@ -6,46 +6,9 @@
 import type { WeftErrorCode } from '../errors.js';
 import type { SamplingOptions } from '../engine/engine.js';
 
-/** Sampling as it travels on the wire (snake case). */
-export interface WireSampling {
-  temperature?: number;
-  top_p?: number;
-  top_k?: number;
-  min_p?: number;
-  repetition_penalty?: number;
-  presence_penalty?: number;
-  frequency_penalty?: number;
-  seed?: number;
-  max_tokens?: number;
-  stop?: string[];
-  /** Extra token ids that end the answer (the model's EOS always does). */
-  stop_token_ids?: number[];
-  /** Per delta: the sampled token's id and log-probability (and `top_logprobs` alternatives). */
-  logprobs?: boolean;
-  top_logprobs?: number;
-}
+import type { ClientEvent, SessionUpdate, WireSampling } from '../client/protocol.js';
 
-export type ClientEvent =
-  | { type: 'session.update'; event_id?: string; session: SessionUpdate }
-  | { type: 'message.create'; event_id?: string; content: string; commit?: boolean; sampling?: WireSampling }
-  | { type: 'input.append'; event_id?: string; text: string }
-  | { type: 'input.clear'; event_id?: string }
-  | { type: 'response.cancel'; event_id?: string; truncate_at_seq?: number }
-  | { type: 'response.truncate'; event_id?: string; response_id?: string; seq: number }
-  | { type: 'session.resume'; event_id?: string; response_id?: string; last_seq: number }
-  | { type: 'session.close'; event_id?: string };
-
-/** The fields of `session.update`'s session object. */
-export interface SessionUpdate {
-  system?: string;
-  sampling?: WireSampling;
-  /** What a message that does not fit the context does: drop the oldest turns (`truncate`) or `reject`. */
-  context_policy?: 'truncate' | 'reject';
-  /** A new resume token replaces the session's (the old one stops working). */
-  rotate_resume_token?: boolean;
-  /** response.progress events while a response runs. */
-  progress?: boolean;
-}
+export type { ClientEvent, SessionUpdate, WireSampling } from '../client/protocol.js';
 
 export interface ErrorEvent {
   type: 'error';

@@ -1,0 +1,400 @@
+/**
+ * weft's client for protocol v1.1 (docs/client.md), for any WHATWG WebSocket: browsers, Node 22's
+ * global, or the `ws` package (src/client/node.ts). No Node-only import: this file is served to
+ * browsers as it is compiled.
+ *
+ * A session that survives the network: when the connection drops, the client reconnects with its
+ * resume token and the last `seq` it delivered, and the answer goes on where it stopped (the
+ * server replays what was missed; a delta seen twice is dropped, a gap is filled from the text the
+ * server sends). Responses are pulled: a consumer that stops reading stops the socket's reading
+ * (where the WebSocket can pause: the `ws` package), so the server's backpressure reaches back to
+ * the engine.
+ */
+import type { ClientEvent, ResponseDoneEvent, ServerEvent, SessionInfo, WireSampling } from './protocol.js';
+
+/** A failure with weft's code: the server's (`WEFT_*` from its catalog) or the client's own. */
+export class WeftError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'WeftError';
+  }
+}
+
+/** The WebSocket surface the client uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason?: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ConnectOptions {
+  /** The WebSocket class (default: the global one). */
+  WebSocket?: WebSocketConstructor;
+  /** Take up an existing session (its resume token) instead of creating one. */
+  resumeToken?: string;
+  /** Reconnects after a lost connection: attempts and backoff. Default 8 attempts, 100 ms doubling to 5 s. */
+  reconnect?: { attempts?: number; minDelayMs?: number; maxDelayMs?: number };
+  /** How long to wait for the server's first event. Default 10 s. */
+  timeoutMs?: number;
+  /** Called for what the client ignores or survives: a frame that is not JSON, a reconnect. */
+  onEvent?: (ev: ClientNotice) => void;
+}
+
+export type ClientNotice =
+  | { type: 'ignored'; reason: string; data: string }
+  | { type: 'reconnecting'; attempt: number; delayMs: number }
+  | { type: 'reconnected' }
+  | { type: 'draining'; retryAfterMs: number; resumeUrl?: string }
+  | { type: 'progress'; event: Extract<ServerEvent, { type: 'response.progress' }> };
+
+export interface ResponseDone {
+  id: string;
+  finishReason: ResponseDoneEvent['finish_reason'];
+  text: string;
+  usage?: ResponseDoneEvent['usage'];
+  timing?: ResponseDoneEvent['timing'];
+  event: ResponseDoneEvent;
+}
+
+export interface SendOptions {
+  sampling?: WireSampling;
+  /** Aborting cancels the response (response.cancel). */
+  signal?: AbortSignal;
+}
+
+/** Chunks buffered in a response before the client stops reading the socket. */
+const HIGH_WATER = 64;
+
+/** One answer: iterate it for text chunks, or await `text()` / `done`. */
+export class WeftResponse implements AsyncIterable<string> {
+  id: string | null = null;
+  /** The last delta seq delivered (a reconnect resumes after it). */
+  lastSeq = -1;
+  private textSoFar = '';
+  private readonly chunks: string[] = [];
+  private wake: (() => void) | null = null;
+  private ended = false;
+  /** Someone iterates: only then does a full buffer pause the socket (text() and done never block it). */
+  private iterating = false;
+  private failure: WeftError | null = null;
+  readonly done: Promise<ResponseDone>;
+  private settle!: { resolve: (d: ResponseDone) => void; reject: (e: WeftError) => void };
+
+  /** @internal */
+  constructor(
+    /** @internal */ readonly eventId: string,
+    private readonly client: WeftClient,
+  ) {
+    this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.done.catch(() => undefined); // a caller that never awaits it does not get an unhandled rejection
+  }
+
+  /** Whether the response has ended (done or failed). */
+  get finished(): boolean {
+    return this.ended;
+  }
+
+  /** The whole answer once it ended. */
+  async text(): Promise<string> {
+    return (await this.done).text;
+  }
+
+  /** Cancels the response; `truncateAtSeq`: what the user was shown (barge-in). */
+  cancel(truncateAtSeq?: number): void {
+    if (this.ended) return;
+    this.client.sendEvent({ type: 'response.cancel', ...(truncateAtSeq === undefined ? {} : { truncate_at_seq: truncateAtSeq }) });
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<string> {
+    this.iterating = true;
+    for (;;) {
+      if (this.chunks.length > 0) {
+        const chunk = this.chunks.shift()!;
+        if (this.chunks.length < HIGH_WATER / 2) this.client.flow(true);
+        yield chunk;
+        continue;
+      }
+      if (this.failure) throw this.failure;
+      if (this.ended) return;
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  /** @internal A delta: dropped when seen before (a replay), else delivered. */
+  onDelta(seq: number, text: string): void {
+    if (seq <= this.lastSeq || this.ended) return;
+    this.lastSeq = seq;
+    this.push(text);
+  }
+
+  /** @internal The server no longer held the deltas after lastSeq: the text so far fills the gap. */
+  onGap(text: string, nextSeq: number): void {
+    if (text.startsWith(this.textSoFar)) this.push(text.slice(this.textSoFar.length));
+    this.lastSeq = nextSeq - 1;
+  }
+
+  private push(text: string): void {
+    this.textSoFar += text;
+    if (text === '') return;
+    this.chunks.push(text);
+    if (this.iterating && this.chunks.length >= HIGH_WATER) this.client.flow(false);
+    this.wake?.();
+  }
+
+  /** @internal */
+  onDone(ev: ResponseDoneEvent): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.client.flow(true);
+    if (ev.finish_reason === 'error' && ev.error) this.fail(new WeftError(ev.error.code, ev.error.message));
+    else this.settle.resolve({ id: ev.response_id, finishReason: ev.finish_reason, text: ev.text ?? this.textSoFar, usage: ev.usage, timing: ev.timing, event: ev });
+    this.wake?.();
+  }
+
+  /** @internal */
+  fail(err: WeftError): void {
+    this.ended = true;
+    this.failure = err;
+    this.settle.reject(err);
+    this.wake?.();
+  }
+}
+
+let nextEventId = 1;
+
+export class WeftClient {
+  /** The WebSocket class when connect() is given none (set to the `ws` package by the Node entry). */
+  static defaultWebSocket: WebSocketConstructor | undefined = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  session!: SessionInfo & { resumeToken: string | null };
+  private ws!: WebSocketLike;
+  private readonly WS: WebSocketConstructor;
+  private current: WeftResponse | null = null;
+  private readonly pending = new Map<string, { resolve: (ev: ServerEvent) => void; reject: (e: WeftError) => void }>();
+  private closing = false;
+  private paused = false;
+
+  private constructor(
+    private readonly url: string,
+    private readonly opts: ConnectOptions,
+  ) {
+    const WS = opts.WebSocket ?? WeftClient.defaultWebSocket;
+    if (!WS) throw new WeftError('WEFT_BAD_ARGUMENT', 'no WebSocket class: pass { WebSocket } (in Node 20, import from weft/client/node)');
+    this.WS = WS;
+  }
+
+  /** Opens a session (or resumes `opts.resumeToken`'s) on `url` (ws://HOST:PORT/v1/ws). */
+  static async connect(url: string, opts: ConnectOptions = {}): Promise<WeftClient> {
+    const c = new WeftClient(url, opts);
+    await c.open(opts.resumeToken);
+    return c;
+  }
+
+  /** Updates the session: system prompt, sampling defaults, context policy, progress events. */
+  update(s: { system?: string; sampling?: WireSampling; contextPolicy?: 'truncate' | 'reject'; progress?: boolean }): Promise<Extract<ServerEvent, { type: 'session.updated' }>> {
+    const session: Record<string, unknown> = {};
+    if (s.system !== undefined) session.system = s.system;
+    if (s.sampling !== undefined) session.sampling = s.sampling;
+    if (s.contextPolicy !== undefined) session.context_policy = s.contextPolicy;
+    if (s.progress !== undefined) session.progress = s.progress;
+    return this.request({ type: 'session.update', session }) as Promise<Extract<ServerEvent, { type: 'session.updated' }>>;
+  }
+
+  /** Sends a user message; the answer streams from the returned response. */
+  send(content: string, opts: SendOptions = {}): WeftResponse {
+    const eventId = `c${nextEventId++}`;
+    const r = new WeftResponse(eventId, this);
+    if (this.current && !this.current.finished) {
+      r.fail(new WeftError('WEFT_RESPONSE_IN_PROGRESS', 'a response is already running in this session'));
+      return r;
+    }
+    this.current = r;
+    if (opts.signal) {
+      if (opts.signal.aborted) queueMicrotask(() => r.cancel());
+      else opts.signal.addEventListener('abort', () => r.cancel(), { once: true });
+    }
+    this.sendEvent({ type: 'message.create', content, ...(opts.sampling ? { sampling: opts.sampling } : {}), event_id: eventId });
+    return r;
+  }
+
+  /** Ends the session (its KV is freed on the server) and the connection. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.ws.readyState === 1) {
+      const closed = new Promise<void>((r) => {
+        const prev = this.ws.onclose;
+        this.ws.onclose = (ev) => {
+          prev?.(ev);
+          r();
+        };
+      });
+      this.ws.send(JSON.stringify({ type: 'session.close' }));
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
+    }
+    this.ws.close();
+    this.current?.fail(new WeftError('WEFT_DISPOSED', 'the client was closed'));
+  }
+
+  /** @internal */
+  sendEvent(ev: ClientEvent): void {
+    if (this.ws.readyState === 1) this.ws.send(JSON.stringify(ev));
+  }
+
+  /** @internal Stops or resumes reading the socket (the `ws` package's pause/resume; a no-op elsewhere). */
+  flow(on: boolean): void {
+    if (this.paused === !on) return;
+    this.paused = !on;
+    const ws = this.ws as unknown as { pause?: () => void; resume?: () => void };
+    if (on) ws.resume?.();
+    else ws.pause?.();
+  }
+
+  private request(ev: ClientEvent & { event_id?: string }): Promise<ServerEvent> {
+    const eventId = `c${nextEventId++}`;
+    return new Promise<ServerEvent>((resolve, reject) => {
+      this.pending.set(eventId, { resolve, reject });
+      this.sendEvent({ ...ev, event_id: eventId });
+    });
+  }
+
+  /** Connects (or reconnects with `resume`) and waits for the server's first event. */
+  private open(resume?: string): Promise<void> {
+    const last = this.current && !this.current.finished ? this.current : null;
+    const query = resume ? `?resume=${encodeURIComponent(resume)}${last?.id ? `&last_seq=${last.lastSeq}&response_id=${encodeURIComponent(last.id)}` : ''}` : '';
+    const ws = new this.WS(this.url + query);
+    this.ws = ws;
+    this.paused = false;
+    return new Promise<void>((resolve, reject) => {
+      let first = true;
+      const timer = setTimeout(() => {
+        if (!first) return;
+        first = false;
+        ws.close();
+        reject(new WeftError('WEFT_TIMEOUT', `no answer from ${this.url} within ${this.opts.timeoutMs ?? 10_000} ms`));
+      }, this.opts.timeoutMs ?? 10_000);
+      ws.onmessage = (m) => {
+        const ev = this.parse(m.data);
+        if (!ev) return;
+        if (first) {
+          if (ev.type === 'session.created' || ev.type === 'session.resumed') {
+            first = false;
+            clearTimeout(timer);
+            this.session = { ...ev.session, resumeToken: ev.resume_token ?? resume ?? null };
+            resolve();
+          } else if (ev.type === 'error' && ev.code !== 'WEFT_RESUME_UNKNOWN') {
+            first = false;
+            clearTimeout(timer);
+            reject(new WeftError(ev.code, ev.message));
+            return;
+          }
+          if (ev.type === 'error') {
+            // the session is gone: a fresh one follows; a response that was running is lost
+            this.current?.fail(new WeftError(ev.code, ev.message));
+            return;
+          }
+        }
+        this.dispatch(ev);
+      };
+      ws.onerror = () => undefined; // the close event follows
+      ws.onclose = (ev) => {
+        clearTimeout(timer);
+        if (first) {
+          first = false;
+          reject(new WeftError('WEFT_CONNECTION_LOST', `the connection to ${this.url} closed before the session started (${ev.code})`));
+          return;
+        }
+        if (!this.closing) void this.reconnect();
+      };
+    });
+  }
+
+  /** After a lost connection: reconnect with the resume token, backing off; a running response goes on. */
+  private async reconnect(): Promise<void> {
+    const token = this.session?.resumeToken;
+    const { attempts = 8, minDelayMs = 100, maxDelayMs = 5000 } = this.opts.reconnect ?? {};
+    for (let attempt = 1; token && attempt <= attempts && !this.closing; attempt++) {
+      const delayMs = Math.min(maxDelayMs, minDelayMs * 2 ** (attempt - 1));
+      this.opts.onEvent?.({ type: 'reconnecting', attempt, delayMs });
+      await new Promise((r) => setTimeout(r, delayMs));
+      try {
+        await this.open(token);
+        this.opts.onEvent?.({ type: 'reconnected' });
+        return;
+      } catch (err) {
+        const code = (err as WeftError).code;
+        if (code !== 'WEFT_CONNECTION_LOST' && code !== 'WEFT_SESSION_CONNECTED' && code !== 'WEFT_TIMEOUT' && code !== 'WEFT_TOO_MANY_SESSIONS' && code !== 'WEFT_DRAINING') {
+          return this.lost(err as WeftError);
+        }
+      }
+    }
+    this.lost(new WeftError('WEFT_CONNECTION_LOST', `the connection was lost and ${attempts} reconnects failed`));
+  }
+
+  private lost(err: WeftError): void {
+    this.current?.fail(err);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  /** A frame that is not a JSON object with a type is ignored (and reported to onEvent). */
+  private parse(data: unknown): ServerEvent | null {
+    const text = typeof data === 'string' ? data : String(data);
+    try {
+      const ev = JSON.parse(text) as ServerEvent;
+      if (typeof ev === 'object' && ev !== null && typeof ev.type === 'string') return ev;
+    } catch {
+      /* reported below */
+    }
+    this.opts.onEvent?.({ type: 'ignored', reason: 'not a JSON event', data: text.slice(0, 200) });
+    return null;
+  }
+
+  private dispatch(ev: ServerEvent): void {
+    const r = this.current;
+    switch (ev.type) {
+      case 'response.created':
+        if (r && ev.event_id === r.eventId) r.id = ev.response_id;
+        return;
+      case 'response.delta':
+        if (r && ev.response_id === r.id) r.onDelta(ev.seq, ev.text);
+        return;
+      case 'response.done':
+        if (r && ev.response_id === r.id) r.onDone(ev);
+        return;
+      case 'response.progress':
+        this.opts.onEvent?.({ type: 'progress', event: ev });
+        return;
+      case 'session.draining':
+        this.opts.onEvent?.({ type: 'draining', retryAfterMs: ev.retry_after_ms, resumeUrl: ev.resume_url });
+        return;
+      case 'error': {
+        if (ev.code === 'WEFT_REPLAY_GAP' && r && ev.response_id === r.id && typeof ev.text === 'string') return r.onGap(ev.text, ev.next_seq ?? r.lastSeq + 1);
+        const p = ev.event_id ? this.pending.get(ev.event_id) : undefined;
+        if (p) {
+          this.pending.delete(ev.event_id!);
+          return p.reject(new WeftError(ev.code, ev.message));
+        }
+        if (r && ev.event_id === r.eventId) r.fail(new WeftError(ev.code, ev.message));
+        return;
+      }
+      default: {
+        const id = (ev as { event_id?: string }).event_id;
+        const p = id ? this.pending.get(id) : undefined;
+        if (p) {
+          this.pending.delete(id!);
+          p.resolve(ev);
+        }
+        if (ev.type === 'session.updated' && ev.resume_token) this.session.resumeToken = ev.resume_token;
+        // other event types (newer servers) are ignored
+      }
+    }
+  }
+}
