@@ -101,7 +101,7 @@ export class Gateway {
   readonly liveTokens = new Set<string>();
   /** Connections that corked frames during the delivery of the current step's events. */
   readonly corked: Connection[] = [];
-  readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler, () => this.kv);
+  readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler, () => this.kv, () => this.sessions);
   readonly maxSessions: number;
   readonly maxFrameBytes: number;
   readonly backpressureBytes: number;
