@@ -6,6 +6,7 @@
 // GPU's own ("native"), or 90 (H100) when forced without a visible GPU.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
 if (!existsSync('native/CMakeLists.txt')) process.exit(0);
@@ -39,4 +40,6 @@ if (cuda) {
 } else {
   console.log(`weft: building the CPU backend only (${nvcc ? 'no GPU found' : 'no CUDA toolkit found'}; WEFT_CUDA=1 forces CUDA)`);
 }
-execFileSync(process.execPath, ['node_modules/cmake-js/bin/cmake-js', ...args], { stdio: 'inherit' });
+// cmake-js is a dependency: next to this package in a checkout, hoisted above it when installed
+const cmakeJs = createRequire(import.meta.url).resolve('cmake-js/bin/cmake-js');
+execFileSync(process.execPath, [cmakeJs, ...args], { stdio: 'inherit' });

@@ -253,17 +253,35 @@ export function parseClientFrame(data: string | Buffer, isBinary: boolean, maxFr
   }
 }
 
+/** The sampling fields that the wire and the engine both have: wire name, engine name. */
+const SAMPLING_NAMES = [
+  ['temperature', 'temperature'],
+  ['top_p', 'topP'],
+  ['top_k', 'topK'],
+  ['min_p', 'minP'],
+  ['repetition_penalty', 'repetitionPenalty'],
+  ['presence_penalty', 'presencePenalty'],
+  ['frequency_penalty', 'frequencyPenalty'],
+  ['seed', 'seed'],
+] as const;
+
+/** The engine's sampling options as the wire spells them (the fields both have). */
+export function toWireSampling(s: SamplingOptions): WireSampling {
+  const w: WireSampling = {};
+  for (const [wire, engine] of SAMPLING_NAMES) {
+    const v = s[engine];
+    if (v !== undefined) w[wire] = v;
+  }
+  return w;
+}
+
 /** Wire sampling → the engine's options, max_tokens and stop strings. */
 export function toTurnSampling(w: WireSampling): { sampling: SamplingOptions; maxTokens?: number; stop?: string[]; logprobs?: boolean; topLogprobs?: number } {
   const s: SamplingOptions = {};
-  if (w.temperature !== undefined) s.temperature = w.temperature;
-  if (w.top_p !== undefined) s.topP = w.top_p;
-  if (w.top_k !== undefined) s.topK = w.top_k;
-  if (w.min_p !== undefined) s.minP = w.min_p;
-  if (w.repetition_penalty !== undefined) s.repetitionPenalty = w.repetition_penalty;
-  if (w.presence_penalty !== undefined) s.presencePenalty = w.presence_penalty;
-  if (w.frequency_penalty !== undefined) s.frequencyPenalty = w.frequency_penalty;
-  if (w.seed !== undefined) s.seed = w.seed;
+  for (const [wire, engine] of SAMPLING_NAMES) {
+    const v = w[wire];
+    if (v !== undefined) s[engine] = v;
+  }
   if (w.stop_token_ids !== undefined) s.stopTokens = w.stop_token_ids;
   // the engine returns log-probabilities with n >= 1 alternatives; top_logprobs 0 drops them on the wire
   if (w.logprobs) s.logprobs = Math.max(1, w.top_logprobs ?? 0);

@@ -8,7 +8,7 @@
 import { WeftError, toWeftError, type WeftErrorCode } from '../errors.js';
 import { ResponseLog, type FrameBuilder, type ResponseSink } from '../session/response-log.js';
 import type { Session, Turn, TurnDone } from '../session/session.js';
-import { toTurnSampling, type ClientEvent, type WireSampling } from './protocol.js';
+import { toTurnSampling, toWireSampling, type ClientEvent, type WireSampling } from './protocol.js';
 import type { Gateway } from './server.js';
 
 /** What a connection gives its session's runner. */
@@ -170,14 +170,7 @@ export class SessionRunner {
   /** What a message.create without sampling would use: the server's defaults, then the session's. */
   private effectiveSampling(): WireSampling {
     const d = this.gw.options.sessionSampling ?? {};
-    const server: WireSampling = { temperature: d.temperature ?? 0, max_tokens: this.gw.defaultMaxTokens };
-    if (d.topP !== undefined) server.top_p = d.topP;
-    if (d.topK !== undefined) server.top_k = d.topK;
-    if (d.minP !== undefined) server.min_p = d.minP;
-    if (d.repetitionPenalty !== undefined) server.repetition_penalty = d.repetitionPenalty;
-    if (d.presencePenalty !== undefined) server.presence_penalty = d.presencePenalty;
-    if (d.frequencyPenalty !== undefined) server.frequency_penalty = d.frequencyPenalty;
-    if (d.seed !== undefined) server.seed = d.seed;
+    const server: WireSampling = { temperature: 0, max_tokens: this.gw.defaultMaxTokens, ...toWireSampling(d) };
     return { ...server, ...this.sampling };
   }
 
