@@ -25,6 +25,7 @@ test('npm pack, install into an empty project, import weft and weft/client from 
   expect(files).toContain('dist/src/client/index.d.ts');
   expect(files).toContain('native/src/engine.cpp');
   expect(files).toContain('models/default/model.safetensors');
+  expect(files).toContain('public/index.html');
   expect(files.some((f) => f.startsWith('test/') || f.startsWith('bench/') || f.startsWith('node_modules/'))).toBe(false);
 
   const app = join(dir, 'app');

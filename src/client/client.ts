@@ -51,7 +51,8 @@ export interface ConnectOptions {
 export type ClientNotice =
   | { type: 'ignored'; reason: string; data: string }
   | { type: 'reconnecting'; attempt: number; delayMs: number }
-  | { type: 'reconnected' }
+  | { type: 'reconnected'; resumed: boolean }
+  | { type: 'lost'; error: WeftError }
   | { type: 'draining'; retryAfterMs: number; resumeUrl?: string }
   | { type: 'progress'; event: Extract<ServerEvent, { type: 'response.progress' }> };
 
@@ -180,6 +181,8 @@ export class WeftClient {
   private readonly pending = new Map<string, { resolve: (ev: ServerEvent) => void; reject: (e: WeftError) => void }>();
   private closing = false;
   private paused = false;
+  /** Events sent while reconnecting: sent once the session is back. */
+  private outbox: string[] = [];
 
   private constructor(
     private readonly url: string,
@@ -243,9 +246,11 @@ export class WeftClient {
     this.current?.fail(new WeftError('WEFT_DISPOSED', 'the client was closed'));
   }
 
-  /** @internal */
+  /** @internal Sends an event now, or (while reconnecting) once the session is back. */
   sendEvent(ev: ClientEvent): void {
-    if (this.ws.readyState === 1) this.ws.send(JSON.stringify(ev));
+    const text = JSON.stringify(ev);
+    if (this.ws.readyState === 1 && this.outbox.length === 0) this.ws.send(text);
+    else if (!this.closing) this.outbox.push(text);
   }
 
   /** @internal Stops or resumes reading the socket (the `ws` package's pause/resume; a no-op elsewhere). */
@@ -268,8 +273,15 @@ export class WeftClient {
   /** Connects (or reconnects with `resume`) and waits for the server's first event. */
   private open(resume?: string): Promise<void> {
     const last = this.current && !this.current.finished ? this.current : null;
-    const query = resume ? `?resume=${encodeURIComponent(resume)}${last?.id ? `&last_seq=${last.lastSeq}&response_id=${encodeURIComponent(last.id)}` : ''}` : '';
-    const ws = new this.WS(this.url + query);
+    const u = new URL(this.url);
+    if (resume) {
+      u.searchParams.set('resume', resume);
+      if (last?.id) {
+        u.searchParams.set('last_seq', String(last.lastSeq));
+        u.searchParams.set('response_id', last.id);
+      }
+    }
+    const ws = new this.WS(u.toString());
     this.ws = ws;
     this.paused = false;
     return new Promise<void>((resolve, reject) => {
@@ -325,8 +337,11 @@ export class WeftClient {
       this.opts.onEvent?.({ type: 'reconnecting', attempt, delayMs });
       await new Promise((r) => setTimeout(r, delayMs));
       try {
+        const before = this.session.id;
         await this.open(token);
-        this.opts.onEvent?.({ type: 'reconnected' });
+        this.opts.onEvent?.({ type: 'reconnected', resumed: this.session.id === before });
+        const queued = this.outbox.splice(0);
+        for (const text of queued) this.ws.send(text);
         return;
       } catch (err) {
         const code = (err as WeftError).code;
@@ -339,6 +354,8 @@ export class WeftClient {
   }
 
   private lost(err: WeftError): void {
+    this.outbox.length = 0;
+    this.opts.onEvent?.({ type: 'lost', error: err });
     this.current?.fail(err);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();

@@ -17,6 +17,7 @@ import { KvLifecycle } from '../session/kv-lifecycle.js';
 import { Session } from '../session/session.js';
 import { StateStore, hashToken, type SessionRecord } from '../session/state-store.js';
 import { SessionRunner } from './session-runner.js';
+import { StaticFiles } from './static.js';
 import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
 
@@ -125,6 +126,8 @@ export class Gateway {
   /** Shutting down: no new connections or responses; running ones finish (drain). */
   draining = false;
   private drained: Promise<void> | null = null;
+  /** The chat page and the SDK's browser build (src/gateway/static.ts), read once at startup. */
+  private readonly statics = new StaticFiles();
 
   constructor(readonly options: GatewayOptions = {}) {
     const pos = (v: number | undefined, name: string, fallback: number) => {
@@ -154,6 +157,7 @@ export class Gateway {
     this.drainTimeoutMs = drain;
     this.origins = new OriginPolicy(options.allowedOrigins ?? []);
     const log = options.log ?? ((line: string) => process.stderr.write(`weft: ${line}\n`));
+    for (const dir of this.statics.missing) log(`the chat page (GET /) is incomplete: ${dir} is missing`);
     this.store = options.stateDir ? new StateStore(options.stateDir, log) : null;
     this.detached = new ResumePool<SessionRunner>(
       {
@@ -175,7 +179,7 @@ export class Gateway {
   }
 
   /** The answer to a plain HTTP request (both transports serve these). */
-  async httpResponse(method: string, path: string): Promise<{ status: number; body: string; type: string }> {
+  async httpResponse(method: string, path: string): Promise<{ status: number; body: string; type: string; headers?: Record<string, string> }> {
     const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => ({ status, body, type });
     if (method.toUpperCase() !== 'GET' && method.toUpperCase() !== 'HEAD') return text(405, 'method not allowed\n');
     if (path === '/healthz') return text(200, 'ok\n');
@@ -191,7 +195,7 @@ export class Gateway {
       }
     }
     if (path === WS_PATH) return text(426, 'upgrade to WebSocket\n');
-    return text(404, 'not found\n');
+    return this.statics.get(path) ?? text(404, 'not found\n');
   }
 
   /** Makes the gateway ready: sessions are served by this engine (the caller keeps ownership of it). */

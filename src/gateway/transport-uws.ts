@@ -127,14 +127,16 @@ export class UwsTransport implements Transport {
       const path = parseTarget(req.getUrl()).path;
       let aborted = false;
       res.onAborted(() => (aborted = true));
-      const send = (status: number, type: string, body: string) => {
+      const send = (status: number, type: string, body: string, headers?: Record<string, string>) => {
         if (aborted) return;
         res.cork(() => {
-          res.writeStatus(STATUS[status] ?? String(status)).writeHeader('content-type', type).end(method.toUpperCase() === 'HEAD' ? '' : body);
+          res.writeStatus(STATUS[status] ?? String(status)).writeHeader('content-type', type);
+          for (const [name, value] of Object.entries(headers ?? {})) res.writeHeader(name, value);
+          res.end(method.toUpperCase() === 'HEAD' ? '' : body);
         });
       };
       gw.httpResponse(method, path).then(
-        (r) => send(r.status, r.type, r.body),
+        (r) => send(r.status, r.type, r.body, r.headers),
         (err: unknown) => send(500, 'text/plain; charset=utf-8', `WEFT_INTERNAL: ${(err as Error)?.message ?? String(err)}\n`),
       );
     });

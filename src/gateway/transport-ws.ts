@@ -66,13 +66,13 @@ export class WsTransport implements Transport {
 
   private request(req: IncomingMessage, res: ServerResponse): void {
     const method = req.method ?? 'GET';
-    const send = (status: number, type: string, body: string) => {
+    const send = (status: number, type: string, body: string, headers?: Record<string, string>) => {
       if (res.headersSent || res.destroyed) return;
-      res.writeHead(status, { 'content-type': type });
+      res.writeHead(status, { ...headers, 'content-type': type });
       res.end(method === 'HEAD' ? undefined : body);
     };
     this.gw.httpResponse(method, parseTarget(req.url).path).then(
-      (r) => send(r.status, r.type, r.body),
+      (r) => send(r.status, r.type, r.body, r.headers),
       (err: unknown) => send(500, 'text/plain; charset=utf-8', `WEFT_INTERNAL: ${(err as Error)?.message ?? String(err)}\n`),
     );
   }
