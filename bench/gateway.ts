@@ -4,6 +4,7 @@
  *
  *   npm run bench:gateway -- [--sessions 1,16,64,256] [--gen-tokens 128] [--threads 2]
  *                            [--transports ws,uws] [--repeats 3] [--idle 10000] [--client-procs 1]
+ *                            [--typing | --typing-only] [--k6-chat 1,8,32 [--k6-duration 20]]
  * Each session sends one prompt and streams gen-tokens tokens (EOS and the template's stop string
  * are ignored so that every answer has exactly gen-tokens tokens). Every configuration runs
  * `--repeats` times (more with fewer than 16 sessions: at least 16 TTFT samples per mode), the
@@ -20,7 +21,7 @@
  * session's prompt is sent: in the direct run all prompts are sent in one synchronous loop, so
  * every session's clock starts before that loop, as the clients' prompts all leave at once.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { performance as perfHooks } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
@@ -36,8 +37,21 @@ import { benchTypingAhead, typingTable, type TypingResult } from './typing-ahead
 
 const f = parseFlags(process.argv.slice(2), {
   sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number', 'idle-server': 'string',
-  typing: 'boolean', 'typing-only': 'boolean', 'typing-model': 'string', dir: 'string',
+  typing: 'boolean', 'typing-only': 'boolean', 'typing-model': 'string', dir: 'string', 'k6-chat': 'list', 'k6-duration': 'number',
 });
+// --k6-chat 1,8,32: the scenario of k6/chat.js (bench/k6-chat.ts, the same turns, metrics and
+// checks) against a `weft serve` child process, so that its numbers compare with k6's
+if (f['k6-chat']) {
+  const server = spawn(process.execPath, [join(import.meta.dirname, '..', 'src', 'cli', 'main.js'), 'serve', '--port', '0', ...(f.threads ? ['--threads', String(f.threads)] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  server.stdout!.on('data', (d) => (out += d));
+  while (!out.includes('weft ready')) await new Promise((r) => setTimeout(r, 50));
+  const url = /http:\/\/[^ ]+/.exec(out)![0].replace('http', 'ws') + '/v1/ws';
+  const k6 = spawn(process.execPath, [join(import.meta.dirname, 'k6-chat.js'), '--url', url, '--vus', (f['k6-chat'] as number[]).join(','), '--duration', String(f['k6-duration'] ?? 20)], { stdio: 'inherit' });
+  const code = await new Promise<number | null>((r) => k6.on('exit', r));
+  server.kill('SIGTERM');
+  process.exit(code ?? 1);
+}
 // --typing: also typing-ahead (bench/typing-ahead.ts); --typing-only: just that
 const typing = f.typing === true || f['typing-only'] === true;
 if (f['typing-only']) {

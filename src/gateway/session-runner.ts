@@ -193,8 +193,17 @@ export class SessionRunner {
     if (this.busy) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'response.truncate while a response is running (use response.cancel with truncate_at_seq)', eventId);
     const c = this.current;
     if (!c || (responseId !== undefined && responseId !== c.id)) return this.error('WEFT_NO_RESPONSE', 'only the latest response of the session can be truncated', eventId);
-    const kept = this.trim(c, seq);
-    this.send(withId({ type: 'response.truncated', response_id: c.id, seq, text: kept }, eventId));
+    // a typing-ahead prefill may hold the sequence: the trim waits for it (a step or two)
+    void this.session.typingSettled().then(() => {
+      try {
+        if (this.busy || this.current !== c) throw new WeftError('WEFT_RESPONSE_IN_PROGRESS', 'a response started before the truncate could run');
+        const kept = this.trim(c, seq);
+        this.send(withId({ type: 'response.truncated', response_id: c.id, seq, text: kept }, eventId));
+      } catch (err) {
+        const e = toWeftError(err);
+        this.error(e.code, e.message, eventId);
+      }
+    });
   }
 
   /** Trims the session's last answer (and KV) to the tokens of deltas 0..seq; the kept text. */
@@ -236,11 +245,6 @@ export class SessionRunner {
   }
 
   private create(ev: Create): void {
-    if (ev.commit) {
-      ev = { ...ev, content: this.input };
-      delete ev.commit;
-      this.input = '';
-    }
     const r = this.running;
     if (r && r.turn.request.cancelRequested && !this.queued) {
       this.queued = ev; // barge-in: the cancel settles within a step, then this message starts
@@ -248,6 +252,12 @@ export class SessionRunner {
     }
     if (this.busy) return this.error('WEFT_RESPONSE_IN_PROGRESS', 'a response is already running in this session (wait for response.done or send response.cancel)', ev.event_id);
     if (this.gw.draining) return this.error('WEFT_DRAINING', 'the server is shutting down and starts no new responses', ev.event_id);
+    if (ev.commit) {
+      // the typed message is sent (and cleared) only once the message is accepted
+      ev = { ...ev, content: this.input };
+      delete ev.commit;
+      this.input = '';
+    }
     const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
     const id = `resp_${nextResponseId++}`;
     const log = new ResponseLog(id, this.gw.replayBytes, this.frameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1));

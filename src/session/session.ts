@@ -374,6 +374,8 @@ export class Session {
   truncateLastAnswer(numTokens: number): string {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
+    // a typing-ahead prefill holds the sequence: refuse before anything changes (the caller waits: typingSettled)
+    if (this.typing) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a typing-ahead prefill is running in this session');
     const kept = this.conversation.trimLastAnswer(numTokens);
     if (kept === null) throw new WeftError('WEFT_NO_RESPONSE', 'the session has no answer to truncate');
     this.cutKv(Math.min(this.cached.length, kept.numTokens));
@@ -436,6 +438,11 @@ export class Session {
     } catch {
       return 'dropped';
     }
+  }
+
+  /** Resolves when no typing-ahead prefill is running. */
+  async typingSettled(): Promise<void> {
+    while (this.typing) await this.typing.catch(() => undefined);
   }
 
   /** When the session last started or ended a turn (performance.now()). */
