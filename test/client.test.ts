@@ -109,8 +109,8 @@ describe('the SDK against weft', () => {
 });
 
 describe('servers that misbehave', () => {
-  async function fakeServer(onConnection: (ws: import('ws').WebSocket) => void): Promise<{ url: string; close: () => Promise<void> }> {
-    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  async function fakeServer(onConnection: (ws: import('ws').WebSocket) => void, autoPong = true): Promise<{ url: string; close: () => Promise<void> }> {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', autoPong });
     wss.on('connection', onConnection);
     await new Promise((r) => wss.once('listening', r));
     const close = () => {
@@ -160,5 +160,23 @@ describe('servers that misbehave', () => {
     });
     await expect(WeftClient.connect(midFrame.url, { timeoutMs: 2000 })).rejects.toMatchObject({ code: 'WEFT_CONNECTION_LOST' });
     await midFrame.close();
+  });
+
+  test('the heartbeat notices a connection that stopped answering and resumes the session', async () => {
+    let connections = 0;
+    const s = await fakeServer((ws) => {
+      connections++;
+      // a server that answers no ping: each connection looks dead to the client's heartbeat
+      if (connections === 1) ws.send(JSON.stringify({ type: 'session.created', session, resume_token: 'tok' }));
+      else ws.send(JSON.stringify({ type: 'session.resumed', session, resume_token: 'tok', response: null }));
+    }, false);
+    const notices: ClientNotice[] = [];
+    const c = await WeftClient.connect(s.url, { heartbeatMs: 100, reconnect: { minDelayMs: 10 }, onEvent: (e) => notices.push(e) });
+    const end = Date.now() + 5000;
+    while (!notices.some((e) => e.type === 'reconnected') && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    expect(notices).toContainEqual({ type: 'reconnected', resumed: true });
+    expect(connections).toBeGreaterThanOrEqual(2);
+    await c.close();
+    await s.close();
   });
 });

@@ -44,6 +44,12 @@ export interface ConnectOptions {
   reconnect?: { attempts?: number; minDelayMs?: number; maxDelayMs?: number };
   /** How long to wait for the server's first event. Default 10 s. */
   timeoutMs?: number;
+  /**
+   * Where the WebSocket can ping (the `ws` package in Node): a ping every `heartbeatMs` (default
+   * 15 s; 0: none), and a connection whose pong has not come by the next ping is taken as dead:
+   * closed and resumed. (Browsers cannot ping; there the server's heartbeat closes a dead socket.)
+   */
+  heartbeatMs?: number;
   /** Called for what the client ignores or survives: a frame that is not JSON, a reconnect. */
   onEvent?: (ev: ClientNotice) => void;
 }
@@ -183,6 +189,7 @@ export class WeftClient {
   private paused = false;
   /** Events sent while reconnecting: sent once the session is back. */
   private outbox: string[] = [];
+  private heartbeat: ReturnType<typeof setInterval> | null = null;
 
   private constructor(
     private readonly url: string,
@@ -243,6 +250,7 @@ export class WeftClient {
       await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
     }
     this.ws.close();
+    if (this.heartbeat) clearInterval(this.heartbeat);
     this.current?.fail(new WeftError('WEFT_DISPOSED', 'the client was closed'));
   }
 
@@ -300,6 +308,7 @@ export class WeftClient {
             first = false;
             clearTimeout(timer);
             this.session = { ...ev.session, resumeToken: ev.resume_token ?? resume ?? null };
+            this.startHeartbeat(ws);
             resolve();
           } else if (ev.type === 'error' && ev.code !== 'WEFT_RESUME_UNKNOWN') {
             first = false;
@@ -318,6 +327,7 @@ export class WeftClient {
       ws.onerror = () => undefined; // the close event follows
       ws.onclose = (ev) => {
         clearTimeout(timer);
+        if (this.heartbeat) clearInterval(this.heartbeat);
         if (first) {
           first = false;
           reject(new WeftError('WEFT_CONNECTION_LOST', `the connection to ${this.url} closed before the session started (${ev.code})`));
@@ -326,6 +336,28 @@ export class WeftClient {
         if (!this.closing) void this.reconnect();
       };
     });
+  }
+
+  /** Pings where the WebSocket can (the ws package); no pong by the next ping: the connection is dead. */
+  private startHeartbeat(ws: WebSocketLike): void {
+    const pinger = ws as unknown as { ping?: () => void; on?: (ev: 'pong', cb: () => void) => void; terminate?: () => void };
+    const every = this.opts.heartbeatMs ?? 15_000;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    if (every <= 0 || typeof pinger.ping !== 'function' || typeof pinger.on !== 'function') return;
+    let answered = true;
+    pinger.on('pong', () => (answered = true));
+    this.heartbeat = setInterval(() => {
+      if (ws.readyState !== 1) return;
+      if (!answered) {
+        // a dead connection: its close starts the reconnect
+        if (pinger.terminate) pinger.terminate();
+        else ws.close();
+        return;
+      }
+      answered = false;
+      pinger.ping!();
+    }, every);
+    (this.heartbeat as { unref?: () => void }).unref?.();
   }
 
   /** After a lost connection: reconnect with the resume token, backing off; a running response goes on. */
