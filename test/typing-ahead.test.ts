@@ -104,3 +104,24 @@ describe.each(['ws', 'uws'] as const)('typing-ahead over %s', (transport) => {
     for (const x of [plain, c]) x.ws.close();
   });
 });
+
+test('a session closed, or swept by the KV lifecycle, while a typing-ahead prefill runs: nothing throws, nothing leaks', async () => {
+  const gw = new Gateway({ port: 0, dropAfterMs: 1, parkAfterMs: 1 });
+  gw.attach(engine);
+  const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
+  const before = engine.stats().sequences;
+  try {
+    for (let i = 0; i < 6; i++) {
+      const c = await Client.open(url);
+      await c.next((e) => e.type === 'session.created');
+      c.send({ type: 'input.append', text: MESSAGE });
+      await new Promise((r) => setTimeout(r, i * 7));
+      c.send({ type: 'session.close' });
+      await c.waitClosed();
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    expect(engine.stats().sequences).toBe(before);
+  } finally {
+    await gw.close();
+  }
+});

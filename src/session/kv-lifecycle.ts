@@ -30,7 +30,8 @@ export class KvLifecycle {
     sweepMs = 1000,
   ) {
     if (policy.parkAfterMs > 0 || policy.dropAfterMs > 0 || Number.isFinite(policy.parkedMemoryBytes)) {
-      this.timer = setInterval(() => void this.sweep(), sweepMs);
+      // a sweep never throws out of the timer (a session busy meanwhile is left for the next one)
+      this.timer = setInterval(() => void this.sweep().catch(() => undefined), sweepMs);
       this.timer.unref();
     }
   }
@@ -59,8 +60,12 @@ export class KvLifecycle {
       const age = now - s.lastActiveAt;
       const state = s.kvState;
       if (dropAfterMs > 0 && age >= dropAfterMs && state !== 'dropped') {
-        s.drop();
-        this.counters.dropped++;
+        try {
+          s.drop();
+          this.counters.dropped++;
+        } catch {
+          /* busy meanwhile: next sweep */
+        }
       } else if (parkAfterMs > 0 && age >= parkAfterMs && state === 'resident') {
         try {
           await s.park();
@@ -77,8 +82,12 @@ export class KvLifecycle {
       if (parked <= parkedMemoryBytes) break;
       if (s.kvState !== 'parked' || s.state !== SessionState.Idle) continue;
       parked -= this.bytesOf(s);
-      s.drop();
-      this.counters.dropped++;
+      try {
+        s.drop();
+        this.counters.dropped++;
+      } catch {
+        /* busy meanwhile: next sweep */
+      }
     }
   }
 

@@ -422,7 +422,8 @@ export class Session {
    * prefills them again, computing what the kept KV would have held. An idle session only.
    */
   drop(): void {
-    if (this.closed || !this.seq || this.state !== SessionState.Idle || this.cached.length === 0) return;
+    if (this.closed || !this.seq || this.state !== SessionState.Idle || this.cached.length === 0 || this.typing) return;
+    if (this.seq.info().busy) return; // in a step (a typing-ahead prefill): the next sweep
     this.scheduler.forget(this.seq);
     this.seq.free();
     this.seq = this.scheduler.engine.createSequence(this.defaults.sampling);
@@ -459,6 +460,7 @@ export class Session {
       turn.cancel();
       await turn.done;
     }
+    await this.typingSettled(); // a typing-ahead prefill holds the sequence until its step settles
     if (this.seq) {
       this.scheduler.forget(this.seq);
       try {
