@@ -142,7 +142,9 @@ function findPrometheus(): { bin: string | null; why: string } {
     install();
   }
   bin = found();
-  return bin ? { bin, why: '' } : { bin: null, why: 'the prometheus binary is not on PATH and `apt-get install -y prometheus` failed' };
+  // where it could be installed (root with apt-get, as in CI) and was not, the test fails: no silent skip
+  if (!bin) throw new Error('the prometheus binary is not on PATH and `apt-get install -y prometheus` failed');
+  return { bin, why: '' };
 }
 
 const prom = findPrometheus();
@@ -329,7 +331,5 @@ describe.skipIf(!prom.bin)('Prometheus scraping weft, every dashboard query', ()
   });
 });
 
-if (!prom.bin) {
-  test.skip(`Prometheus scraping weft: skipped, ${prom.why}`, () => undefined);
-  console.warn(`monitoring.test.ts: Prometheus tests skipped: ${prom.why}`);
-}
+// only where Prometheus cannot be installed (not root, or no apt-get) do its tests not run; say so
+if (!prom.bin) console.warn(`monitoring.test.ts: the Prometheus tests did not run: ${prom.why}`);

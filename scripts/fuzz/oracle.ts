@@ -4,6 +4,7 @@
  * session's state (a response running, the sampling defaults) and says which answers and error
  * codes are right.
  */
+import { structureError } from '../../src/gateway/protocol.js';
 import { FRAME_FIELDS, MAX_EVENT_ID, MAX_FRAME_DEPTH, MAX_FRAME_VALUES, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_TOKEN_ID, MAX_TOP_LOGPROBS, PROTO_KEYS, SAMPLING_KINDS, SESSION_FIELDS } from './schema.js';
 import { isPlainObject, isValidUtf8, own } from './util.js';
 
@@ -41,31 +42,12 @@ const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[
 /** A string with a UTF-16 surrogate that is not part of a pair (not Unicode text). */
 export const hasLoneSurrogate = (s: string) => LONE_SURROGATE.test(s);
 
-/** Whether a frame breaks the structure limits, judged before parsing (so no event_id can be echoed). */
-export function overStructureLimits(b: Buffer): boolean {
-  let depth = 0;
-  let values = 0;
-  for (let i = 0; i < b.length; i++) {
-    const c = b[i]!;
-    if (c === 0x22) {
-      let j = i;
-      for (;;) {
-        j = b.indexOf(0x22, j + 1);
-        if (j < 0) return false; // unterminated: not JSON
-        let k = j - 1;
-        while (b[k] === 0x5c) k--;
-        if ((j - 1 - k) % 2 === 0) break;
-      }
-      i = j;
-    } else if (c === 0x5b || c === 0x7b) {
-      if (++depth > MAX_FRAME_DEPTH) return true;
-      values++;
-    } else if (c === 0x5d || c === 0x7d) depth--;
-    else if (c === 0x2c || c === 0x3a) values++;
-    if (values > MAX_FRAME_VALUES) return true;
-  }
-  return false;
-}
+/**
+ * Whether a frame breaks the structure limits (nesting, number of values), judged before parsing
+ * so no event_id can be echoed. The scan is the server's own (a byte-level rule the docs state;
+ * a second copy here would only repeat it): the fuzzer checks that such frames get their code.
+ */
+export const overStructureLimits = (b: Buffer): boolean => structureError(b) !== null;
 
 /** Judges one frame alone (the session's state comes in `expectFor`). */
 export function judge(data: Buffer, binary: boolean, limit: number): Judgement {

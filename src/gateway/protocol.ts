@@ -128,7 +128,7 @@ export const MAX_FRAME_VALUES = 256;
  * are a few strings in a few objects. Strings are skipped with indexOf (memchr), so a frame that
  * is one long `content` costs microseconds.
  */
-function structureError(b: Buffer): string | null {
+export function structureError(b: Buffer): string | null {
   let depth = 0;
   let values = 0;
   for (let i = 0; i < b.length; i++) {
