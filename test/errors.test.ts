@@ -33,6 +33,14 @@ const TS_ONLY = [
   'WEFT_SESSION_CONNECTED',
   'WEFT_TIMEOUT',
   'WEFT_CONNECTION_LOST',
+  'WEFT_UNAUTHORIZED',
+  'WEFT_KEY_CONCURRENCY',
+  'WEFT_KEY_BUDGET',
+  'WEFT_BAD_REQUEST',
+  'WEFT_BODY_TOO_LARGE',
+  'WEFT_NOT_FOUND',
+  'WEFT_METHOD_NOT_ALLOWED',
+  'WEFT_UNSUPPORTED',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

@@ -13,6 +13,7 @@ import type { Gateway } from './server.js';
 import { ProtocolError, parseClientFrame } from './protocol.js';
 import { ConnectionRateLimiter } from './rate-limit.js';
 import { SessionRunner, type Wire } from './session-runner.js';
+import type { Tenant } from './api-keys.js';
 
 /**
  * What a transport gives a connection. The transport calls `Connection.onDrain()` whenever
@@ -37,7 +38,32 @@ export interface TransportSocket {
   readonly remoteAddress: string;
 }
 
-export class Connection {
+/**
+ * A WebSocket front's connection as the gateway and the transports see it: protocol v1's
+ * Connection (/v1/ws) and the Realtime front's (/v1/realtime, src/gateway/realtime.ts).
+ */
+export interface FrontConnection {
+  /** Called by the transport once the WebSocket is open. Never throws. */
+  open(): void;
+  /** Called by the transport for every frame. Never throws. */
+  onMessage(data: Buffer | string, isBinary: boolean): void;
+  /** Called by the transport when the socket is gone (`end`: the session is ended, not kept). */
+  onClose(end?: boolean): void;
+  /** Called by the transport when queued bytes were written out. */
+  onDrain(): void;
+  /** Writes out the frames corked during a step's delivery. */
+  uncork(): void;
+  /** Whether a response is running or being prepared (a drain waits for it). */
+  readonly busy: boolean;
+  /** The server drains: tell the client how long it has (and where to go next). */
+  notifyDraining(retryAfterMs: number, resumeUrl: string | undefined): void;
+  /** The drain's time is up: a running response ends now. */
+  cancelForShutdown(): void;
+  /** Closes the socket for shutdown (1001). */
+  closeForShutdown(): void;
+}
+
+export class Connection implements FrontConnection {
   runner: SessionRunner | null = null;
   private closed = false;
   private readonly limiter: ConnectionRateLimiter;
@@ -48,6 +74,8 @@ export class Connection {
   private blocked = false;
   private corked = false;
   private resumeToken: string | null = null;
+  /** Gives back the API key's concurrency lease. */
+  private releaseLease: (() => void) | null = null;
   private readonly wire: Wire = {
     sendText: (text) => this.sendText(text),
     blocked: () => (this.blocked = this.sock.bufferedAmount > this.gw.backpressureBytes),
@@ -63,6 +91,8 @@ export class Connection {
     private readonly resume?: string,
     private readonly lastSeq?: number,
     private readonly responseId?: string,
+    /** The API key's tenant (null: no API keys). */
+    private readonly tenant: Tenant | null = null,
   ) {
     this.limiter = new ConnectionRateLimiter(gw.rateLimits);
   }
@@ -114,8 +144,11 @@ export class Connection {
     const scheduler = this.gw.scheduler;
     if (!scheduler || !this.gw.format) return this.refuse('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
     if (this.gw.draining) return this.refuse('WEFT_DRAINING', 'the server is shutting down; connect to another instance or retry later');
+    if (this.tenant) this.releaseLease = this.tenant.acquire(); // WEFT_KEY_CONCURRENCY: refused by open()
+    // a resume token is good only with the key that created its session
+    const ownKey = (r: SessionRunner | undefined) => (r?.tenant?.name ?? null) === (this.tenant?.name ?? null);
     const full = this.gw.numLiveSessions >= this.gw.maxSessions;
-    if (this.resume !== undefined && this.gw.hasDetached(this.resume)) {
+    if (this.resume !== undefined && this.gw.hasDetached(this.resume) && ownKey(this.gw.peekDetached(this.resume))) {
       if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions; the session stays resumable`);
       const runner = (this.runner = this.gw.takeDetached(this.resume)!);
       this.resumeToken = this.resume;
@@ -127,8 +160,8 @@ export class Connection {
     }
     if (this.resume !== undefined && !this.gw.hasDetached(this.resume) && !this.gw.liveTokens.has(this.resume)) {
       // a session a previous weft saved in the state dir
-      if (full && this.gw.hasSaved(this.resume)) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions; the session stays resumable`);
-      const restored = this.gw.restoreSession(this.resume);
+      if (full && this.gw.hasSaved(this.resume, this.tenant?.name ?? null)) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions; the session stays resumable`);
+      const restored = this.gw.restoreSession(this.resume, this.tenant);
       if (restored) {
         this.runner = restored;
         this.resumeToken = this.resume;
@@ -150,6 +183,7 @@ export class Connection {
       maxContextTokens: this.gw.options.maxSessionTokens,
     });
     this.runner = new SessionRunner(this.gw, session);
+    this.runner.tenant = this.tenant;
     this.runner.attach(this.wire);
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
@@ -160,6 +194,7 @@ export class Connection {
       type: 'session.created',
       session: { id: session.id, model: this.gw.modelName, limits: this.gw.limits() },
       resume_token: this.resumeToken,
+      ...(this.tenant ? { budget: this.tenant.budget() } : {}),
     });
   }
 
@@ -235,6 +270,7 @@ export class Connection {
     this.closed = true;
     this.gw.connections.delete(this);
     this.gw.metrics.connections.set(this.gw.connections.size);
+    this.releaseLease?.();
     if (this.resumeToken) this.gw.liveTokens.delete(this.resumeToken);
     const runner = this.runner;
     if (!runner) return;
@@ -251,6 +287,7 @@ export class Connection {
     this.error(code, message);
     this.sock.close(1013, code);
     this.closed = true;
+    this.releaseLease?.();
     this.gw.connections.delete(this);
     this.gw.metrics.connections.set(this.gw.connections.size);
   }

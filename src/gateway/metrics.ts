@@ -22,6 +22,7 @@ export class GatewayMetrics {
   readonly promptTokens = new Counter({ name: 'weft_prompt_tokens_total', help: 'Prompt tokens of finished turns (cached included).', registers: [this.registry] });
   readonly cachedTokens = new Counter({ name: 'weft_cached_tokens_total', help: 'Prompt tokens served from a session KV cache instead of prefilled.', registers: [this.registry] });
   readonly generatedTokens = new Counter({ name: 'weft_generated_tokens_total', help: 'Generated (completion) tokens.', registers: [this.registry] });
+  readonly httpRequests = new Counter({ name: 'weft_http_requests_total', help: 'OpenAI-compatible HTTP requests answered, by status (a stream counts when it starts).', labelNames: ['status'], registers: [this.registry] });
   readonly errors = new Counter({ name: 'weft_errors_total', help: 'error events sent and responses that ended in error, by code.', labelNames: ['code'], registers: [this.registry] });
 
   constructor(

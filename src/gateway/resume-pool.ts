@@ -38,6 +38,11 @@ export class ResumePool<T> {
     for (const e of this.entries.values()) yield e.value;
   }
 
+  /** The session held for `token`, left in the pool. */
+  peek(token: string): T | undefined {
+    return this.entries.get(token)?.value;
+  }
+
   has(token: string): boolean {
     return this.entries.has(token);
   }

@@ -8,7 +8,12 @@ import type { Engine, SamplingOptions } from '../engine/engine.js';
 import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
 import { ChatFormat } from '../session/chat-format.js';
 import { WeftError } from '../errors.js';
-import { Connection, type TransportSocket } from './connection.js';
+import { ApiKeys, chooseProtocol, presentedKey, type Tenant } from './api-keys.js';
+import { ADDRESS_RATE_LIMITED, ORIGIN_REFUSED, resumeParams } from './http-request.js';
+import { RealtimeConnection } from './realtime.js';
+import { OpenAIHttp } from './openai-http.js';
+import type { HttpExchange } from './http-exchange.js';
+import { Connection, type FrontConnection, type TransportSocket } from './connection.js';
 import { GatewayMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
 import { AddressRateLimiter, type RateLimits } from './rate-limit.js';
@@ -18,7 +23,7 @@ import { Session } from '../session/session.js';
 import { StateStore, hashToken, type SessionRecord } from '../session/state-store.js';
 import { SessionRunner } from './session-runner.js';
 import { StaticFiles } from './static.js';
-import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
+import { WsTransport, WS_PATH, REALTIME_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
 
 export interface GatewayOptions {
@@ -89,19 +94,53 @@ export interface GatewayOptions {
   /** A message that does not fit the context: `truncate` (drop the oldest turns, the default) or `reject`. Per session in session.update. */
   contextPolicy?: 'truncate' | 'reject';
   scheduler?: SchedulerOptions;
+  /** TLS: PEM files of the certificate chain and its private key. HTTPS and wss:// on the same port, both transports. Default: plain HTTP. */
+  tls?: { certFile: string; keyFile: string };
+  /**
+   * API keys (src/gateway/api-keys.ts): a JSON file, or the parsed keys. With keys every route but
+   * /healthz and /readyz needs one. Default: none (open; weft says so at start).
+   */
+  apiKeys?: string | ApiKeys;
+  /** Largest HTTP request body (OpenAI-compatible routes) in bytes; over it: 413. Default 4 MiB. */
+  maxBodyBytes?: number;
+  /**
+   * Finished sequences of stateless HTTP requests kept for KV reuse (a follow-up whose prompt
+   * extends one reuses its KV). 0 disables. Default 64.
+   */
+  prefixCacheEntries?: number;
 }
+
+/** What a transport reads of a WebSocket upgrade request, for `Gateway.admitUpgrade`. */
+export interface UpgradeRequest {
+  path: string;
+  query: string;
+  origin: string | undefined;
+  authorization: string | undefined;
+  /** The Sec-WebSocket-Protocol entries. */
+  protocols: string[];
+  remoteAddress: string;
+}
+
+/** An upgrade refused with an HTTP answer, or accepted with the subprotocol to answer and the connection to open. */
+export type UpgradeDecision =
+  | { refuse: { status: number; body: string; headers?: Record<string, string> } }
+  | { accept: { protocol: string | undefined; open: (sock: TransportSocket) => FrontConnection } };
 
 export class Gateway {
   engine: Engine | null = null;
   scheduler: Scheduler | null = null;
   format: ChatFormat | null = null;
   modelName = '';
+  /** When the gateway was made (the model's `created` in /v1/models). */
+  readonly startedAt = Date.now();
   readonly sessions = new Set<Session>();
   readonly connections = new Set<Connection>();
+  /** Realtime-front connections (/v1/realtime). */
+  readonly realtime = new Set<FrontConnection>();
   /** Resume tokens of the sessions connected now. */
   readonly liveTokens = new Set<string>();
   /** Connections that corked frames during the delivery of the current step's events. */
-  readonly corked: Connection[] = [];
+  readonly corked: { uncork(): void }[] = [];
   readonly metrics = new GatewayMetrics(() => this.engine, () => this.scheduler, () => this.kv, () => this.sessions);
   readonly maxSessions: number;
   readonly maxFrameBytes: number;
@@ -175,27 +214,100 @@ export class Gateway {
     }
     this.transportName = options.transport ?? 'ws';
     if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
+    this.keys = options.apiKeys === undefined ? null : typeof options.apiKeys === 'string' ? ApiKeys.load(options.apiKeys) : options.apiKeys;
+    this.maxBodyBytes = pos(options.maxBodyBytes, 'maxBodyBytes', 4 << 20);
+    this.openai = new OpenAIHttp(this);
     this.transport = this.transportName === 'uws' ? new UwsTransport(this) : new WsTransport(this);
   }
 
-  /** The answer to a plain HTTP request (both transports serve these). */
-  async httpResponse(method: string, path: string): Promise<{ status: number; body: string; type: string; headers?: Record<string, string> }> {
-    const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => ({ status, body, type });
-    if (method.toUpperCase() !== 'GET' && method.toUpperCase() !== 'HEAD') return text(405, 'method not allowed\n');
+  /** Largest HTTP request body. */
+  readonly maxBodyBytes: number;
+  /** The OpenAI-compatible HTTP routes (src/gateway/openai-http.ts). */
+  readonly openai: OpenAIHttp;
+
+  private httpBusy(): boolean {
+    return this.openai.busy;
+  }
+
+  private cancelHttpForShutdown(): void {
+    this.openai.cancelForShutdown();
+  }
+
+  /** The API keys (null: open). */
+  readonly keys: ApiKeys | null;
+
+  /**
+   * Whether a WebSocket upgrade is taken, decided before any WebSocket exists: the path, the
+   * Origin, the client address's byte budget, and with API keys the key (401) and its concurrency
+   * (429). Both transports ask this.
+   */
+  admitUpgrade(u: UpgradeRequest): UpgradeDecision {
+    const refuse = (status: number, body: string, retryAfterMs?: number): UpgradeDecision => ({
+      refuse: { status, body, headers: retryAfterMs === undefined ? undefined : { 'retry-after': String(Math.max(1, Math.ceil(retryAfterMs / 1000))) } },
+    });
+    if (u.path !== WS_PATH && u.path !== REALTIME_PATH) return refuse(404, 'not found\n');
+    if (!this.origins.allows(u.origin)) return refuse(403, ORIGIN_REFUSED);
+    const wait = this.addressLimiter.refusesFor(u.remoteAddress);
+    if (wait > 0) return refuse(429, ADDRESS_RATE_LIMITED, wait);
+    let tenant: Tenant | null = null;
+    if (this.keys) {
+      tenant = this.keys.authenticate(presentedKey(u.authorization, u.protocols));
+      if (!tenant) return refuse(401, 'WEFT_UNAUTHORIZED: a valid API key is required (Authorization: Bearer KEY, or the WebSocket subprotocol openai-insecure-api-key.KEY)\n');
+      const max = tenant.limits.maxConcurrent;
+      if (max !== null && tenant.active >= max) return refuse(429, `WEFT_KEY_CONCURRENCY: the API key "${tenant.name}" holds its maximum of ${max} concurrent sessions and requests\n`, 1000);
+    }
+    const protocol = chooseProtocol(u.protocols);
+    if (u.path === REALTIME_PATH) {
+      return { accept: { protocol, open: (sock) => this.connectRealtime(sock, u.query, tenant) } };
+    }
+    return { accept: { protocol, open: (sock) => this.connect(sock, resumeParams(u.query), tenant) } };
+  }
+
+  /** A transport's new socket on /v1/realtime. */
+  connectRealtime(sock: TransportSocket, query: string, tenant: Tenant | null): FrontConnection {
+    const conn = new RealtimeConnection(this, sock, { query, tenant });
+    this.realtime.add(conn);
+    this.metrics.connections.set(this.connections.size + this.realtime.size);
+    return conn;
+  }
+
+  /** A Realtime connection is gone. */
+  forgetRealtime(conn: FrontConnection): void {
+    this.realtime.delete(conn);
+    this.metrics.connections.set(this.connections.size + this.realtime.size);
+  }
+
+  /**
+   * Every plain HTTP request of both transports: `/healthz` and `/readyz` (always open), `/metrics`
+   * (with API keys: any key, or the file's metrics_key), the OpenAI-compatible routes under `/v1/`
+   * (src/gateway/openai-http.ts), and the chat page's static files (public: they hold no data,
+   * and the WebSocket they open needs a key).
+   */
+  handleHttp(ex: HttpExchange): void {
+    const text = (status: number, body: string, type = 'text/plain; charset=utf-8', headers: Record<string, string> = {}) =>
+      ex.respond(status, { ...headers, 'content-type': type }, ex.method === 'HEAD' ? '' : body);
+    const path = ex.path;
+    if (path.startsWith('/v1/') && path !== WS_PATH && path !== REALTIME_PATH) return this.openai.handle(ex);
+    if (ex.method !== 'GET' && ex.method !== 'HEAD') return text(405, 'method not allowed\n');
     if (path === '/healthz') return text(200, 'ok\n');
     if (path === '/readyz') {
       if (this.closing || this.draining) return text(503, 'draining\n');
       return this.scheduler ? text(200, 'ready\n') : text(503, 'loading\n');
     }
     if (path === '/metrics') {
-      try {
-        return text(200, await this.metrics.registry.metrics(), this.metrics.registry.contentType);
-      } catch (err) {
-        return text(500, `${(err as Error).message}\n`);
+      if (this.keys && !this.keys.allowsMetrics(presentedKey(ex.header('authorization')))) {
+        return text(401, 'WEFT_UNAUTHORIZED: /metrics needs an API key or the metrics key (Authorization: Bearer KEY)\n', undefined, { 'www-authenticate': 'Bearer' });
       }
+      this.metrics.registry.metrics().then(
+        (body) => text(200, body, this.metrics.registry.contentType),
+        (err: unknown) => text(500, `${(err as Error).message}\n`),
+      );
+      return;
     }
-    if (path === WS_PATH) return text(426, 'upgrade to WebSocket\n');
-    return this.statics.get(path) ?? text(404, 'not found\n');
+    if (path === WS_PATH || path === REALTIME_PATH) return text(426, 'upgrade to WebSocket\n');
+    const file = this.statics.get(path);
+    if (file) return ex.respond(file.status, { ...file.headers, 'content-type': file.type }, ex.method === 'HEAD' ? '' : file.body);
+    return text(404, 'not found\n');
   }
 
   /** Makes the gateway ready: sessions are served by this engine (the caller keeps ownership of it). */
@@ -240,15 +352,18 @@ export class Gateway {
     return this.restorable.size;
   }
 
-  hasSaved(token: string): boolean {
-    return this.restorable.has(hashToken(token));
+  /** Whether the state dir holds a session for this token that `key` (an API key's name, null without keys) may resume. */
+  hasSaved(token: string, key: string | null = null): boolean {
+    const r = this.restorable.get(hashToken(token));
+    return r !== undefined && (r.key ?? null) === key;
   }
 
   /** A session saved in the state dir for this resume token, made live again (its KV is rebuilt by the next turn), or undefined. */
-  restoreSession(token: string): SessionRunner | undefined {
+  restoreSession(token: string, tenant: Tenant | null = null): SessionRunner | undefined {
     const hash = hashToken(token);
     const r = this.restorable.get(hash);
     if (!r || !this.scheduler || !this.format) return undefined;
+    if ((r.key ?? null) !== (tenant?.name ?? null)) return undefined; // another key's session: unknown to this one
     this.restorable.delete(hash);
     if (r.expires_at <= Date.now()) {
       void this.store?.remove(hash);
@@ -266,6 +381,7 @@ export class Gateway {
     runner.sampling = r.sampling;
     runner.system = r.system ?? undefined;
     runner.resumeToken = token;
+    runner.tenant = tenant;
     this.sessions.add(session);
     this.metrics.sessionsActive.set(this.sessions.size);
     return runner;
@@ -284,6 +400,7 @@ export class Gateway {
       sampling: { ...runner.sampling },
       context_policy: runner.session.contextPolicy,
       conversation: runner.session.conversation.toJSON(),
+      key: runner.tenant?.name ?? null,
     });
   }
 
@@ -318,6 +435,11 @@ export class Gateway {
     return this.detached.has(token);
   }
 
+  /** The detached session of a resume token, left in the detached set. */
+  peekDetached(token: string): SessionRunner | undefined {
+    return this.detached.peek(token);
+  }
+
   /** The detached session of a resume token (removed from the detached set), or undefined. */
   takeDetached(token: string): SessionRunner | undefined {
     const d = this.detached.take(token);
@@ -339,8 +461,8 @@ export class Gateway {
   }
 
   /** A transport's new socket (`resume`: the resume token of the URL, if any). */
-  connect(sock: TransportSocket, resume?: { token?: string; lastSeq?: number; responseId?: string }): Connection {
-    const conn = new Connection(this, sock, resume?.token, resume?.lastSeq, resume?.responseId);
+  connect(sock: TransportSocket, resume?: { token?: string; lastSeq?: number; responseId?: string }, tenant: Tenant | null = null): Connection {
+    const conn = new Connection(this, sock, resume?.token, resume?.lastSeq, resume?.responseId, tenant);
     this.connections.add(conn);
     this.metrics.connections.set(this.connections.size);
     return conn;
@@ -365,18 +487,22 @@ export class Gateway {
       this.draining = true;
       const target = this.options.drainTarget?.replace(/\/+$/, '');
       for (const c of this.connections) c.notifyDraining(this.drainTimeoutMs, target ? `${target}${WS_PATH}` : undefined);
-      const busy = () => [...this.runners()].some((r) => r.busy);
+      for (const c of this.realtime) c.notifyDraining(this.drainTimeoutMs, undefined);
+      const busy = () => [...this.runners()].some((r) => r.busy) || [...this.realtime].some((c) => c.busy) || this.httpBusy();
       const wait = async (ms: number) => {
         const end = performance.now() + ms;
         while (busy() && performance.now() < end) await new Promise((r) => setTimeout(r, 10));
       };
       await wait(this.drainTimeoutMs);
       for (const r of this.runners()) r.cancelForShutdown();
+      for (const c of this.realtime) c.cancelForShutdown();
+      this.cancelHttpForShutdown();
       await wait(5000); // a cancel takes effect within one step
       // every conversation, as it stands after its last answer, for a restarted weft to resume
       await Promise.all([...this.runners()].map((r) => this.persist(r)));
       await this.store?.flush();
       for (const c of [...this.connections]) c.closeForShutdown();
+      for (const c of [...this.realtime]) c.closeForShutdown();
       await this.close();
     })();
     return this.drained;
@@ -387,8 +513,10 @@ export class Gateway {
     this.closing = true;
     this.kv?.close();
     for (const c of [...this.connections]) c.onClose(true);
+    for (const c of [...this.realtime]) c.onClose(true);
     this.detached.clear();
     await Promise.allSettled([...this.sessions].map((s) => s.close()));
+    this.openai.close();
     await this.scheduler?.close();
     await this.transport.close();
   }

@@ -10,6 +10,7 @@ import { ResponseLog, type FrameBuilder, type ResponseSink } from '../session/re
 import type { Session, Turn, TurnDone } from '../session/session.js';
 import { toTurnSampling, toWireSampling, type ClientEvent, type WireSampling } from './protocol.js';
 import type { Gateway } from './server.js';
+import type { Tenant } from './api-keys.js';
 
 /** What a connection gives its session's runner. */
 export interface Wire {
@@ -45,6 +46,8 @@ export class SessionRunner {
   progress = false;
   /** The session's resume token (set by the connection; null when resume is off). */
   resumeToken: string | null = null;
+  /** The API key's tenant (null: no API keys): its budget is charged, its weight schedules the turns. */
+  tenant: Tenant | null = null;
   private wire: Wire | null = null;
   /** The running response, or the last one (kept for replay and response.truncate). */
   private current: Response | null = null;

@@ -1,19 +1,22 @@
 /**
  * The uWebSockets.js transport (@trufflesuite/uws-js-unofficial: prebuilt binaries shipped in the
- * npm package): the same HTTP routes and protocol v1 at /v1/ws on a uWS App.
+ * npm package): the same HTTP routes and WebSocket fronts (/v1/ws, /v1/realtime) on a uWS App
+ * (an SSLApp with TLS).
  */
 import { createRequire } from 'node:module';
 import type * as UWS from '@trufflesuite/uws-js-unofficial';
 import { WeftError } from '../errors.js';
-import type { Connection } from './connection.js';
-import { ADDRESS_RATE_LIMITED, ORIGIN_REFUSED, parseTarget, resumeParams, type ResumeParams } from './http-request.js';
+import { parseProtocols } from './api-keys.js';
+import type { FrontConnection, TransportSocket } from './connection.js';
+import { bodyTooLarge, ExchangeBase, STATUS_TEXT, type HttpExchange } from './http-exchange.js';
+import { parseTarget } from './http-request.js';
 import type { Gateway } from './server.js';
-import { WS_PATH, listenError, type Transport } from './transport-ws.js';
+import { listenError, readTls, type Transport } from './transport-ws.js';
 
 interface UserData {
-  resume?: ResumeParams;
+  connect: (sock: TransportSocket) => FrontConnection;
   remoteAddress: string;
-  conn?: Connection;
+  conn?: FrontConnection;
   closed?: boolean;
   /** Frames held while corked (the gateway delivers a step's events), sent by `flush` in one uWS cork. */
   queue?: string[];
@@ -21,7 +24,7 @@ interface UserData {
   flush?: () => void;
 }
 
-const STATUS: Record<number, string> = { 200: '200 OK', 403: '403 Forbidden', 404: '404 Not Found', 405: '405 Method Not Allowed', 426: '426 Upgrade Required', 500: '500 Internal Server Error', 503: '503 Service Unavailable' };
+const statusLine = (status: number) => `${status} ${STATUS_TEXT[status] ?? 'Error'}`;
 
 let uws: typeof UWS | undefined;
 function load(): typeof UWS {
@@ -41,8 +44,14 @@ export class UwsTransport implements Transport {
 
   constructor(private readonly gw: Gateway) {
     const u = load();
-    this.app = u.App();
-    this.app.ws<UserData>(WS_PATH, {
+    if (gw.options.tls) {
+      readTls(gw.options.tls); // a file that cannot be read is a clear error, not uWS's silent failure
+      this.app = u.SSLApp({ cert_file_name: gw.options.tls.certFile, key_file_name: gw.options.tls.keyFile });
+    } else {
+      this.app = u.App();
+    }
+    // every upgrade comes here: admitUpgrade answers 404 for paths other than the WebSocket fronts'
+    this.app.ws<UserData>('/*', {
       maxPayloadLength: gw.maxFrameBytes * 4,
       maxBackpressure: 64 << 20,
       // the heartbeat: uWS pings an idle connection and closes one that stays silent (4 s resolution)
@@ -51,21 +60,29 @@ export class UwsTransport implements Transport {
       upgrade: (res, req, context) => {
         // everything from req is read now: it is valid during this callback only
         const origin = req.getHeader('origin');
-        if (!gw.origins.allows(origin === '' ? undefined : origin)) {
-          res.cork(() => res.writeStatus('403 Forbidden').writeHeader('content-type', 'text/plain; charset=utf-8').end(ORIGIN_REFUSED));
-          return;
-        }
-        const resume = resumeParams(req.getQuery() ?? '');
+        const authorization = req.getHeader('authorization');
         const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
-        const wait = gw.addressLimiter.refusesFor(remoteAddress);
-        if (wait > 0) {
-          res.cork(() => res.writeStatus('429 Too Many Requests').writeHeader('retry-after', String(Math.ceil(wait / 1000))).writeHeader('content-type', 'text/plain; charset=utf-8').end(ADDRESS_RATE_LIMITED));
+        const decision = gw.admitUpgrade({
+          path: parseTarget(req.getUrl()).path,
+          query: req.getQuery() ?? '',
+          origin: origin === '' ? undefined : origin,
+          authorization: authorization === '' ? undefined : authorization,
+          protocols: parseProtocols(req.getHeader('sec-websocket-protocol')),
+          remoteAddress,
+        });
+        if ('refuse' in decision) {
+          const r = decision.refuse;
+          res.cork(() => {
+            res.writeStatus(statusLine(r.status)).writeHeader('content-type', 'text/plain; charset=utf-8');
+            for (const [k, v] of Object.entries(r.headers ?? {})) res.writeHeader(k, v);
+            res.end(r.body);
+          });
           return;
         }
         res.upgrade<UserData>(
-          { resume, remoteAddress },
+          { connect: decision.accept.open, remoteAddress },
           req.getHeader('sec-websocket-key'),
-          req.getHeader('sec-websocket-protocol'),
+          decision.accept.protocol ?? '',
           req.getHeader('sec-websocket-extensions'),
           context,
         );
@@ -78,7 +95,7 @@ export class UwsTransport implements Transport {
           for (const text of queue) ws.send(text, false);
           queue.length = 0;
         };
-        const conn = gw.connect(
+        const conn = ud.connect(
           {
             send: (text) => {
               if (ud.closed) return;
@@ -103,7 +120,6 @@ export class UwsTransport implements Transport {
             },
             remoteAddress: ud.remoteAddress,
           },
-          ud.resume,
         );
         ud.conn = conn;
         conn.open();
@@ -123,22 +139,7 @@ export class UwsTransport implements Transport {
       },
     });
     this.app.any('/*', (res, req) => {
-      const method = req.getMethod();
-      const path = parseTarget(req.getUrl()).path;
-      let aborted = false;
-      res.onAborted(() => (aborted = true));
-      const send = (status: number, type: string, body: string, headers?: Record<string, string>) => {
-        if (aborted) return;
-        res.cork(() => {
-          res.writeStatus(STATUS[status] ?? String(status)).writeHeader('content-type', type);
-          for (const [name, value] of Object.entries(headers ?? {})) res.writeHeader(name, value);
-          res.end(method.toUpperCase() === 'HEAD' ? '' : body);
-        });
-      };
-      gw.httpResponse(method, path).then(
-        (r) => send(r.status, r.type, r.body, r.headers),
-        (err: unknown) => send(500, 'text/plain; charset=utf-8', `WEFT_INTERNAL: ${(err as Error)?.message ?? String(err)}\n`),
-      );
+      gw.handleHttp(new UwsExchange(res, req, gw.maxBodyBytes));
     });
   }
 
@@ -164,5 +165,142 @@ export class UwsTransport implements Transport {
     this.sockets.clear();
     if (this.listenSocket) load().us_listen_socket_close(this.listenSocket);
     this.listenSocket = null;
+  }
+}
+
+/**
+ * An HttpExchange over a uWS HttpResponse. Everything of the request is read in the constructor
+ * (uWS's request object lives during the handler only), the body included: uWS delivers it
+ * through onData, which must be attached before the handler returns.
+ */
+class UwsExchange extends ExchangeBase implements HttpExchange {
+  readonly method: string;
+  readonly path: string;
+  readonly query: string;
+  readonly remoteAddress: string;
+  private readonly headers = new Map<string, string>();
+  private started = false;
+  private corked = false;
+  private pending = '';
+  private readonly bodyPromise: Promise<Buffer>;
+  private bodyComplete = true;
+
+  constructor(
+    private readonly res: UWS.HttpResponse,
+    req: UWS.HttpRequest,
+    maxBody: number,
+  ) {
+    super();
+    this.method = req.getMethod().toUpperCase();
+    this.path = parseTarget(req.getUrl()).path;
+    this.query = req.getQuery() ?? '';
+    req.forEach((k, v) => this.headers.set(k.toLowerCase(), v));
+    this.remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+    res.onAborted(() => this.gone());
+    this.bodyPromise = this.readBody(maxBody);
+    this.bodyPromise.catch(() => undefined);
+  }
+
+  private readBody(limit: number): Promise<Buffer> {
+    const declared = Number(this.headers.get('content-length') ?? 0);
+    const chunked = (this.headers.get('transfer-encoding') ?? '').toLowerCase().includes('chunked');
+    if (!(declared > 0) && !chunked) return Promise.resolve(Buffer.alloc(0));
+    this.bodyComplete = false;
+    return new Promise((resolve, reject) => {
+      if (Number.isFinite(declared) && declared > limit) {
+        reject(bodyTooLarge(limit));
+        this.res.onData(() => undefined);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      let failed = false;
+      this.res.onData((ab, isLast) => {
+        if (failed) return;
+        size += ab.byteLength;
+        if (size > limit) {
+          failed = true;
+          return reject(bodyTooLarge(limit));
+        }
+        chunks.push(Buffer.from(ab.slice(0))); // the ArrayBuffer is reused after this callback
+        if (isLast) {
+          this.bodyComplete = true;
+          resolve(Buffer.concat(chunks));
+        }
+      });
+    });
+  }
+
+  header(name: string): string | undefined {
+    return this.headers.get(name);
+  }
+
+  body(limit: number): Promise<Buffer> {
+    void limit; // the limit was applied while reading (the constructor's)
+    return this.bodyPromise;
+  }
+
+  private writeHead(status: number, headers: Record<string, string>): void {
+    this.res.writeStatus(statusLine(status));
+    for (const [k, v] of Object.entries(headers)) this.res.writeHeader(k, v);
+  }
+
+  respond(status: number, headers: Record<string, string>, body: string): void {
+    if (this.done || this.aborted || this.started) return;
+    this.done = true;
+    // a body left unread (refused early) closes the connection after the answer
+    this.res.cork(() => {
+      this.writeHead(status, headers);
+      this.res.end(body, !this.bodyComplete);
+    });
+  }
+
+  startStream(status: number, headers: Record<string, string>): void {
+    if (this.done || this.aborted || this.started) return;
+    this.started = true;
+    this.res.cork(() => this.writeHead(status, headers));
+    this.res.onWritable(() => {
+      this.wroteOut();
+      return true;
+    });
+  }
+
+  write(chunk: string): boolean {
+    if (this.done || this.aborted) return false;
+    if (this.corked) {
+      this.pending += chunk;
+      return this.writable;
+    }
+    let ok = true;
+    this.res.cork(() => (ok = this.res.write(chunk)));
+    if (!ok) this.writable = false;
+    return ok;
+  }
+
+  end(): void {
+    if (this.done || this.aborted) return;
+    const rest = this.pending;
+    this.pending = '';
+    this.corked = false;
+    this.done = true;
+    this.res.cork(() => this.res.end(rest));
+  }
+
+  destroy(): void {
+    if (this.done || this.aborted) return;
+    this.done = true;
+    this.res.close();
+  }
+
+  cork(): void {
+    this.corked = true;
+  }
+
+  uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    const text = this.pending;
+    this.pending = '';
+    if (text !== '') this.write(text);
   }
 }

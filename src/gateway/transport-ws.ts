@@ -1,13 +1,22 @@
-/** The `ws` transport: node:http for the HTTP routes, the ws package for protocol v1 at /v1/ws. */
+/**
+ * The `ws` transport: node:http (node:https with TLS) for the HTTP routes, the ws package for the
+ * WebSocket fronts: protocol v1 at /v1/ws and the Realtime front at /v1/realtime.
+ */
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { WeftError } from '../errors.js';
-import { ADDRESS_RATE_LIMITED, ORIGIN_REFUSED, parseTarget, rawHttpError, resumeParams, type ResumeParams } from './http-request.js';
+import { parseProtocols } from './api-keys.js';
+import type { FrontConnection, TransportSocket } from './connection.js';
+import { bodyTooLarge, ExchangeBase, STATUS_TEXT, type HttpExchange } from './http-exchange.js';
+import { parseTarget } from './http-request.js';
 import type { Gateway } from './server.js';
 
 export const WS_PATH = '/v1/ws';
+export const REALTIME_PATH = '/v1/realtime';
 
 /** A gateway transport: HTTP routes and protocol v1 on one port. */
 export interface Transport {
@@ -28,6 +37,25 @@ export function listenError(host: string, port: number, cause?: unknown): WeftEr
   return new WeftError('WEFT_LISTEN_FAILED', `cannot listen on ${host}:${port}: ${why}`, { cause });
 }
 
+/** The PEM certificate chain and key of `--tls-cert`/`--tls-key` (WEFT_BAD_ARGUMENT naming a file that cannot be read). */
+export function readTls(tls: { certFile: string; keyFile: string }): { cert: Buffer; key: Buffer } {
+  const read = (file: string, flag: string) => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new WeftError('WEFT_BAD_ARGUMENT', `${flag} ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
+    }
+  };
+  return { cert: read(tls.certFile, '--tls-cert'), key: read(tls.keyFile, '--tls-key') };
+}
+
+/** A raw HTTP/1.1 answer for a socket that is not (yet) a WebSocket: written, then the socket ends. */
+export function rawHttpAnswer(status: number, body: string, headers: Record<string, string> = {}): string {
+  let head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\nConnection: close\r\n`;
+  for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
+  return `${head}Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+}
+
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -42,12 +70,18 @@ export class WsTransport implements Transport {
   private heartbeat: NodeJS.Timeout | null = null;
 
   constructor(private readonly gw: Gateway) {
-    this.http = createServer((req, res) => this.request(req, res));
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => this.request(req, res);
+    this.http = gw.options.tls ? createTlsServer(readTls(gw.options.tls), onRequest) : createServer(onRequest);
     // a client that sends its request head slowly (or never finishes it) is dropped after 10 s
     this.http.headersTimeout = 10_000;
     this.http.requestTimeout = 30_000;
     // frames up to 4x the protocol limit are read (and answered with WEFT_FRAME_TOO_LARGE); larger ones close with 1009
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: gw.maxFrameBytes * 4 });
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: gw.maxFrameBytes * 4,
+      // the subprotocol admitUpgrade chose (a browser fails a handshake that answers none of those it offered)
+      handleProtocols: (_offered, req) => (req as IncomingMessage & { weftProtocol?: string }).weftProtocol ?? false,
+    });
     this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
     if (gw.heartbeatMs > 0) {
       this.heartbeat = setInterval(() => {
@@ -65,16 +99,7 @@ export class WsTransport implements Transport {
   }
 
   private request(req: IncomingMessage, res: ServerResponse): void {
-    const method = req.method ?? 'GET';
-    const send = (status: number, type: string, body: string, headers?: Record<string, string>) => {
-      if (res.headersSent || res.destroyed) return;
-      res.writeHead(status, { ...headers, 'content-type': type });
-      res.end(method === 'HEAD' ? undefined : body);
-    };
-    this.gw.httpResponse(method, parseTarget(req.url).path).then(
-      (r) => send(r.status, r.type, r.body, r.headers),
-      (err: unknown) => send(500, 'text/plain; charset=utf-8', `WEFT_INTERNAL: ${(err as Error)?.message ?? String(err)}\n`),
-    );
+    this.gw.handleHttp(new NodeExchange(req, res));
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -82,40 +107,43 @@ export class WsTransport implements Transport {
     // handshake must not become an uncaught 'error'
     socket.on('error', () => socket.destroy());
     const { path, query } = parseTarget(req.url);
-    if (path !== WS_PATH) return void socket.end(rawHttpError(404, 'not found\n'));
-    if (!this.gw.origins.allows(req.headers.origin)) return void socket.end(rawHttpError(403, ORIGIN_REFUSED));
     const remoteAddress = req.socket.remoteAddress ?? '';
-    const wait = this.gw.addressLimiter.refusesFor(remoteAddress);
-    if (wait > 0) return void socket.end(rawHttpError(429, ADDRESS_RATE_LIMITED, Math.ceil(wait / 1000)));
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, socket as Socket, remoteAddress, resumeParams(query)));
+    const decision = this.gw.admitUpgrade({
+      path,
+      query,
+      origin: req.headers.origin,
+      authorization: req.headers.authorization,
+      protocols: parseProtocols(req.headers['sec-websocket-protocol']),
+      remoteAddress,
+    });
+    if ('refuse' in decision) return void socket.end(rawHttpAnswer(decision.refuse.status, decision.refuse.body, decision.refuse.headers));
+    (req as IncomingMessage & { weftProtocol?: string }).weftProtocol = decision.accept.protocol;
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.open(ws, socket as Socket, remoteAddress, decision.accept.open));
   }
 
-  private open(ws: WebSocket, raw: Socket, remoteAddress: string, resume: ResumeParams): void {
+  private open(ws: WebSocket, raw: Socket, remoteAddress: string, connect: (sock: TransportSocket) => FrontConnection): void {
     // one callback for every send (Node batches the completions of a same callback): queued bytes went out
     const drained = (err?: Error) => {
       if (!err) conn.onDrain();
     };
     let resumeTimer: NodeJS.Timeout | undefined;
-    const conn = this.gw.connect(
-      {
-        send: (text) => ws.send(text, drained),
-        // the upgraded TCP socket: corked while the gateway delivers a step's frames
-        cork: () => raw.cork(),
-        uncork: () => raw.uncork(),
-        get bufferedAmount() {
-          return ws.bufferedAmount;
-        },
-        close: (code, reason) => ws.close(code, reason),
-        pauseReading: (ms) => {
-          ws.pause();
-          clearTimeout(resumeTimer);
-          resumeTimer = setTimeout(() => ws.readyState === ws.OPEN && ws.resume(), ms);
-          resumeTimer.unref();
-        },
-        remoteAddress,
+    const conn = connect({
+      send: (text) => ws.send(text, drained),
+      // the upgraded TCP socket: corked while the gateway delivers a step's frames
+      cork: () => raw.cork(),
+      uncork: () => raw.uncork(),
+      get bufferedAmount() {
+        return ws.bufferedAmount;
       },
-      resume,
-    );
+      close: (code, reason) => ws.close(code, reason),
+      pauseReading: (ms) => {
+        ws.pause();
+        clearTimeout(resumeTimer);
+        resumeTimer = setTimeout(() => ws.readyState === ws.OPEN && ws.resume(), ms);
+        resumeTimer.unref();
+      },
+      remoteAddress,
+    });
     ws.on('pong', () => this.silent.delete(ws));
     ws.on('message', (data, isBinary) => conn.onMessage(toBuffer(data), isBinary));
     ws.on('close', () => {
@@ -143,5 +171,96 @@ export class WsTransport implements Transport {
     this.wss.close();
     this.http.closeAllConnections();
     await new Promise<void>((r) => this.http.close(() => r()));
+  }
+}
+
+/** An HttpExchange over node:http's request and response. */
+class NodeExchange extends ExchangeBase implements HttpExchange {
+  readonly method: string;
+  readonly path: string;
+  readonly query: string;
+  readonly remoteAddress: string;
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+  ) {
+    super();
+    this.method = (req.method ?? 'GET').toUpperCase();
+    const t = parseTarget(req.url);
+    this.path = t.path;
+    this.query = t.query;
+    this.remoteAddress = req.socket.remoteAddress ?? '';
+    res.on('close', () => this.gone());
+    res.on('error', () => this.gone());
+    req.on('error', () => undefined);
+    res.on('drain', () => this.wroteOut());
+  }
+
+  header(name: string): string | undefined {
+    const v = this.req.headers[name];
+    return Array.isArray(v) ? v.join(', ') : v;
+  }
+
+  body(limit: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const declared = Number(this.req.headers['content-length']);
+      if (Number.isFinite(declared) && declared > limit) return reject(bodyTooLarge(limit));
+      const chunks: Buffer[] = [];
+      let size = 0;
+      this.req.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > limit) {
+          this.req.removeAllListeners('data');
+          this.req.pause();
+          return reject(bodyTooLarge(limit));
+        }
+        chunks.push(c);
+      });
+      this.req.on('end', () => resolve(Buffer.concat(chunks)));
+      this.req.on('error', (err) => reject(err));
+      this.req.on('aborted', () => reject(new WeftError('WEFT_CANCELLED', 'the client went away while sending its body')));
+    });
+  }
+
+  respond(status: number, headers: Record<string, string>, body: string): void {
+    if (this.done || this.aborted || this.res.headersSent) return;
+    this.done = true;
+    // a body left unread (refused early: too large, no key) is not drained: the connection closes
+    if (!this.req.complete) this.res.setHeader('connection', 'close');
+    this.res.writeHead(status, headers);
+    this.res.end(body);
+  }
+
+  startStream(status: number, headers: Record<string, string>): void {
+    if (this.aborted || this.res.headersSent) return;
+    this.res.writeHead(status, headers);
+    this.res.flushHeaders();
+  }
+
+  write(chunk: string): boolean {
+    if (this.done || this.aborted) return false;
+    const ok = this.res.write(chunk);
+    if (!ok) this.writable = false;
+    return ok;
+  }
+
+  end(): void {
+    if (this.done || this.aborted) return;
+    this.done = true;
+    this.res.end();
+  }
+
+  destroy(): void {
+    this.done = true;
+    this.res.destroy();
+  }
+
+  cork(): void {
+    this.res.cork();
+  }
+
+  uncork(): void {
+    this.res.uncork();
   }
 }

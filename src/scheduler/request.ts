@@ -53,6 +53,10 @@ export interface SubmitOptions {
   /** Backpressure hook: true while the consumer has too much buffered (e.g. socket bytes). Call `wake()` when it drains. */
   isBlocked?: () => boolean;
   signal?: AbortSignal;
+  /** The tenant (an API key's name) the request is scheduled for: steps and admission are shared fairly across tenants. Default ''. */
+  tenant?: string;
+  /** The tenant's scheduling weight: a positive finite number, default 1. Each submit sets its tenant's weight. */
+  weight?: number;
 }
 
 /** What a request needs of its scheduler. */
@@ -66,6 +70,8 @@ let nextRequestId = 1;
 /** A submitted request: its events, its state, and cancel. */
 export class ScheduledRequest implements AsyncIterable<RequestEvent> {
   readonly id = nextRequestId++;
+  /** The tenant it is scheduled for (`opts.tenant`, or ''). */
+  readonly tenant: string;
   state: RequestState = 'queued';
   readonly events = new Channel<RequestEvent>();
   /** Token ids this request appended to the sequence's KV (prompt tokens, then fed decode tokens). */
@@ -97,6 +103,7 @@ export class ScheduledRequest implements AsyncIterable<RequestEvent> {
     readonly opts: SubmitOptions,
     readonly maxTokens: number,
   ) {
+    this.tenant = opts.tenant ?? '';
     this.seq = opts.sequence ?? null;
     this.ownsSeq = !opts.sequence;
     this.stopper = opts.decoder ? new TextStopper(opts.decoder, opts.stopStrings ?? []) : null;

@@ -3,10 +3,11 @@
  * decode) and read back as an async iterator of events, apart from submission. Whenever an
  * execution context is free and there is runnable work, the scheduler builds one batch for it:
  *
- *  - the next decode token of generating requests, least recently served first (round-robin when
- *    there are more than `maxBatchSequences`), one slot kept for a prefill when one is waiting;
+ *  - the next decode token of generating requests, one slot kept for a prefill when one is waiting;
+ *    when there are more than the step's slots, they are shared fairly across tenants (below) and
+ *    go round-robin within a tenant (least recently served first);
  *  - prefill chunks under the per-step token budget (chunked prefill: a long prompt takes a few
- *    steps, and the others' decode tokens ride along in each of them);
+ *    steps, and the others' decode tokens ride along in each of them), tenants in fair order too;
  *  - a request whose consumer is blocked (its `isBlocked()` hook says so, or it has more than
  *    `maxBufferedEvents` unread events) is skipped until it drains;
  *  - a request is never in two steps at once; a cancel takes effect within one step.
@@ -16,10 +17,27 @@
  * their per-token work. Wakes from outside (submit, cancel, drain) run the loop with
  * setImmediate, so that prompts arriving together on many sockets are admitted into one step.
  *
- * Admission: at most `maxActive` requests hold KV and are scheduled; the rest wait in a FIFO
- * queue of at most `maxQueue` (beyond it submit throws WEFT_OVERLOADED). KV pressure: when a
- * step fails with WEFT_KV_EXHAUSTED the scheduler parks idle sequences (least recently used
- * first; sequences handed over with `release()`) and retries; with nothing left to park, the
+ * Fair share across tenants (a request's `tenant`, an API key's name, with its `weight`):
+ *  - Decode slots and prefill tokens are each shared by stride scheduling (`StrideLane`): every
+ *    tenant has a pass; each slot (or prefill chunk) goes to the tenant with the least pass among
+ *    those with a runnable request left, and advances its pass by 1 (or the chunk's tokens) /
+ *    weight. Over steps a tenant gets slots in proportion to its weight, and within one step the
+ *    tenants' picks interleave. It is work-conserving: a tenant with fewer runnable requests than
+ *    its share takes what it can and the rest goes to the others, never an empty slot while a
+ *    runnable request waits. Credit is not banked: a tenant that had nothing runnable (or less than
+ *    its share) is brought up to the lane's virtual time (the pass of the latest pick) when it is
+ *    next a candidate, so coming back does not starve the others with a burst.
+ *  - Admission: the next request admitted is the oldest queued one of the tenant with the least
+ *    (active + 1) / weight, ties to the tenant whose oldest queued request came first: FIFO within
+ *    a tenant, and FIFO over everything with a single tenant.
+ *  - This only chooses who runs in a step: a sequence's tokens do not depend on the batch it is in.
+ *  - Tenants are kept for the scheduler's life (`tenantStats()`): a bounded set such as API key
+ *    names, not one per user.
+ *
+ * Admission: at most `maxActive` requests hold KV and are scheduled; the rest wait in a queue of
+ * at most `maxQueue` (beyond it submit throws WEFT_OVERLOADED). KV pressure: when a step fails
+ * with WEFT_KV_EXHAUSTED the scheduler parks idle sequences (least recently used first;
+ * sequences handed over with `release()`) and retries; with nothing left to park, the
  * newest request of the batch fails with WEFT_KV_EXHAUSTED so that older ones can finish.
  * A step that fails for another reason fails its request when it ran alone; in a larger batch
  * its requests are retried one per step so that one bad request does not fail the others.
@@ -47,9 +65,27 @@ export interface SchedulerOptions {
 
 type Batch = { req: ScheduledRequest; entry: StepEntry; decode: boolean }[];
 
+/** A tenant's counters (`Scheduler.tenantStats()`). */
+export interface TenantStats {
+  /** Its weight, as its latest submit gave it. */
+  weight: number;
+  /** Requests admitted (holding KV, scheduled). */
+  active: number;
+  /** Requests waiting for admission. */
+  queued: number;
+  /** Tokens generated for it since the scheduler started. */
+  decodeTokens: number;
+}
+
+/** Least recently served first, then oldest: the order of requests within a tenant. */
+const leastRecentlyServed = (a: ScheduledRequest, b: ScheduledRequest) => a.lastServed - b.lastServed || a.id - b.id;
+
 export class Scheduler {
   private readonly queue: ScheduledRequest[] = [];
   private readonly active: ScheduledRequest[] = [];
+  private readonly tenants = new Map<string, TenantStats>();
+  private readonly decodeLane = new StrideLane();
+  private readonly prefillLane = new StrideLane();
   /** Idle sequences that may be parked under KV pressure, least recently used first. */
   private readonly idle = new Map<Sequence, number>();
   private tick = 0;
@@ -103,9 +139,24 @@ export class Scheduler {
     return this.queue.length;
   }
 
-  /** Where a request waits for admission: 0 for the next one admitted; -1 when it is not queued. */
+  /**
+   * Where a request waits for admission: how many queued requests are admitted before it in the
+   * current fair order (the order they would go in if no active request finished and nothing more
+   * were submitted; with one tenant, FIFO and exact). 0 for the next one; -1 when it is not queued.
+   */
   queuePosition(req: ScheduledRequest): number {
-    return this.queue.indexOf(req);
+    if (req.state !== 'queued' || !this.queue.includes(req)) return -1;
+    let n = 0;
+    for (const r of this.admissionOrder()) {
+      if (r === req) return n;
+      n++;
+    }
+    return -1;
+  }
+
+  /** Per-tenant counters (a copy), for metrics. */
+  tenantStats(): Map<string, TenantStats> {
+    return new Map([...this.tenants].map(([name, t]) => [name, { ...t }]));
   }
 
   /**
@@ -119,6 +170,9 @@ export class Scheduler {
     for (const t of tokens) {
       if (!Number.isInteger(t) || t < 0 || t >= this.vocabSize) throw new WeftError('WEFT_TOKEN_OUT_OF_RANGE', `token id ${t} is not in [0, ${this.vocabSize})`);
     }
+    if (opts.tenant !== undefined && typeof opts.tenant !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'tenant must be a string');
+    const weight = opts.weight ?? 1;
+    if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `weight must be a positive finite number (got ${weight})`);
     const maxTokens = opts.maxTokens ?? 256;
     if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `maxTokens must be a positive integer (got ${maxTokens})`);
     const cached = opts.sequence ? opts.sequence.numTokens : 0;
@@ -138,7 +192,11 @@ export class Scheduler {
       if (opts.signal.aborted) queueMicrotask(() => req.cancel());
       else opts.signal.addEventListener('abort', () => req.cancel(), { once: true });
     }
+    const tenant = this.tenants.get(req.tenant);
+    if (tenant) tenant.weight = weight;
+    else this.tenants.set(req.tenant, { weight, active: 0, queued: 0, decodeTokens: 0 });
     this.queue.push(req);
+    this.tenantOf(req).queued++;
     this.admit();
     this.wake();
     return req;
@@ -190,23 +248,60 @@ export class Scheduler {
 
   // ---------------------------------------------------------------------------------------------
 
+  private tenantOf(req: ScheduledRequest): TenantStats {
+    return this.tenants.get(req.tenant)!;
+  }
+
+  private readonly weightOf = (tenant: string) => this.tenants.get(tenant)!.weight;
+
   private admit(): void {
     while (this.queue.length > 0 && this.active.length < this.maxActive) {
-      const req = this.queue.shift()!;
-      if (req.state === 'done') continue;
+      const req = this.admissionOrder().next().value!;
+      this.queue.splice(this.queue.indexOf(req), 1);
+      this.tenantOf(req).queued--;
+      this.tenantOf(req).active++;
+      this.active.push(req); // before a failure, so that finish() finds it
       try {
         if (!req.seq) req.seq = this.engine.createSequence(req.opts.sampling);
         else if (req.seq.info().parked) this.restoreWithPressure(req.seq);
         req.cachedAtStart = req.seq.numTokens;
       } catch (err) {
-        this.active.push(req); // so finish() can find it
         this.fail(req, err);
         continue;
       }
       req.admittedAt = performance.now();
       req.state = 'prefilling';
       req.lastServed = 0;
-      this.active.push(req);
+    }
+  }
+
+  /**
+   * The queued requests in the order they are admitted while the active counts change only by
+   * these admissions: each time the oldest queued request of the tenant with the least
+   * (active + 1) / weight, ties to the tenant whose oldest queued request came first.
+   */
+  private *admissionOrder(): Generator<ScheduledRequest> {
+    const byTenant = new Map<string, { reqs: ScheduledRequest[]; at: number; active: number; weight: number }>();
+    for (const r of this.queue) {
+      const q = byTenant.get(r.tenant);
+      if (q) q.reqs.push(r);
+      else byTenant.set(r.tenant, { reqs: [r], at: 0, active: this.tenantOf(r).active, weight: this.tenantOf(r).weight });
+    }
+    for (;;) {
+      let best: { reqs: ScheduledRequest[]; at: number; active: number; weight: number } | null = null;
+      for (const q of byTenant.values()) {
+        if (q.at >= q.reqs.length) continue;
+        if (!best) {
+          best = q;
+          continue;
+        }
+        // (q.active + 1) / q.weight vs best's, without dividing
+        const d = (q.active + 1) * best.weight - (best.active + 1) * q.weight;
+        if (d < 0 || (d === 0 && q.reqs[q.at]!.id < best.reqs[best.at]!.id)) best = q;
+      }
+      if (!best) return;
+      best.active++;
+      yield best.reqs[best.at++]!;
     }
   }
 
@@ -274,7 +369,7 @@ export class Scheduler {
   }
 
   private buildBatch(candidates: ScheduledRequest[], share: number): Batch {
-    candidates.sort((a, b) => a.lastServed - b.lastServed || a.id - b.id);
+    candidates.sort(leastRecentlyServed);
     const isolated = candidates.find((r) => r.isolate);
     const pick = isolated ? [isolated] : candidates;
     const maxSeqs = Math.min(this.maxBatchSequences, Math.max(1, share));
@@ -283,19 +378,21 @@ export class Scheduler {
     const batch: Batch = [];
     let tokens = 0;
     const decodeSlots = prefills.length > 0 ? Math.max(1, maxSeqs - 1) : maxSeqs;
-    for (const r of decodes) {
-      if (batch.length >= decodeSlots || tokens + 1 > this.maxBatchTokens) break;
+    this.decodeLane.visit(decodes, this.weightOf, (r) => {
+      if (batch.length >= decodeSlots || tokens + 1 > this.maxBatchTokens) return null;
       batch.push({ req: r, entry: { sequence: r.seq!, tokens: [r.nextToken], sample: true }, decode: true });
       tokens += 1;
-    }
-    for (const r of prefills) {
-      if (batch.length >= maxSeqs || tokens >= this.maxBatchTokens) break;
+      return 1;
+    });
+    this.prefillLane.visit(prefills, this.weightOf, (r) => {
+      if (batch.length >= maxSeqs || tokens >= this.maxBatchTokens) return null;
       const left = r.opts.tokens.length - r.offset;
       const n = Math.min(left, this.maxBatchTokens - tokens);
       const chunk = r.opts.tokens.slice(r.offset, r.offset + n);
       batch.push({ req: r, entry: { sequence: r.seq!, tokens: chunk, sample: n === left && !r.opts.prefillOnly }, decode: false });
       tokens += n;
-    }
+      return n;
+    });
     const now = ++this.tick;
     for (const b of batch) {
       b.req.inFlight = true;
@@ -370,6 +467,7 @@ export class Scheduler {
       const token = res.token!;
       if (r.firstTokenAt === 0) r.firstTokenAt = performance.now();
       r.generated.push(token);
+      this.tenantOf(r).decodeTokens++;
       const ev: TokenEvent = { type: 'token', index: r.generated.length - 1, token };
       if (res.logprob !== undefined && r.opts.sampling?.logprobs) {
         ev.logprob = res.logprob;
@@ -419,9 +517,15 @@ export class Scheduler {
     req.state = 'done';
     req.finishReason = reason;
     const qi = this.queue.indexOf(req);
-    if (qi >= 0) this.queue.splice(qi, 1);
+    if (qi >= 0) {
+      this.queue.splice(qi, 1);
+      this.tenantOf(req).queued--;
+    }
     const ai = this.active.indexOf(req);
-    if (ai >= 0) this.active.splice(ai, 1);
+    if (ai >= 0) {
+      this.active.splice(ai, 1);
+      this.tenantOf(req).active--;
+    }
     const now = performance.now();
     const admitted = req.admittedAt || now;
     const done: DoneEvent = {
@@ -475,6 +579,43 @@ export class Scheduler {
     } catch {
       /* an observer never breaks the loop */
     }
+  }
+}
+
+/**
+ * Stride scheduling of one kind of step capacity (decode slots, prefill tokens) over tenants.
+ * `visit` offers the candidates to `use` one at a time: next the tenant with the least pass among
+ * those with candidates left (ties: its next candidate is the less recently served), its
+ * candidates in the given order; `use` takes one and returns what it cost (charged to the tenant
+ * as cost / weight), or returns null to stop. A tenant is brought up to the virtual time (the pass
+ * of the latest pick) when it is visited, so what it left unused is not owed back.
+ */
+class StrideLane {
+  private vtime = 0;
+  private readonly pass = new Map<string, number>();
+
+  visit(candidates: ScheduledRequest[], weightOf: (tenant: string) => number, use: (r: ScheduledRequest) => number | null): void {
+    type Queue = { tenant: string; reqs: ScheduledRequest[]; at: number; pass: number; weight: number };
+    const byTenant = new Map<string, Queue>();
+    for (const r of candidates) {
+      const q = byTenant.get(r.tenant);
+      if (q) q.reqs.push(r);
+      else byTenant.set(r.tenant, { tenant: r.tenant, reqs: [r], at: 0, pass: Math.max(this.pass.get(r.tenant) ?? 0, this.vtime), weight: weightOf(r.tenant) });
+    }
+    for (;;) {
+      let best: Queue | null = null;
+      for (const q of byTenant.values()) {
+        if (q.at >= q.reqs.length) continue;
+        if (!best || q.pass < best.pass || (q.pass === best.pass && leastRecentlyServed(q.reqs[q.at]!, best.reqs[best.at]!) < 0)) best = q;
+      }
+      if (!best) break;
+      const cost = use(best.reqs[best.at]!);
+      if (cost === null) break;
+      this.vtime = best.pass;
+      best.pass += cost / best.weight;
+      best.at++;
+    }
+    for (const q of byTenant.values()) this.pass.set(q.tenant, q.pass);
   }
 }
 

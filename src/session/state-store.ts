@@ -22,6 +22,8 @@ export interface SessionRecord {
   sampling: Record<string, unknown>;
   context_policy: 'truncate' | 'reject';
   conversation: ConversationData;
+  /** The name of the API key that owns the session (absent or null: no API keys). Only that key may resume it. */
+  key?: string | null;
 }
 
 export const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
@@ -37,6 +39,7 @@ export function recordError(v: unknown, vocabSize: number): string | null {
   if (v.system !== null && typeof v.system !== 'string') return 'system is not a string';
   if (!isObject(v.sampling)) return 'sampling is not an object';
   if (v.context_policy !== 'truncate' && v.context_policy !== 'reject') return 'context_policy is not truncate or reject';
+  if (v.key !== undefined && v.key !== null && typeof v.key !== 'string') return 'key is not a string';
   const c = v.conversation;
   if (!isObject(c) || !Array.isArray(c.messages)) return 'conversation.messages missing';
   for (const m of c.messages) {
