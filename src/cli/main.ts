@@ -3,17 +3,14 @@
  * weft's command line: `weft serve`, `weft generate`, `weft bench`. Errors print `error CODE: message` on
  * stderr (and an {"error": {...}} object on stdout with --json) and exit with status 1.
  */
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { WeftError, toWeftError } from '../errors.js';
 import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
 import { loadModelConfig } from '../engine/config.js';
-import { Engine, defaultBackend, type BackendName } from '../engine/engine.js';
+import { Engine, defaultBackend, type BackendName, type SamplingOptions } from '../engine/engine.js';
 import { generate } from '../engine/generate.js';
 import { isLoopback } from '../gateway/origin.js';
 import { Gateway } from '../gateway/server.js';
-import { parseFlags, parseSize, type Flags } from './args.js';
+import { defaultModel, parseFlags, readServeOptions, type Flags } from './args.js';
 
 // Engine steps wait for their GPU work (or CPU threads) on libuv worker threads: leave room for
 // every context plus the file system (libuv reads this when its pool first starts, after imports).
@@ -22,15 +19,9 @@ if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
 const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 
 usage:
-  weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--backend cpu|cuda] [--contexts N] [--threads N]
-                [--kv-memory SIZE] [--max-sessions N] [--max-tokens N] [--max-frame-bytes N]
-                [--resume-ttl SECONDS] [--transport ws|uws] [--allowed-origins LIST]
-                [--max-frames-per-second N] [--max-bytes-per-second SIZE] [--max-bytes-per-second-per-client SIZE]
-                [--max-buffered-bytes SIZE]
-                [--max-detached-sessions N] [--max-detached-per-client N] [--drain-timeout SECONDS]
-                [--context-policy truncate|reject] [--replay-bytes SIZE] [--heartbeat SECONDS]
-                [--park-after SECONDS] [--drop-after SECONDS] [--parked-memory SIZE] [--max-session-tokens N]
-                [--state-dir DIR] [--drain-target URL]
+  weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--tls-cert FILE --tls-key FILE] [--api-keys FILE]
+                [--backend cpu|cuda] [--contexts N] [--threads N] [--kv-memory SIZE] [--max-context N] ...
+                (every serve option below)
   weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -44,47 +35,90 @@ usage:
 
 weft serve: HTTP and WebSocket on one port: protocol v1 at ws://HOST:PORT/v1/ws
 (docs/protocol.md), GET /healthz, /readyz, /metrics. Every option has an environment
-equivalent, the flag winning: WEFT_MODEL, WEFT_PORT, WEFT_HOST, WEFT_CONTEXTS, WEFT_THREADS,
-WEFT_BACKEND, WEFT_KV_MEMORY (a size: 256MiB, 1GiB, bytes), WEFT_MAX_SESSIONS (connected
-sessions), WEFT_MAX_TOKENS, WEFT_MAX_FRAME_BYTES, WEFT_RESUME_TTL (seconds a disconnected session
-waits for a resume; default 60, 0 disables resume), WEFT_TRANSPORT (ws, the default: node:http +
-ws; or uws: uWebSockets.js), WEFT_ALLOWED_ORIGINS (comma-separated browser origins allowed to
-open a WebSocket besides the server's own; * allows any; clients that send no Origin are always
-allowed), WEFT_MAX_FRAMES_PER_SECOND (per connection, default 100), WEFT_MAX_BYTES_PER_SECOND
-(per connection, default 1MiB), WEFT_MAX_BYTES_PER_SECOND_PER_CLIENT (all connections of one
-client address together, default 4MiB), WEFT_MAX_BUFFERED_BYTES (unread answers after which a client
-that keeps sending is disconnected, default 16MiB), WEFT_MAX_DETACHED_SESSIONS (sessions waiting
-for a resume, default --max-sessions), WEFT_MAX_DETACHED_PER_CLIENT (per client address,
-default 16), WEFT_DRAIN_TIMEOUT (seconds SIGTERM lets running answers finish, default 10),
-WEFT_CONTEXT_POLICY (truncate: a chat that outgrows the context drops its oldest turns, the
-default; reject: WEFT_CONTEXT_OVERFLOW), WEFT_REPLAY_BYTES (latest deltas of an answer kept for a
-reconnect; a disconnected answer pauses when they fill up; default 256KiB), WEFT_HEARTBEAT
-(seconds between server pings; a connection silent past the next one is closed; default 30,
-0 disables), WEFT_PARK_AFTER and WEFT_DROP_AFTER (seconds after which an idle session's KV is
-parked in host memory, or dropped to its tokens and prefilled again on the next turn; default
-never), WEFT_PARKED_MEMORY (most parked KV; beyond it the least recently active parked sessions
-are dropped), WEFT_MAX_SESSION_TOKENS (most tokens one conversation may hold), WEFT_STATE_DIR
-(sessions are saved there at the end of every turn and at drain; a restarted weft resumes them
-with their resume tokens until the resume TTL runs out), WEFT_DRAIN_TARGET (another instance's
-ws:// URL that draining clients are told to resume on, in session.draining).
+equivalent, WEFT_ and its name in capitals (--max-queue: WEFT_MAX_QUEUE), the flag winning.
+SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
 
-Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. It has
-no API keys and no TLS yet: on any other --host (0.0.0.0, a LAN address) anyone who can reach
-the port can use the model and read nothing but their own sessions, in clear text. Put it
-behind a reverse proxy that terminates TLS and authenticates (NGINX, a VPN) before exposing it;
-weft warns at start when --host is not a loopback address.
+  where and who:
+  --model DIR                 the model directory (default: the embedded model)
+  --port N                    default 8080; 0 picks a free port
+  --host ADDRESS              default 127.0.0.1 (see "Exposure")
+  --transport ws|uws          ws (node:http + ws, the default) or uws (uWebSockets.js)
+  --allowed-origins LIST      comma-separated browser origins allowed to open a WebSocket besides the
+                              server's own; * allows any; clients that send no Origin are always allowed
+  --tls-cert FILE, --tls-key FILE
+                              PEM certificate chain and its private key, both or neither: HTTPS and
+                              wss:// on the same port (default: plain HTTP)
+  --api-keys FILE             a JSON file of API keys, each with a name, the key (or its sha256) and
+                              limits (max_concurrent, tokens_per_minute, max_tokens, weight): every route
+                              but /healthz and /readyz then needs one (default: open to anyone who
+                              reaches the port)
+  the engine:
+  --backend cpu|cuda          see above
+  --cuda-device N             the GPU's ordinal (default 0)
+  --contexts N                execution contexts: steps that run at the same time (default 1)
+  --threads N                 threads per context on the CPU (default: the cores divided among contexts)
+  --kv-memory SIZE            the KV pool (default 256MiB; on CUDA at most what device memory leaves)
+  --kv-page-tokens N          tokens per KV page (default 16)
+  --kv-dtype f32|f16          KV element type (default f32 for f32 checkpoints on the CPU, else f16)
+  --max-context N             context length, at most the model's max_position_embeddings (the default)
+  --max-batch-tokens N        tokens in one step: decode tokens + prefill chunks (default 512)
+  --max-batch-sequences N     sequences in one step (default 64)
+  --max-logit-rows N          rows of logits one step may sample from (default --max-batch-sequences)
+  the scheduler:
+  --max-active N              answers holding KV and scheduled at once (default: batch sequences x contexts)
+  --max-queue N               answers waiting for admission beyond those; more get WEFT_OVERLOADED
+                              (default 256; 0: none wait)
+  --max-buffered-events N     unread events after which an answer is skipped until read (default 64)
+  sessions and answers:
+  --max-sessions N            connected sessions (default 1024)
+  --max-tokens N              max_tokens of a message that sets none (default 256)
+  --sampling JSON             the server's sampling defaults, with the protocol's names, e.g.
+                              '{"temperature": 0.7, "top_p": 0.9}' (fields: temperature, top_p, top_k,
+                              min_p, repetition_penalty, presence_penalty, frequency_penalty, seed); a
+                              client's sampling overrides them field by field (default: greedy)
+  --context-policy truncate|reject
+                              a chat that outgrows the context drops its oldest turns (truncate, the
+                              default) or is refused (reject: WEFT_CONTEXT_OVERFLOW)
+  --max-session-tokens N      most tokens one conversation may hold (default: the context)
+  --resume-ttl SECONDS        how long a disconnected session waits for a resume (default 60; 0 disables)
+  --max-detached-sessions N   sessions waiting for a resume (default --max-sessions)
+  --max-detached-per-client N per client address (default 16)
+  --replay-bytes SIZE         latest deltas of an answer kept for a reconnect; a disconnected answer
+                              pauses when they fill up (default 256KiB)
+  --park-after SECONDS, --drop-after SECONDS
+                              an idle session's KV is parked in host memory, or dropped to its tokens
+                              and prefilled again on the next turn (default never; 0: never)
+  --parked-memory SIZE        most parked KV; beyond it the least recently active parked sessions are
+                              dropped (default: no limit)
+  --state-dir DIR             sessions are saved there at the end of every turn and at drain; a
+                              restarted weft resumes them until the resume TTL runs out
+  --prefix-cache-entries N    finished HTTP requests kept for KV reuse by a follow-up whose prompt
+                              extends one (default 64; 0 disables)
+  what clients may send, and what the server holds for them:
+  --max-frame-bytes SIZE      largest client frame (default 1MiB)
+  --max-body-bytes SIZE       largest HTTP request body; over it: 413 (default 4MiB)
+  --max-frames-per-second N   per connection (default 100)
+  --max-bytes-per-second SIZE per connection (default 1MiB)
+  --max-bytes-per-second-per-client SIZE
+                              all connections of one client address together (default 4MiB)
+  --max-buffered-bytes SIZE   unread answers after which a client that keeps sending is disconnected
+                              (default 16MiB)
+  --backpressure-bytes SIZE   a session with more than this unsent on its socket is skipped by the
+                              scheduler until it drains (default 256KiB)
+  --heartbeat SECONDS         between server pings; a connection silent past the next one is closed
+                              (default 30; 0 disables)
+  shutting down (SIGTERM):
+  --drain-timeout SECONDS     how long running answers may finish (default 10)
+  --drain-target URL          another instance's ws:// or wss:// URL that draining clients are told to
+                              resume on (in session.draining)
+
+Exposure: weft serve listens on 127.0.0.1 by default, reachable from this machine only. Without
+--api-keys it is open: anyone who can reach the port can use the model (and read nothing but
+their own sessions); it says so at start. Without --tls-cert and --tls-key traffic is in clear
+text. On any other --host (0.0.0.0, a LAN address) give it --api-keys and TLS, or put it behind a
+reverse proxy that terminates TLS and authenticates (NGINX, a VPN); weft warns at start about
+each one that is missing when --host is not a loopback address.
 `;
-
-
-function defaultModel(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    const candidate = join(dir, 'models', 'default');
-    if (existsSync(join(candidate, 'config.json'))) return candidate;
-    dir = dirname(dir);
-  }
-  throw new WeftError('WEFT_BAD_ARGUMENT', '--model DIR is required (no embedded default model was found)');
-}
 
 const num = (f: Flags, k: string) => f[k] as number | undefined;
 
@@ -174,16 +208,14 @@ async function cmdBench(argv: string[]): Promise<void> {
   }
 }
 
-/** serve's options: the flag, else the WEFT_* environment variable. */
-function serveOption(f: Flags, name: string, kind: 'string' | 'int' | 'size'): string | number | undefined {
-  const env = process.env['WEFT_' + name.toUpperCase().replace(/-/g, '_')];
-  const v = f[name] ?? (env === undefined || env === '' ? undefined : env);
-  if (v === undefined) return undefined;
-  if (kind === 'string') return String(v);
-  if (kind === 'size') return typeof v === 'number' ? v : parseSize(String(v), `--${name}`);
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `--${name} must be a non-negative integer (got ${String(v)})`);
-  return n;
+/** The server's sampling defaults, checked against the engine's ranges once it is loaded. */
+function checkSampling(engine: Engine, sampling: SamplingOptions | undefined): void {
+  if (!sampling) return;
+  try {
+    engine.createSequence(sampling).free();
+  } catch (err) {
+    throw new WeftError('WEFT_BAD_ARGUMENT', `--sampling: ${(err as Error).message}`);
+  }
 }
 
 async function cmdServe(argv: string[]): Promise<void> {
@@ -191,55 +223,19 @@ async function cmdServe(argv: string[]): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  const f = parseFlags(argv, {
-    model: 'string', port: 'string', host: 'string', backend: 'string', contexts: 'string', threads: 'string', 'kv-memory': 'string',
-    'max-sessions': 'string', 'max-tokens': 'string', 'max-frame-bytes': 'string', 'resume-ttl': 'string', transport: 'string',
-    'allowed-origins': 'string', 'max-frames-per-second': 'string', 'max-bytes-per-second': 'string', 'max-bytes-per-second-per-client': 'string', 'max-buffered-bytes': 'string',
-    'max-detached-sessions': 'string', 'max-detached-per-client': 'string', 'drain-timeout': 'string', 'context-policy': 'string',
-    'replay-bytes': 'string', heartbeat: 'string', 'park-after': 'string', 'drop-after': 'string', 'parked-memory': 'string',
-    'max-session-tokens': 'string', 'state-dir': 'string', 'drain-target': 'string',
-  });
-  const int = (k: string) => serveOption(f, k, 'int') as number | undefined;
-  const port = int('port') ?? 8080;
-  if (port > 65535) throw new WeftError('WEFT_BAD_ARGUMENT', `--port must be at most 65535 (got ${port})`);
-  const model = (serveOption(f, 'model', 'string') as string | undefined) ?? defaultModel();
-  // a model that is not there is an error before anything listens
-  await loadModelConfig(model);
-  const engineOptions = { backend: backendFlag(serveOption(f, 'backend', 'string')), contexts: int('contexts'), threads: int('threads'), kvMemoryBytes: serveOption(f, 'kv-memory', 'size') as number | undefined };
-  const seconds = (k: string) => ((t) => (t === undefined ? undefined : t * 1000))(int(k));
-  const origins = serveOption(f, 'allowed-origins', 'string') as string | undefined;
-  const host = (serveOption(f, 'host', 'string') as string | undefined) ?? '127.0.0.1';
-  const gw = new Gateway({
-    host,
-    port,
-    maxSessions: int('max-sessions'),
-    defaultMaxTokens: int('max-tokens'),
-    maxFrameBytes: int('max-frame-bytes'),
-    transport: serveOption(f, 'transport', 'string') as 'ws' | 'uws' | undefined,
-    resumeTtlMs: seconds('resume-ttl'),
-    allowedOrigins: origins?.split(',').map((o) => o.trim()).filter((o) => o !== ''),
-    maxFramesPerSecond: int('max-frames-per-second'),
-    maxBytesPerSecond: serveOption(f, 'max-bytes-per-second', 'size') as number | undefined,
-    maxBytesPerSecondPerClient: serveOption(f, 'max-bytes-per-second-per-client', 'size') as number | undefined,
-    maxBufferedBytes: serveOption(f, 'max-buffered-bytes', 'size') as number | undefined,
-    maxDetachedSessions: int('max-detached-sessions'),
-    maxDetachedPerClient: int('max-detached-per-client'),
-    drainTimeoutMs: seconds('drain-timeout'),
-    contextPolicy: serveOption(f, 'context-policy', 'string') as 'truncate' | 'reject' | undefined,
-    replayBytes: serveOption(f, 'replay-bytes', 'size') as number | undefined,
-    heartbeatMs: seconds('heartbeat'),
-    parkAfterMs: seconds('park-after'),
-    dropAfterMs: seconds('drop-after'),
-    parkedMemoryBytes: serveOption(f, 'parked-memory', 'size') as number | undefined,
-    maxSessionTokens: int('max-session-tokens'),
-    stateDir: serveOption(f, 'state-dir', 'string') as string | undefined,
-    drainTarget: serveOption(f, 'drain-target', 'string') as string | undefined,
-  });
-  const { url } = await gw.listen();
-  if (!isLoopback(host)) {
-    process.stderr.write(`weft: warning: listening on ${host}, not a loopback address: weft has no API keys or TLS yet, so anyone who can reach this port can use it (weft serve --help, "Exposure")\n`);
-  }
+  const { model, engine: engineOptions, gateway: options } = await readServeOptions(argv);
+  const gw = new Gateway(options);
+  const listening = await gw.listen();
+  const host = listening.host;
+  // TLS: https:// and wss:// (whatever scheme the gateway reports)
+  const url = options.tls ? listening.url.replace(/^http:/, 'https:') : listening.url;
   process.stdout.write(`weft listening on ${url} (WebSocket ${url.replace(/^http/, 'ws')}/v1/ws); loading ${model}\n`);
+  if (!options.apiKeys) process.stdout.write('weft open: no API keys (anyone who can reach this port can use it; --api-keys FILE requires them)\n');
+  if (!isLoopback(host)) {
+    const where = `listening on ${host}, not a loopback address,`;
+    if (!options.apiKeys) process.stderr.write(`weft: warning: ${where} without --api-keys: anyone who can reach this port can use the model (weft serve --help, "Exposure")\n`);
+    if (!options.tls) process.stderr.write(`weft: warning: ${where} without TLS: prompts, answers and keys cross the network in clear text (--tls-cert, --tls-key; weft serve --help, "Exposure")\n`);
+  }
   let engine: Engine | null = null;
   let stopping: Promise<void> | null = null;
   // SIGTERM/SIGINT drain (answers finish, then 1001); a second signal closes at once
@@ -259,7 +255,9 @@ async function cmdServe(argv: string[]): Promise<void> {
   });
   try {
     engine = await Engine.load(model, engineOptions);
+    checkSampling(engine, options.sessionSampling);
   } catch (err) {
+    engine?.dispose();
     await gw.close();
     throw err;
   }

@@ -21,6 +21,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { WeftError } from '../errors.js';
+import type { TokenInfo, TurnDone, TurnListener } from '../session/turn.js';
 
 export interface KeyLimits {
   /** Most WebSocket sessions and HTTP requests at once; null: no limit. */
@@ -261,4 +262,23 @@ export function presentedKey(authorization: string | undefined, protocols: strin
  */
 export function chooseProtocol(protocols: string[]): string | undefined {
   return protocols.find((p) => !p.startsWith(KEY_PROTOCOL_PREFIX)) ?? protocols[0];
+}
+
+/**
+ * A turn listener that charges each generated token to the tenant's budget before passing it on;
+ * when the budget is spent, `onSpent` is called once (the front cancels the answer and reports why).
+ */
+export function budgetTap(listener: TurnListener, tenant: Tenant, onSpent: () => void): TurnListener {
+  let spent = false;
+  return {
+    delta(seq: number, text: string, token?: TokenInfo) {
+      if (token && token.token >= 0 && !tenant.charge(1) && !spent) {
+        spent = true;
+        onSpent();
+      }
+      listener.delta(seq, text, token);
+    },
+    done: (ev: TurnDone) => listener.done(ev),
+    fail: (err: unknown) => listener.fail(err),
+  };
 }

@@ -10,7 +10,7 @@ import { ResponseLog, type FrameBuilder, type ResponseSink } from '../session/re
 import type { Session, Turn, TurnDone } from '../session/session.js';
 import { toTurnSampling, toWireSampling, type ClientEvent, type WireSampling } from './protocol.js';
 import type { Gateway } from './server.js';
-import type { Tenant } from './api-keys.js';
+import { budgetTap, type Tenant } from './api-keys.js';
 
 /** What a connection gives its session's runner. */
 export interface Wire {
@@ -29,6 +29,8 @@ interface Response {
   shutdown?: boolean;
   /** Barge-in: keep the tokens of deltas 0..truncateAt when the cancel settles. */
   truncateAt?: number;
+  /** Ended because the API key's budget ran out. */
+  budgetSpent?: boolean;
   /** Its response.done, built once when it ended. */
   doneFrame?: Record<string, unknown>;
   /** The response.done was sent to a connection. */
@@ -262,6 +264,7 @@ export class SessionRunner {
       this.input = '';
     }
     const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
+    const tenant = this.tenant;
     const id = `resp_${nextResponseId++}`;
     const log = new ResponseLog(id, this.gw.replayBytes, this.frameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1));
     const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
@@ -272,6 +275,18 @@ export class SessionRunner {
         stop: opts.stop,
         isBlocked: () => log.blocked(),
         signal: preparing.abort.signal,
+        ...(tenant
+          ? {
+              maxTokens: tenant.capMaxTokens(opts.maxTokens ?? this.gw.defaultMaxTokens),
+              tenant: tenant.name,
+              weight: tenant.limits.weight,
+              // the key pays for what the engine computes: prompt tokens not in the KV, then each generated token
+              admit: (prompt: number, cached: number) => {
+                tenant.checkBudget(prompt - cached);
+                tenant.charge(prompt - cached);
+              },
+            }
+          : {}),
       })
       .then(
         (turn) => {
@@ -291,7 +306,15 @@ export class SessionRunner {
     this.current = r;
     this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
     this.lastDeltaAt = 0;
-    r.turn.listen(r.log);
+    const tenant = this.tenant;
+    r.turn.listen(
+      tenant
+        ? budgetTap(r.log, tenant, () => {
+            r.budgetSpent = true;
+            r.turn.cancel();
+          })
+        : r.log,
+    );
     r.log.attach(this.sink(r));
     void r.turn.done.then((d) => this.observe(d), () => undefined);
     if (this.progress) this.watch(r);
@@ -378,6 +401,11 @@ export class SessionRunner {
         this.gw.metrics.errors.inc({ code: ev.error.code });
       }
       if (r.shutdown && ev.finishReason === 'cancelled') done.finish_reason = 'shutdown';
+      if (r.budgetSpent && ev.finishReason === 'cancelled') {
+        done.finish_reason = 'budget';
+        done.error = { code: 'WEFT_KEY_BUDGET', message: `the API key "${this.tenant?.name}" spent its tokens per minute during this answer` };
+        this.gw.metrics.errors.inc({ code: 'WEFT_KEY_BUDGET' });
+      }
       if (r.truncateAt !== undefined) {
         try {
           done.truncated_at_seq = r.truncateAt;
