@@ -11,7 +11,6 @@ const TIMEOUT_MS = 10_000;
  * query parameter of every (re)connect. The key field appears when the server answers
  * WEFT_UNAUTHORIZED (or HTTP 401).
  */
-const KEY_PARAM = 'api_key';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -102,25 +101,13 @@ function scrollDown(force = false) {
 
 // --- connection ----------------------------------------------------------------------------
 
-/** The WebSocket class that puts the API key into every (re)connect URL (the global one without a key). */
-function socketClass(key) {
-  if (!key) return undefined;
-  return class KeyedWebSocket extends WebSocket {
-    constructor(url, protocols) {
-      const u = new URL(url);
-      u.searchParams.set(KEY_PARAM, key);
-      super(u.href, protocols);
-    }
-  };
-}
-
 async function connect() {
   const gen = ++generation;
   clearTimeout(givenUp);
   setState('connecting');
   try {
     const c = await WeftClient.connect(wsUrl.href, {
-      WebSocket: socketClass(apiKey),
+      ...(apiKey ? { apiKey } : {}),
       reconnect: RECONNECT,
       timeoutMs: TIMEOUT_MS,
       onEvent: (ev) => {

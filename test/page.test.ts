@@ -17,8 +17,8 @@ import { join } from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
-import type { Connection, TransportSocket } from '../src/gateway/connection.js';
 import { Gateway } from '../src/gateway/server.js';
+import { ApiKeys } from '../src/gateway/api-keys.js';
 import { PAGE_CSP, StaticFiles } from '../src/gateway/static.js';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -340,38 +340,37 @@ describe.skipIf(skipReason !== '')(`the chat page in chromium${skipReason ? ` (s
     expect(await page.$eval('#error', (e) => (e as HTMLElement).hidden)).toBe(true);
   });
 
-  test('a server that answers WEFT_UNAUTHORIZED: the key field appears, and the key goes with the next connect', async () => {
-    // the gateway has no API keys yet: its next connection plays a server that wants one
-    const connect = gw.connect.bind(gw);
-    let refuse = true;
-    gw.connect = (sock: TransportSocket, resume) => {
-      if (!refuse) return connect(sock, resume);
-      refuse = false;
-      const noop = () => undefined;
-      return {
-        open: () => {
-          sock.send(JSON.stringify({ type: 'error', code: 'WEFT_UNAUTHORIZED', message: 'this server needs an API key' }));
-          sock.close(1008, 'unauthorized');
-        },
-        onMessage: noop,
-        onClose: noop,
-        onDrain: noop,
-      } as unknown as Connection;
-    };
+  test('a server with API keys: the key field appears, a wrong key is said so, the right one goes in the WebSocket subprotocol', async () => {
+    const keyed = new Gateway({ port: 0, apiKeys: new ApiKeys({ keys: [{ name: 'page', key: 'k-page-123' }] }) });
+    keyed.attach(engine);
+    const url = (await keyed.listen()).url;
+    const protocols: string[] = [];
+    (keyed as unknown as { transport: { http: import('node:http').Server } }).transport.http.on('upgrade', (req: IncomingMessage) => protocols.push(String(req.headers['sec-websocket-protocol'] ?? '')));
+    const errorsBefore = pageErrors.length;
     try {
-      expect(await page.$eval('#key-form', (e) => (e as HTMLElement).hidden)).toBe(true);
-      await page.reload();
+      await page.goto(url + '/');
       await waitFor(() => document.getElementById('status')!.dataset.state === 'needs-key');
       expect(await page.$eval('#key-form', (e) => (e as HTMLElement).hidden)).toBe(false);
       expect(await page.$eval('#send', (b) => (b as HTMLButtonElement).disabled)).toBe(true);
       expect(await page.evaluate(() => document.activeElement?.id)).toBe('api-key');
-      await page.type('#api-key', 'k-123');
+      expect(protocols).toEqual(['']);
+      await page.type('#api-key', 'k-wrong-00');
+      await page.keyboard.press('Enter');
+      await waitFor(() => document.getElementById('status')!.dataset.state === 'needs-key' && !document.getElementById('error')!.hidden);
+      expect(await page.$eval('#error', (e) => e.textContent)).toContain('WEFT_UNAUTHORIZED');
+      await page.type('#api-key', 'k-page-123');
       await page.keyboard.press('Enter');
       await waitFor(() => document.getElementById('status')!.dataset.state === 'ready');
-      expect(upgrades[upgrades.length - 1]).toBe('/v1/ws?api_key=k-123');
+      expect(protocols[protocols.length - 1]).toBe('openai-insecure-api-key.k-page-123');
+      expect(keyed.keys!.tenants[0]!.active).toBe(1);
       expect(await page.$eval('#key-form', (e) => (e as HTMLElement).hidden)).toBe(true);
     } finally {
-      gw.connect = connect;
+      // the refused upgrades and the 401 of the key probe are the browser's console errors of this test, not the page's
+      pageErrors.splice(errorsBefore);
+      await page.goto(base + '/');
+      await waitFor(() => document.getElementById('status')!.dataset.state === 'ready');
+      pageErrors.splice(errorsBefore);
+      await keyed.close();
     }
   });
 

@@ -33,11 +33,20 @@ export interface WebSocketLike {
   onclose: ((ev: { code: number; reason?: string }) => void) | null;
   onerror: ((ev: unknown) => void) | null;
 }
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** The subprotocol entry that carries an API key (browsers cannot set an Authorization header on a WebSocket). */
+const KEY_PROTOCOL_PREFIX = 'openai-insecure-api-key.';
 
 export interface ConnectOptions {
   /** The WebSocket class (default: the global one). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The API key of a server run with --api-keys: sent at every (re)connect as the subprotocol
+   * entry `openai-insecure-api-key.KEY` (what browsers can send). A refused key fails connect
+   * with WEFT_UNAUTHORIZED where the server's answer is visible (Node), else WEFT_CONNECTION_LOST.
+   */
+  apiKey?: string;
   /** Take up an existing session (its resume token) instead of creating one. */
   resumeToken?: string;
   /** Reconnects after a lost connection: attempts and backoff. Default 8 attempts, 100 ms doubling to 5 s. */
@@ -289,7 +298,8 @@ export class WeftClient {
         u.searchParams.set('response_id', last.id);
       }
     }
-    const ws = new this.WS(u.toString());
+    const key = this.opts.apiKey;
+    const ws = key ? new this.WS(u.toString(), [KEY_PROTOCOL_PREFIX + key]) : new this.WS(u.toString());
     this.ws = ws;
     this.paused = false;
     return new Promise<void>((resolve, reject) => {
@@ -324,13 +334,20 @@ export class WeftClient {
         }
         this.dispatch(ev);
       };
-      ws.onerror = () => undefined; // the close event follows
+      // the close event follows; where the error says why the handshake failed (Node's ws: the HTTP status), keep it
+      let refusal = '';
+      ws.onerror = (ev) => {
+        const m = /Unexpected server response: (\d+)/.exec(String((ev as { message?: unknown })?.message ?? ''));
+        if (m) refusal = m[1]!;
+      };
       ws.onclose = (ev) => {
         clearTimeout(timer);
         if (this.heartbeat) clearInterval(this.heartbeat);
         if (first) {
           first = false;
-          reject(new WeftError('WEFT_CONNECTION_LOST', `the connection to ${this.url} closed before the session started (${ev.code})`));
+          if (refusal === '401') return reject(new WeftError('WEFT_UNAUTHORIZED', `${this.url} refused the API key (HTTP 401)`));
+          if (refusal === '429') return reject(new WeftError('WEFT_KEY_CONCURRENCY', `${this.url} refused the connection: too many for this key or address (HTTP 429)`));
+          reject(new WeftError('WEFT_CONNECTION_LOST', `the connection to ${this.url} closed before the session started (${refusal ? `HTTP ${refusal}` : ev.code})`));
           return;
         }
         if (!this.closing) void this.reconnect();

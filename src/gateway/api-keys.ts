@@ -49,6 +49,8 @@ export interface BudgetInfo {
 export class Tenant {
   /** Leases held (sessions and requests). */
   active = 0;
+  /** Observer of every charge (metrics). */
+  onCharge: ((n: number) => void) | null = null;
   private tokens: number;
   private updatedAt: number;
 
@@ -87,6 +89,7 @@ export class Tenant {
 
   /** Takes `n` tokens from the budget (it may go below zero: an answer's last token is never refused). False when it is now spent. */
   charge(n: number): boolean {
+    this.onCharge?.(n);
     if (this.limits.tokensPerMinute === null) return true;
     this.refill();
     this.tokens -= n;

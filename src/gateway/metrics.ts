@@ -1,4 +1,5 @@
 /** Prometheus metrics of one gateway (its own prom-client Registry; `weft_` prefix). */
+import type { Tenant } from './api-keys.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Engine } from '../engine/engine.js';
 import { ERRORS } from '../errors.js';
@@ -76,5 +77,35 @@ export class GatewayMetrics {
       },
     });
     collectDefaultMetrics({ register: reg, prefix: 'weft_' });
+  }
+
+  /** Per-API-key series, labelled by the key's name (never the key): tokens charged, leases held, budget left, decode tokens scheduled. */
+  watchKeys(tenants: readonly Tenant[], getScheduler: () => Scheduler | null): void {
+    const reg = this.registry;
+    const charged = new Counter({ name: 'weft_key_tokens_total', help: 'Tokens charged to an API key (prompt tokens not served from KV, and generated tokens).', labelNames: ['key'], registers: [reg] });
+    for (const t of tenants) {
+      charged.inc({ key: t.name }, 0);
+      t.onCharge = (n) => charged.inc({ key: t.name }, Math.max(0, n));
+    }
+    new Gauge({
+      name: 'weft_key_concurrent', help: 'Sessions and HTTP requests an API key holds now.', labelNames: ['key'], registers: [reg],
+      collect() { for (const t of tenants) this.set({ key: t.name }, t.active); },
+    });
+    new Gauge({
+      name: 'weft_key_tokens_remaining', help: "Tokens left in an API key's per-minute budget (keys with one).", labelNames: ['key'], registers: [reg],
+      collect() {
+        for (const t of tenants) {
+          const left = t.remaining();
+          if (left !== null) this.set({ key: t.name }, left);
+        }
+      },
+    });
+    new Gauge({
+      name: 'weft_key_decode_tokens', help: 'Tokens the scheduler generated for an API key since start (its fair share at work).', labelNames: ['key'], registers: [reg],
+      collect() {
+        const stats = getScheduler()?.tenantStats();
+        for (const t of tenants) this.set({ key: t.name }, stats?.get(t.name)?.decodeTokens ?? 0);
+      },
+    });
   }
 }

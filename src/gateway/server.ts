@@ -215,6 +215,7 @@ export class Gateway {
     this.transportName = options.transport ?? 'ws';
     if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
     this.keys = options.apiKeys === undefined ? null : typeof options.apiKeys === 'string' ? ApiKeys.load(options.apiKeys) : options.apiKeys;
+    if (this.keys) this.metrics.watchKeys(this.keys.tenants, () => this.scheduler);
     this.maxBodyBytes = pos(options.maxBodyBytes, 'maxBodyBytes', 4 << 20);
     this.openai = new OpenAIHttp(this);
     this.transport = this.transportName === 'uws' ? new UwsTransport(this) : new WsTransport(this);
@@ -304,7 +305,11 @@ export class Gateway {
       );
       return;
     }
-    if (path === WS_PATH || path === REALTIME_PATH) return text(426, 'upgrade to WebSocket\n');
+    if (path === WS_PATH || path === REALTIME_PATH) {
+      // with API keys a plain GET says whether the key would pass (a browser sees a refused upgrade only as a close)
+      if (this.keys && !this.keys.authenticate(presentedKey(ex.header('authorization')))) return text(401, 'WEFT_UNAUTHORIZED: a valid API key is required\n', undefined, { 'www-authenticate': 'Bearer' });
+      return text(426, 'upgrade to WebSocket\n');
+    }
     const file = this.statics.get(path);
     if (file) return ex.respond(file.status, { ...file.headers, 'content-type': file.type }, ex.method === 'HEAD' ? '' : file.body);
     return text(404, 'not found\n');
