@@ -1,9 +1,10 @@
 /**
- * A request submitted to the Scheduler: its state, its events (an async iterator, or a callback
- * with `listen`), the tokens it fed and generated, and cancel.
+ * A request submitted to the Scheduler: what a submit may ask for (`checkSubmit`), its state, its
+ * events (an async iterator, or a callback with `listen`) and how they are made from step results,
+ * the tokens it fed and generated, and cancel.
  */
 import { WeftError, type WeftErrorCode } from '../errors.js';
-import type { SamplingOptions, Sequence } from '../engine/engine.js';
+import type { SamplingOptions, Sequence, StepResult } from '../engine/engine.js';
 import type { StreamDecoder } from '../tokenizer/stream-decoder.js';
 import { Channel } from './channel.js';
 import { TextStopper } from './text-stop.js';
@@ -57,6 +58,29 @@ export interface SubmitOptions {
   tenant?: string;
   /** The tenant's scheduling weight: a positive finite number, default 1. Each submit sets its tenant's weight. */
   weight?: number;
+}
+
+/**
+ * Checks what a submit asks for on its own, against the model's vocabulary and context (the
+ * scheduler's state is checked by the scheduler). Throws WEFT_BAD_ARGUMENT / WEFT_TOKEN_OUT_OF_RANGE
+ * / WEFT_CONTEXT_OVERFLOW; returns the weight and maxTokens, defaults applied.
+ */
+export function checkSubmit(opts: SubmitOptions, vocabSize: number, maxContext: number): { weight: number; maxTokens: number } {
+  const { tokens } = opts;
+  if (!Array.isArray(tokens) || tokens.length === 0) throw new WeftError('WEFT_BAD_ARGUMENT', 'submit: tokens must be a non-empty array');
+  for (const t of tokens) {
+    if (!Number.isInteger(t) || t < 0 || t >= vocabSize) throw new WeftError('WEFT_TOKEN_OUT_OF_RANGE', `token id ${t} is not in [0, ${vocabSize})`);
+  }
+  if (opts.tenant !== undefined && typeof opts.tenant !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'tenant must be a string');
+  const weight = opts.weight ?? 1;
+  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `weight must be a positive finite number (got ${weight})`);
+  const maxTokens = opts.maxTokens ?? 256;
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `maxTokens must be a positive integer (got ${maxTokens})`);
+  const cached = opts.sequence ? opts.sequence.numTokens : 0;
+  if (cached + tokens.length > maxContext) {
+    throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the prompt (${tokens.length} new + ${cached} cached tokens) does not fit the context of ${maxContext}`);
+  }
+  return { weight, maxTokens };
 }
 
 /** What a request needs of its scheduler. */
@@ -141,6 +165,73 @@ export class ScheduledRequest implements AsyncIterable<RequestEvent> {
     if (ev.type === 'done') {
       this.events.close();
       this.resolveDone(ev);
+    }
+  }
+
+  /**
+   * @internal Whether it may go in the next step: not in one, not done or cancelled, and (when
+   * generating) its consumer not behind by `maxBufferedEvents` nor blocked.
+   */
+  runnable(maxBufferedEvents: number): boolean {
+    if (this.inFlight || this.state === 'done' || this.cancelRequested) return false;
+    if (this.state !== 'generating') return true;
+    if (this.events.buffered + this.undelivered >= maxBufferedEvents) return false;
+    return !this.consumerBlocked();
+  }
+
+  /** The backpressure hook; one that throws (a transport already gone) counts as not blocked. */
+  private consumerBlocked(): boolean {
+    try {
+      return this.opts.isBlocked?.() === true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * @internal Takes the token a step sampled for it: its event (with logprobs when asked for, and
+   * text with a decoder), and whether a stop string ended it.
+   */
+  takeToken(res: StepResult): { ev: TokenEvent; stopped: boolean } {
+    const token = res.token!;
+    if (this.firstTokenAt === 0) this.firstTokenAt = performance.now();
+    this.generated.push(token);
+    const ev: TokenEvent = { type: 'token', index: this.generated.length - 1, token };
+    if (res.logprob !== undefined && this.opts.sampling?.logprobs) {
+      ev.logprob = res.logprob;
+      ev.top = res.top ?? [];
+    }
+    let stopped = false;
+    if (this.stopper) {
+      const out = this.stopper.push(token);
+      ev.text = out.text;
+      stopped = out.stop;
+    }
+    return { ev, stopped };
+  }
+
+  /** @internal Its done event: usage, timing, and the text a decoder still held back. */
+  doneEvent(reason: FinishReason, error?: DoneEvent['error']): DoneEvent {
+    const now = performance.now();
+    const admitted = this.admittedAt || now;
+    const done: DoneEvent = {
+      type: 'done',
+      finishReason: reason,
+      usage: { promptTokens: this.opts.tokens.length, cachedTokens: this.cachedAtStart, completionTokens: this.generated.length },
+      timing: { queueMs: admitted - this.submittedAt, ttftMs: this.firstTokenAt ? this.firstTokenAt - this.submittedAt : 0, durationMs: now - this.submittedAt },
+    };
+    if (error) done.error = error;
+    if (this.stopper && reason !== 'stop') done.text = this.stopper.flush();
+    return done;
+  }
+
+  /** @internal Frees the sequence when the request created it. */
+  freeOwnedSequence(): void {
+    if (!this.seq || !this.ownsSeq) return;
+    try {
+      this.seq.free();
+    } catch {
+      /* already gone */
     }
   }
 

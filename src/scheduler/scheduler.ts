@@ -17,22 +17,9 @@
  * their per-token work. Wakes from outside (submit, cancel, drain) run the loop with
  * setImmediate, so that prompts arriving together on many sockets are admitted into one step.
  *
- * Fair share across tenants (a request's `tenant`, an API key's name, with its `weight`):
- *  - Decode slots and prefill tokens are each shared by stride scheduling (`StrideLane`): every
- *    tenant has a pass; each slot (or prefill chunk) goes to the tenant with the least pass among
- *    those with a runnable request left, and advances its pass by 1 (or the chunk's tokens) /
- *    weight. Over steps a tenant gets slots in proportion to its weight, and within one step the
- *    tenants' picks interleave. It is work-conserving: a tenant with fewer runnable requests than
- *    its share takes what it can and the rest goes to the others, never an empty slot while a
- *    runnable request waits. Credit is not banked: a tenant that had nothing runnable (or less than
- *    its share) is brought up to the lane's virtual time (the pass of the latest pick) when it is
- *    next a candidate, so coming back does not starve the others with a burst.
- *  - Admission: the next request admitted is the oldest queued one of the tenant with the least
- *    (active + 1) / weight, ties to the tenant whose oldest queued request came first: FIFO within
- *    a tenant, and FIFO over everything with a single tenant.
- *  - This only chooses who runs in a step: a sequence's tokens do not depend on the batch it is in.
- *  - Tenants are kept for the scheduler's life (`tenantStats()`): a bounded set such as API key
- *    names, not one per user.
+ * Fair share across tenants (a request's `tenant` with its `weight`) decides which queued request
+ * is admitted next and which runnable ones get a step's decode slots and prefill tokens: see
+ * fair-share.ts. It only chooses who runs: a sequence's tokens do not depend on its batch.
  *
  * Admission: at most `maxActive` requests hold KV and are scheduled; the rest wait in a queue of
  * at most `maxQueue` (beyond it submit throws WEFT_OVERLOADED). KV pressure: when a step fails
@@ -45,10 +32,12 @@
 import { WeftError, toWeftError } from '../errors.js';
 import type { Engine, Sequence, StepEntry, StepResult } from '../engine/engine.js';
 import type { ContextLease } from '../engine/contextPool.js';
-import { ScheduledRequest, type DoneEvent, type FinishReason, type RequestEvent, type SubmitOptions, type TokenEvent } from './request.js';
+import { FairShare, leastRecentlyServed, type TenantStats } from './fair-share.js';
+import { ScheduledRequest, checkSubmit, type DoneEvent, type FinishReason, type RequestEvent, type SubmitOptions } from './request.js';
 
 export { ScheduledRequest } from './request.js';
 export type { DoneEvent, FinishReason, RequestEvent, RequestState, SubmitOptions, TokenEvent } from './request.js';
+export type { TenantStats } from './fair-share.js';
 
 export interface SchedulerOptions {
   /** Most requests holding KV and being scheduled at once. Default: maxBatchSequences × contexts. */
@@ -65,27 +54,10 @@ export interface SchedulerOptions {
 
 type Batch = { req: ScheduledRequest; entry: StepEntry; decode: boolean }[];
 
-/** A tenant's counters (`Scheduler.tenantStats()`). */
-export interface TenantStats {
-  /** Its weight, as its latest submit gave it. */
-  weight: number;
-  /** Requests admitted (holding KV, scheduled). */
-  active: number;
-  /** Requests waiting for admission. */
-  queued: number;
-  /** Tokens generated for it since the scheduler started. */
-  decodeTokens: number;
-}
-
-/** Least recently served first, then oldest: the order of requests within a tenant. */
-const leastRecentlyServed = (a: ScheduledRequest, b: ScheduledRequest) => a.lastServed - b.lastServed || a.id - b.id;
-
 export class Scheduler {
   private readonly queue: ScheduledRequest[] = [];
   private readonly active: ScheduledRequest[] = [];
-  private readonly tenants = new Map<string, TenantStats>();
-  private readonly decodeLane = new StrideLane();
-  private readonly prefillLane = new StrideLane();
+  private readonly fair = new FairShare();
   /** Idle sequences that may be parked under KV pressure, least recently used first. */
   private readonly idle = new Map<Sequence, number>();
   private tick = 0;
@@ -145,18 +117,13 @@ export class Scheduler {
    * were submitted; with one tenant, FIFO and exact). 0 for the next one; -1 when it is not queued.
    */
   queuePosition(req: ScheduledRequest): number {
-    if (req.state !== 'queued' || !this.queue.includes(req)) return -1;
-    let n = 0;
-    for (const r of this.admissionOrder()) {
-      if (r === req) return n;
-      n++;
-    }
-    return -1;
+    if (req.state !== 'queued') return -1;
+    return this.fair.queuePosition(this.queue, req);
   }
 
   /** Per-tenant counters (a copy), for metrics. */
   tenantStats(): Map<string, TenantStats> {
-    return new Map([...this.tenants].map(([name, t]) => [name, { ...t }]));
+    return this.fair.stats();
   }
 
   /**
@@ -165,20 +132,7 @@ export class Scheduler {
    */
   submit(opts: SubmitOptions): ScheduledRequest {
     if (this.closed) throw new WeftError('WEFT_DISPOSED', 'the scheduler was closed');
-    const { tokens } = opts;
-    if (!Array.isArray(tokens) || tokens.length === 0) throw new WeftError('WEFT_BAD_ARGUMENT', 'submit: tokens must be a non-empty array');
-    for (const t of tokens) {
-      if (!Number.isInteger(t) || t < 0 || t >= this.vocabSize) throw new WeftError('WEFT_TOKEN_OUT_OF_RANGE', `token id ${t} is not in [0, ${this.vocabSize})`);
-    }
-    if (opts.tenant !== undefined && typeof opts.tenant !== 'string') throw new WeftError('WEFT_BAD_ARGUMENT', 'tenant must be a string');
-    const weight = opts.weight ?? 1;
-    if (typeof weight !== 'number' || !Number.isFinite(weight) || weight <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `weight must be a positive finite number (got ${weight})`);
-    const maxTokens = opts.maxTokens ?? 256;
-    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', `maxTokens must be a positive integer (got ${maxTokens})`);
-    const cached = opts.sequence ? opts.sequence.numTokens : 0;
-    if (cached + tokens.length > this.maxContext) {
-      throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the prompt (${tokens.length} new + ${cached} cached tokens) does not fit the context of ${this.maxContext}`);
-    }
+    const { weight, maxTokens } = checkSubmit(opts, this.vocabSize, this.maxContext);
     if (opts.sequence && [...this.active, ...this.queue].some((r) => r.seq === opts.sequence)) {
       throw new WeftError('WEFT_SEQUENCE_BUSY', 'the sequence already has a request in the scheduler');
     }
@@ -192,11 +146,8 @@ export class Scheduler {
       if (opts.signal.aborted) queueMicrotask(() => req.cancel());
       else opts.signal.addEventListener('abort', () => req.cancel(), { once: true });
     }
-    const tenant = this.tenants.get(req.tenant);
-    if (tenant) tenant.weight = weight;
-    else this.tenants.set(req.tenant, { weight, active: 0, queued: 0, decodeTokens: 0 });
     this.queue.push(req);
-    this.tenantOf(req).queued++;
+    this.fair.queued(req, weight);
     this.admit();
     this.wake();
     return req;
@@ -248,18 +199,11 @@ export class Scheduler {
 
   // ---------------------------------------------------------------------------------------------
 
-  private tenantOf(req: ScheduledRequest): TenantStats {
-    return this.tenants.get(req.tenant)!;
-  }
-
-  private readonly weightOf = (tenant: string) => this.tenants.get(tenant)!.weight;
-
   private admit(): void {
     while (this.queue.length > 0 && this.active.length < this.maxActive) {
-      const req = this.admissionOrder().next().value!;
+      const req = this.fair.admissionOrder(this.queue).next().value!;
       this.queue.splice(this.queue.indexOf(req), 1);
-      this.tenantOf(req).queued--;
-      this.tenantOf(req).active++;
+      this.fair.admitted(req);
       this.active.push(req); // before a failure, so that finish() finds it
       try {
         if (!req.seq) req.seq = this.engine.createSequence(req.opts.sampling);
@@ -272,36 +216,6 @@ export class Scheduler {
       req.admittedAt = performance.now();
       req.state = 'prefilling';
       req.lastServed = 0;
-    }
-  }
-
-  /**
-   * The queued requests in the order they are admitted while the active counts change only by
-   * these admissions: each time the oldest queued request of the tenant with the least
-   * (active + 1) / weight, ties to the tenant whose oldest queued request came first.
-   */
-  private *admissionOrder(): Generator<ScheduledRequest> {
-    const byTenant = new Map<string, { reqs: ScheduledRequest[]; at: number; active: number; weight: number }>();
-    for (const r of this.queue) {
-      const q = byTenant.get(r.tenant);
-      if (q) q.reqs.push(r);
-      else byTenant.set(r.tenant, { reqs: [r], at: 0, active: this.tenantOf(r).active, weight: this.tenantOf(r).weight });
-    }
-    for (;;) {
-      let best: { reqs: ScheduledRequest[]; at: number; active: number; weight: number } | null = null;
-      for (const q of byTenant.values()) {
-        if (q.at >= q.reqs.length) continue;
-        if (!best) {
-          best = q;
-          continue;
-        }
-        // (q.active + 1) / q.weight vs best's, without dividing
-        const d = (q.active + 1) * best.weight - (best.active + 1) * q.weight;
-        if (d < 0 || (d === 0 && q.reqs[q.at]!.id < best.reqs[best.at]!.id)) best = q;
-      }
-      if (!best) return;
-      best.active++;
-      yield best.reqs[best.at++]!;
     }
   }
 
@@ -334,27 +248,11 @@ export class Scheduler {
     return false;
   }
 
-  private runnable(r: ScheduledRequest): boolean {
-    if (r.inFlight || r.state === 'done' || r.cancelRequested) return false;
-    if (r.state !== 'generating') return true;
-    if (r.events.buffered + r.undelivered >= this.maxBufferedEvents) return false;
-    return !this.consumerBlocked(r);
-  }
-
-  /** The request's backpressure hook; one that throws (a transport already gone) counts as not blocked. */
-  private consumerBlocked(r: ScheduledRequest): boolean {
-    try {
-      return r.opts.isBlocked?.() === true;
-    } catch {
-      return false;
-    }
-  }
-
   private pump(): void {
     if (this.closed) return;
     this.admit();
     for (;;) {
-      const candidates = this.active.filter((r) => this.runnable(r));
+      const candidates = this.active.filter((r) => r.runnable(this.maxBufferedEvents));
       if (candidates.length === 0) return;
       const lease = this.engine.contexts.tryAcquire();
       if (!lease) return;
@@ -378,13 +276,13 @@ export class Scheduler {
     const batch: Batch = [];
     let tokens = 0;
     const decodeSlots = prefills.length > 0 ? Math.max(1, maxSeqs - 1) : maxSeqs;
-    this.decodeLane.visit(decodes, this.weightOf, (r) => {
+    this.fair.shareDecodeSlots(decodes, (r) => {
       if (batch.length >= decodeSlots || tokens + 1 > this.maxBatchTokens) return null;
       batch.push({ req: r, entry: { sequence: r.seq!, tokens: [r.nextToken], sample: true }, decode: true });
       tokens += 1;
       return 1;
     });
-    this.prefillLane.visit(prefills, this.weightOf, (r) => {
+    this.fair.sharePrefillTokens(prefills, (r) => {
       if (batch.length >= maxSeqs || tokens >= this.maxBatchTokens) return null;
       const left = r.opts.tokens.length - r.offset;
       const n = Math.min(left, this.maxBatchTokens - tokens);
@@ -464,24 +362,11 @@ export class Scheduler {
       if (!b.entry.sample) return; // more prompt to prefill
       r.state = 'generating';
       if (res.stop) return this.finish(r, 'stop');
-      const token = res.token!;
-      if (r.firstTokenAt === 0) r.firstTokenAt = performance.now();
-      r.generated.push(token);
-      this.tenantOf(r).decodeTokens++;
-      const ev: TokenEvent = { type: 'token', index: r.generated.length - 1, token };
-      if (res.logprob !== undefined && r.opts.sampling?.logprobs) {
-        ev.logprob = res.logprob;
-        ev.top = res.top ?? [];
-      }
-      let stopped = false;
-      if (r.stopper) {
-        const out = r.stopper.push(token);
-        ev.text = out.text;
-        stopped = out.stop;
-      }
+      this.fair.generated(r);
+      const { ev, stopped } = r.takeToken(res);
       this.emit(r, ev);
       if (stopped) return this.finish(r, 'stop');
-      r.nextToken = token;
+      r.nextToken = ev.token;
       if (r.generated.length >= r.maxTokens || r.cachedAtStart + r.fed.length >= this.maxContext) return this.finish(r, 'length');
     });
   }
@@ -519,32 +404,17 @@ export class Scheduler {
     const qi = this.queue.indexOf(req);
     if (qi >= 0) {
       this.queue.splice(qi, 1);
-      this.tenantOf(req).queued--;
+      this.fair.left(req, 'queue');
     }
     const ai = this.active.indexOf(req);
     if (ai >= 0) {
       this.active.splice(ai, 1);
-      this.tenantOf(req).active--;
+      this.fair.left(req, 'active');
     }
-    const now = performance.now();
-    const admitted = req.admittedAt || now;
-    const done: DoneEvent = {
-      type: 'done',
-      finishReason: reason,
-      usage: { promptTokens: req.opts.tokens.length, cachedTokens: req.cachedAtStart, completionTokens: req.generated.length },
-      timing: { queueMs: admitted - req.submittedAt, ttftMs: req.firstTokenAt ? req.firstTokenAt - req.submittedAt : 0, durationMs: now - req.submittedAt },
-    };
-    if (error) done.error = error;
-    if (req.stopper && reason !== 'stop') done.text = req.stopper.flush();
+    const done = req.doneEvent(reason, error);
     // finish() never runs while the sequence is inside a native step (a cancel during a step
     // waits for the step to settle), so an owned sequence is freed at once
-    if (req.seq && req.ownsSeq) {
-      try {
-        req.seq.free();
-      } catch {
-        /* already gone */
-      }
-    }
+    req.freeOwnedSequence();
     this.emit(req, done);
     this.wake();
   }
@@ -579,43 +449,6 @@ export class Scheduler {
     } catch {
       /* an observer never breaks the loop */
     }
-  }
-}
-
-/**
- * Stride scheduling of one kind of step capacity (decode slots, prefill tokens) over tenants.
- * `visit` offers the candidates to `use` one at a time: next the tenant with the least pass among
- * those with candidates left (ties: its next candidate is the less recently served), its
- * candidates in the given order; `use` takes one and returns what it cost (charged to the tenant
- * as cost / weight), or returns null to stop. A tenant is brought up to the virtual time (the pass
- * of the latest pick) when it is visited, so what it left unused is not owed back.
- */
-class StrideLane {
-  private vtime = 0;
-  private readonly pass = new Map<string, number>();
-
-  visit(candidates: ScheduledRequest[], weightOf: (tenant: string) => number, use: (r: ScheduledRequest) => number | null): void {
-    type Queue = { tenant: string; reqs: ScheduledRequest[]; at: number; pass: number; weight: number };
-    const byTenant = new Map<string, Queue>();
-    for (const r of candidates) {
-      const q = byTenant.get(r.tenant);
-      if (q) q.reqs.push(r);
-      else byTenant.set(r.tenant, { tenant: r.tenant, reqs: [r], at: 0, pass: Math.max(this.pass.get(r.tenant) ?? 0, this.vtime), weight: weightOf(r.tenant) });
-    }
-    for (;;) {
-      let best: Queue | null = null;
-      for (const q of byTenant.values()) {
-        if (q.at >= q.reqs.length) continue;
-        if (!best || q.pass < best.pass || (q.pass === best.pass && leastRecentlyServed(q.reqs[q.at]!, best.reqs[best.at]!) < 0)) best = q;
-      }
-      if (!best) break;
-      const cost = use(best.reqs[best.at]!);
-      if (cost === null) break;
-      this.vtime = best.pass;
-      best.pass += cost / best.weight;
-      best.at++;
-    }
-    for (const q of byTenant.values()) this.pass.set(q.tenant, q.pass);
   }
 }
 
