@@ -6,7 +6,6 @@
  * TTL runs out: a running response goes on into its replay log, and the session's KV is parked
  * in host memory once no response runs. Otherwise the session is freed.
  */
-import { randomBytes } from 'node:crypto';
 import { toWeftError, type WeftErrorCode } from '../errors.js';
 import { Session } from '../session/session.js';
 import type { Gateway } from './server.js';
@@ -63,22 +62,175 @@ export interface FrontConnection {
   closeForShutdown(): void;
 }
 
-export class Connection implements FrontConnection {
-  runner: SessionRunner | null = null;
-  private closed = false;
+/**
+ * Opens a front's connection: refused (`refuse`) while the model loads or the server drains, or
+ * when `start` throws (a key over its concurrency); else `start` makes its session.
+ */
+export function openFront(gw: Gateway, start: () => void, refuse: (code: WeftErrorCode, message: string) => void): void {
+  try {
+    if (!gw.scheduler || !gw.format) return refuse('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
+    if (gw.draining) return refuse('WEFT_DRAINING', 'the server is shutting down; connect to another instance or retry later');
+    start();
+  } catch (err) {
+    const e = toWeftError(err);
+    refuse(e.code, e.message);
+  }
+}
+
+/** What a SocketLink needs of its front's connection. */
+export interface LinkOwner {
+  /** Sends the front's error event for a frame that was refused (the link counts it in the metrics). */
+  sendError(code: WeftErrorCode, message: string, retryAfterMs?: number): void;
+  /** The link closes the socket (1008): the connection ends. */
+  onClose(): void;
+}
+
+/**
+ * A front connection's socket, whatever the protocol: frames sent while the scheduler delivers a
+ * step's events are corked and written out together when the delivery ends (one write per socket
+ * per step); received frames are checked before they are parsed (the connection's and the client
+ * address's rate limits, and a client that does not read its answers); and the socket's buffered
+ * bytes pause the connection's responses (backpressure) until they drain.
+ */
+export class SocketLink {
   private readonly limiter: ConnectionRateLimiter;
   private pausedUntil = 0;
   /** Frames, and their bytes, dropped by the rate limiter since the last one taken. */
   private numDropped = 0;
   private droppedBytes = 0;
-  private blocked = false;
+  private wasBlocked = false;
   private corked = false;
+
+  constructor(
+    private readonly gw: Gateway,
+    private readonly sock: TransportSocket,
+    private readonly owner: LinkOwner,
+  ) {
+    this.limiter = new ConnectionRateLimiter(gw.rateLimits);
+  }
+
+  /**
+   * Whether a received frame may be parsed. When not, the client was told; a client that sends
+   * while it does not read, or keeps sending over its limit, is disconnected.
+   */
+  admit(data: Buffer | string): boolean {
+    if (this.sock.bufferedAmount > this.gw.maxBufferedBytes) {
+      // it sends while it does not read what it is sent: the answers would pile up here without bound
+      this.refuse('WEFT_RATE_LIMITED', `the client does not read its answers (${this.sock.bufferedAmount} bytes waiting for it); the connection is closed`);
+      this.disconnect();
+      return false;
+    }
+    const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+    const wait = this.limiter.admit(size) || this.gw.addressLimiter.admit(this.sock.remoteAddress, size);
+    if (wait > 0) {
+      this.rateLimited(wait, size);
+      return false;
+    }
+    this.numDropped = 0;
+    this.droppedBytes = 0;
+    return true;
+  }
+
+  /** A frame over the connection's rate: answered without being parsed, and the socket is not read until the budget is back. */
+  private rateLimited(waitMs: number, size: number): void {
+    this.droppedBytes += size;
+    // a transport that cannot pause reading would read (and unmask) everything the client sends:
+    // close at once; else close when it keeps sending without heeding retry_after_ms
+    const close = !this.sock.pauseReading || ++this.numDropped > this.gw.rateLimits.frameBurst || this.droppedBytes > this.gw.rateLimits.byteBurst;
+    const what = close ? 'the frame was dropped and the connection is closed' : 'the frame was dropped';
+    this.refuse('WEFT_RATE_LIMITED', `too many frames or bytes per second from this connection or client address; ${what}`, waitMs);
+    if (close) return this.disconnect();
+    const now = performance.now();
+    if (this.sock.pauseReading && now + waitMs > this.pausedUntil) {
+      this.pausedUntil = now + waitMs;
+      this.sock.pauseReading(waitMs);
+    }
+  }
+
+  private refuse(code: WeftErrorCode, message: string, retryAfterMs?: number): void {
+    this.gw.metrics.errors.inc({ code });
+    this.owner.sendError(code, message, retryAfterMs);
+  }
+
+  private disconnect(): void {
+    this.owner.onClose();
+    this.sock.close(1008, 'WEFT_RATE_LIMITED');
+  }
+
+  /** Sends one frame, corked while the scheduler delivers a step's events (`uncork`, called by the gateway, writes them out). */
+  send(text: string): void {
+    if (!this.corked && this.gw.scheduler?.delivering) {
+      this.corked = true;
+      this.sock.cork();
+      this.gw.corked.push(this);
+    }
+    this.sock.send(text);
+  }
+
+  /** Writes out the frames corked during a step's delivery. */
+  uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.sock.uncork();
+  }
+
+  /** The responses' backpressure hook: true while the socket holds more than the threshold. */
+  blocked(): boolean {
+    return (this.wasBlocked = this.sock.bufferedAmount > this.gw.backpressureBytes);
+  }
+
+  /** Queued bytes were written out: a response paused by backpressure resumes. */
+  onDrain(): void {
+    if (this.wasBlocked && this.sock.bufferedAmount <= this.gw.backpressureBytes) {
+      this.wasBlocked = false;
+      this.gw.scheduler?.wake();
+    }
+  }
+}
+
+/**
+ * What the WebSocket fronts share: their socket's link (SocketLink), through which every frame
+ * goes while the connection is open, and the transport's calls that only the link serves.
+ */
+export abstract class LinkedFront implements LinkOwner {
+  protected closed = false;
+  protected readonly link: SocketLink;
+
+  constructor(
+    protected readonly gw: Gateway,
+    protected readonly sock: TransportSocket,
+  ) {
+    this.link = new SocketLink(gw, sock, this);
+  }
+
+  /** The front's error event for a frame the link refused. */
+  abstract sendError(code: WeftErrorCode, message: string, retryAfterMs?: number): void;
+  abstract onClose(end?: boolean): void;
+
+  /** Sends one frame while the connection is open (corked per step: SocketLink). */
+  protected sendText(text: string): void {
+    if (!this.closed) this.link.send(text);
+  }
+
+  /** Writes out the frames corked during a step's delivery. */
+  uncork(): void {
+    this.link.uncork();
+  }
+
+  /** Called by the transport when queued bytes were written out: a blocked response resumes. */
+  onDrain(): void {
+    this.link.onDrain();
+  }
+}
+
+export class Connection extends LinkedFront implements FrontConnection {
+  runner: SessionRunner | null = null;
   private resumeToken: string | null = null;
   /** Gives back the API key's concurrency lease. */
   private releaseLease: (() => void) | null = null;
   private readonly wire: Wire = {
     sendText: (text) => this.sendText(text),
-    blocked: () => (this.blocked = this.sock.bufferedAmount > this.gw.backpressureBytes),
+    blocked: () => this.link.blocked(),
   };
 
   /**
@@ -86,15 +238,20 @@ export class Connection implements FrontConnection {
    * (replay after it; absent: the running response from its start, if its end was not delivered).
    */
   constructor(
-    private readonly gw: Gateway,
-    private readonly sock: TransportSocket,
+    gw: Gateway,
+    sock: TransportSocket,
     private readonly resume?: string,
     private readonly lastSeq?: number,
     private readonly responseId?: string,
     /** The API key's tenant (null: no API keys). */
     private readonly tenant: Tenant | null = null,
   ) {
-    this.limiter = new ConnectionRateLimiter(gw.rateLimits);
+    super(gw, sock);
+  }
+
+  /** A refused frame's error event (SocketLink). */
+  sendError(code: WeftErrorCode, message: string, retryAfterMs?: number): void {
+    this.send(retryAfterMs === undefined ? { type: 'error', code, message } : { type: 'error', code, message, retry_after_ms: retryAfterMs });
   }
 
   /** The session this connection serves. */
@@ -132,18 +289,11 @@ export class Connection implements FrontConnection {
 
   /** Called by the transport once the WebSocket is open. Never throws. */
   open(): void {
-    try {
-      this.start();
-    } catch (err) {
-      const e = toWeftError(err);
-      this.refuse(e.code, e.message);
-    }
+    openFront(this.gw, () => this.start(), (code, message) => this.refuse(code, message));
   }
 
   private start(): void {
-    const scheduler = this.gw.scheduler;
-    if (!scheduler || !this.gw.format) return this.refuse('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
-    if (this.gw.draining) return this.refuse('WEFT_DRAINING', 'the server is shutting down; connect to another instance or retry later');
+    const scheduler = this.gw.scheduler!;
     if (this.tenant) this.releaseLease = this.tenant.acquire(); // WEFT_KEY_CONCURRENCY: refused by open()
     // a resume token is good only with the key that created its session
     const ownKey = (r: SessionRunner | undefined) => (r?.tenant?.name ?? null) === (this.tenant?.name ?? null);
@@ -176,7 +326,7 @@ export class Connection implements FrontConnection {
     if (this.resume !== undefined) this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
     if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions`);
     const session = new Session(scheduler, {
-      format: this.gw.format,
+      format: this.gw.format!,
       maxTokens: this.gw.defaultMaxTokens,
       sampling: this.gw.options.sessionSampling,
       contextPolicy: this.gw.options.contextPolicy,
@@ -187,7 +337,7 @@ export class Connection implements FrontConnection {
     this.runner.attach(this.wire);
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
-    this.resumeToken = this.gw.resumeTtlMs > 0 ? randomBytes(24).toString('base64url') : null;
+    this.resumeToken = this.gw.resumeTtlMs > 0 ? this.gw.newResumeToken() : null;
     if (this.resumeToken) this.gw.liveTokens.add(this.resumeToken);
     this.runner.resumeToken = this.resumeToken;
     this.send({
@@ -200,19 +350,7 @@ export class Connection implements FrontConnection {
 
   /** Called by the transport for every frame. Never throws. */
   onMessage(data: Buffer | string, isBinary: boolean): void {
-    if (this.closed) return;
-    if (this.sock.bufferedAmount > this.gw.maxBufferedBytes) {
-      // it sends while it does not read what it is sent: the answers would pile up here without bound
-      this.error('WEFT_RATE_LIMITED', `the client does not read its answers (${this.sock.bufferedAmount} bytes waiting for it); the connection is closed`);
-      this.onClose();
-      this.sock.close(1008, 'WEFT_RATE_LIMITED');
-      return;
-    }
-    const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
-    const wait = this.limiter.admit(size) || this.gw.addressLimiter.admit(this.sock.remoteAddress, size);
-    if (wait > 0) return this.rateLimited(wait, size);
-    this.numDropped = 0;
-    this.droppedBytes = 0;
+    if (this.closed || !this.link.admit(data)) return;
     const ev = parseClientFrame(data, isBinary, this.gw.maxFrameBytes);
     if (ev instanceof ProtocolError) return this.error(ev.code, ev.message, ev.event_id);
     try {
@@ -227,7 +365,7 @@ export class Connection implements FrontConnection {
       if (ev.type === 'session.update' && ev.session.rotate_resume_token && this.resumeToken && !this.runner!.refusesUpdate()) {
         this.gw.liveTokens.delete(this.resumeToken);
         this.gw.forgetSaved(this.resumeToken);
-        this.resumeToken = randomBytes(24).toString('base64url');
+        this.resumeToken = this.gw.newResumeToken();
         this.gw.liveTokens.add(this.resumeToken);
         this.runner!.resumeToken = this.resumeToken;
         return this.runner!.handle(ev, { resume_token: this.resumeToken });
@@ -236,27 +374,6 @@ export class Connection implements FrontConnection {
     } catch (err) {
       const e = toWeftError(err);
       this.error(e.code, e.message, ev.event_id);
-    }
-  }
-
-  /** A frame over the connection's rate: answered without being parsed, and the socket is not read until the budget is back. */
-  private rateLimited(waitMs: number, size: number): void {
-    this.gw.metrics.errors.inc({ code: 'WEFT_RATE_LIMITED' });
-    this.droppedBytes += size;
-    // a transport that cannot pause reading would read (and unmask) everything the client sends:
-    // close at once; else close when it keeps sending without heeding retry_after_ms
-    const close = !this.sock.pauseReading || ++this.numDropped > this.gw.rateLimits.frameBurst || this.droppedBytes > this.gw.rateLimits.byteBurst;
-    const what = close ? 'the frame was dropped and the connection is closed' : 'the frame was dropped';
-    this.sendText(`{"type":"error","code":"WEFT_RATE_LIMITED","message":"too many frames or bytes per second from this connection or client address; ${what}","retry_after_ms":${waitMs}}`);
-    if (close) {
-      this.onClose();
-      this.sock.close(1008, 'WEFT_RATE_LIMITED');
-      return;
-    }
-    const now = performance.now();
-    if (this.sock.pauseReading && now + waitMs > this.pausedUntil) {
-      this.pausedUntil = now + waitMs;
-      this.sock.pauseReading(waitMs);
     }
   }
 
@@ -301,34 +418,6 @@ export class Connection implements FrontConnection {
     this.sendText(JSON.stringify(ev));
   }
 
-  /**
-   * Frames sent while the scheduler delivers a step's events are corked and written out together
-   * when the step's delivery ends (`uncork`, called by the gateway): one write per socket per step.
-   */
-  private sendText(text: string): void {
-    if (this.closed) return;
-    if (!this.corked && this.gw.scheduler?.delivering) {
-      this.corked = true;
-      this.sock.cork();
-      this.gw.corked.push(this);
-    }
-    this.sock.send(text);
-  }
-
-  /** Writes out the frames corked during a step's delivery. */
-  uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.sock.uncork();
-  }
-
-  /** Called by the transport when queued bytes were written out: a blocked response resumes. */
-  onDrain(): void {
-    if (this.blocked && this.sock.bufferedAmount <= this.gw.backpressureBytes) {
-      this.blocked = false;
-      this.gw.scheduler?.wake();
-    }
-  }
 }
 
 function withId<T extends object>(ev: T, eventId: string | undefined): T {

@@ -3,6 +3,9 @@
  * loaded, accepting sessions), `GET /metrics` (Prometheus text), and protocol v1 at `/v1/ws`
  * (docs/protocol.md), through the `ws` transport (node:http + ws) or uWebSockets.js.
  */
+import { randomBytes } from 'node:crypto';
+import { BlockList, isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { basename } from 'node:path';
 import type { Engine, SamplingOptions } from '../engine/engine.js';
 import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
@@ -104,10 +107,54 @@ export interface GatewayOptions {
   /** Largest HTTP request body (OpenAI-compatible routes) in bytes; over it: 413. Default 4 MiB. */
   maxBodyBytes?: number;
   /**
+   * Addresses (or CIDR ranges) of reverse proxies in front of weft (NGINX): for a connection from
+   * one, the client's address for per-address limits is the last address of X-Forwarded-For that
+   * is not a trusted proxy. Default: none (the peer's address is the client's).
+   */
+  trustedProxies?: string[];
+  /**
+   * This instance's id among several behind a proxy (docs/scale-out.md): resume tokens begin with
+   * it (`ID.random`), so that the proxy routes a resume to the instance that holds the session.
+   * Letters, digits, `_` and `-`, at most 64. Default: the hostname and the port.
+   */
+  instanceId?: string;
+  /**
    * Finished sequences of stateless HTTP requests kept for KV reuse (a follow-up whose prompt
    * extends one reuses its KV). 0 disables. Default 64.
    */
   prefixCacheEntries?: number;
+}
+
+const INSTANCE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** The trusted proxies as a BlockList (WEFT_BAD_ARGUMENT naming an entry that is neither an address nor a CIDR range). */
+function trustList(entries: string[]): BlockList {
+  const list = new BlockList();
+  for (const raw of entries) {
+    const e = raw.trim();
+    const [addr, bits] = e.split('/', 2) as [string, string | undefined];
+    const family = isIP(addr);
+    const prefix = bits === undefined ? undefined : Number(bits);
+    if (family === 0 || (bits !== undefined && (!/^\d{1,3}$/.test(bits) || prefix! > (family === 4 ? 32 : 128)))) {
+      throw new WeftError('WEFT_BAD_ARGUMENT', `trustedProxies: ${JSON.stringify(e)} is not an IP address or a CIDR range (such as 10.0.0.0/8)`);
+    }
+    const type = family === 4 ? 'ipv4' : 'ipv6';
+    if (prefix === undefined) list.addAddress(addr, type);
+    else list.addSubnet(addr, prefix, type);
+  }
+  return list;
+}
+
+function isTrusted(list: BlockList, address: string): boolean {
+  const a = address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
+  const family = isIP(a);
+  return family !== 0 && list.check(a, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+/** The default instance id: the hostname (its first label, characters outside the id's set as `-`) and the port. */
+export function defaultInstanceId(port: number): string {
+  const host = (hostname().split('.')[0] ?? '').replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 50) || 'weft';
+  return `${host}-${port}`;
 }
 
 /** What a transport reads of a WebSocket upgrade request, for `Gateway.admitUpgrade`. */
@@ -214,6 +261,11 @@ export class Gateway {
     }
     this.transportName = options.transport ?? 'ws';
     if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
+    this.trusted = options.trustedProxies && options.trustedProxies.length > 0 ? trustList(options.trustedProxies) : null;
+    if (options.instanceId !== undefined && !INSTANCE_ID.test(options.instanceId)) {
+      throw new WeftError('WEFT_BAD_ARGUMENT', `instanceId must be 1-64 letters, digits, _ or - (got ${JSON.stringify(String(options.instanceId).slice(0, 80))})`);
+    }
+    this.instanceId = options.instanceId ?? defaultInstanceId(options.port ?? 8080);
     this.keys = options.apiKeys === undefined ? null : typeof options.apiKeys === 'string' ? ApiKeys.load(options.apiKeys) : options.apiKeys;
     if (this.keys) this.metrics.watchKeys(this.keys.tenants, () => this.scheduler);
     this.maxBodyBytes = pos(options.maxBodyBytes, 'maxBodyBytes', 4 << 20);
@@ -232,6 +284,28 @@ export class Gateway {
 
   private cancelHttpForShutdown(): void {
     this.openai.cancelForShutdown();
+  }
+
+  private readonly trusted: BlockList | null;
+
+  /** The client's address: the peer's, or behind a trusted proxy the last untrusted X-Forwarded-For entry. */
+  clientAddress(peer: string, forwardedFor: string | undefined): string {
+    if (!this.trusted || !forwardedFor || !isTrusted(this.trusted, peer)) return peer;
+    const hops = forwardedFor.split(',').map((h) => h.trim()).filter((h) => h !== '');
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const h = hops[i]!;
+      if (isIP(h) === 0) return peer; // not an address: the header was not written by a proxy we trust
+      if (!isTrusted(this.trusted, h)) return h;
+    }
+    return hops[0] ?? peer;
+  }
+
+  /** This instance's id (the prefix of its resume tokens). */
+  instanceId: string;
+
+  /** A new resume token: the instance id, a dot, 24 random bytes (base64url). */
+  newResumeToken(): string {
+    return `${this.instanceId}.${randomBytes(24).toString('base64url')}`;
   }
 
   /** The API keys (null: open). */
@@ -476,6 +550,7 @@ export class Gateway {
   async listen(): Promise<{ host: string; port: number; url: string }> {
     const host = this.options.host ?? '127.0.0.1';
     const port = await this.transport.listen(host, this.options.port ?? 8080);
+    if (this.options.instanceId === undefined) this.instanceId = defaultInstanceId(port);
     this.origins.bind(host, port);
     const h = host.includes(':') ? `[${host}]` : host;
     return { host, port, url: `http://${h}:${port}` };

@@ -61,7 +61,8 @@ export class UwsTransport implements Transport {
         // everything from req is read now: it is valid during this callback only
         const origin = req.getHeader('origin');
         const authorization = req.getHeader('authorization');
-        const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
+        const forwarded = req.getHeader('x-forwarded-for');
+        const remoteAddress = gw.clientAddress(Buffer.from(res.getRemoteAddressAsText()).toString(), forwarded === '' ? undefined : forwarded);
         const decision = gw.admitUpgrade({
           path: parseTarget(req.getUrl()).path,
           query: req.getQuery() ?? '',
@@ -139,7 +140,7 @@ export class UwsTransport implements Transport {
       },
     });
     this.app.any('/*', (res, req) => {
-      gw.handleHttp(new UwsExchange(res, req, gw.maxBodyBytes));
+      gw.handleHttp(new UwsExchange(res, req, gw.maxBodyBytes, (peer, xff) => gw.clientAddress(peer, xff)));
     });
   }
 
@@ -184,19 +185,25 @@ class UwsExchange extends ExchangeBase implements HttpExchange {
   private pending = '';
   private readonly bodyPromise: Promise<Buffer>;
   private bodyComplete = true;
+  private rejectBody: ((err: Error) => void) | null = null;
 
   constructor(
     private readonly res: UWS.HttpResponse,
     req: UWS.HttpRequest,
     maxBody: number,
+    clientAddress: (peer: string, forwardedFor: string | undefined) => string,
   ) {
     super();
     this.method = req.getMethod().toUpperCase();
     this.path = parseTarget(req.getUrl()).path;
     this.query = req.getQuery() ?? '';
     req.forEach((k, v) => this.headers.set(k.toLowerCase(), v));
-    this.remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString();
-    res.onAborted(() => this.gone());
+    this.remoteAddress = clientAddress(Buffer.from(res.getRemoteAddressAsText()).toString(), this.headers.get('x-forwarded-for'));
+    res.onAborted(() => {
+      // a body still arriving never will: its reader learns it (a request holds a key's lease meanwhile)
+      this.rejectBody?.(new WeftError('WEFT_CANCELLED', 'the client went away while sending its body'));
+      this.gone();
+    });
     this.bodyPromise = this.readBody(maxBody);
     this.bodyPromise.catch(() => undefined);
   }
@@ -207,6 +214,7 @@ class UwsExchange extends ExchangeBase implements HttpExchange {
     if (!(declared > 0) && !chunked) return Promise.resolve(Buffer.alloc(0));
     this.bodyComplete = false;
     return new Promise((resolve, reject) => {
+      this.rejectBody = reject;
       if (Number.isFinite(declared) && declared > limit) {
         reject(bodyTooLarge(limit));
         this.res.onData(() => undefined);

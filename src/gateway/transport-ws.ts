@@ -56,6 +56,11 @@ export function rawHttpAnswer(status: number, body: string, headers: Record<stri
   return `${head}Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
 }
 
+/** A header's value as one string (repeated headers joined as HTTP joins them). */
+function header(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -99,7 +104,7 @@ export class WsTransport implements Transport {
   }
 
   private request(req: IncomingMessage, res: ServerResponse): void {
-    this.gw.handleHttp(new NodeExchange(req, res));
+    this.gw.handleHttp(new NodeExchange(req, res, (peer, xff) => this.gw.clientAddress(peer, xff)));
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -107,7 +112,7 @@ export class WsTransport implements Transport {
     // handshake must not become an uncaught 'error'
     socket.on('error', () => socket.destroy());
     const { path, query } = parseTarget(req.url);
-    const remoteAddress = req.socket.remoteAddress ?? '';
+    const remoteAddress = this.gw.clientAddress(req.socket.remoteAddress ?? '', header(req.headers['x-forwarded-for']));
     const decision = this.gw.admitUpgrade({
       path,
       query,
@@ -184,13 +189,14 @@ class NodeExchange extends ExchangeBase implements HttpExchange {
   constructor(
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
+    clientAddress: (peer: string, forwardedFor: string | undefined) => string,
   ) {
     super();
     this.method = (req.method ?? 'GET').toUpperCase();
     const t = parseTarget(req.url);
     this.path = t.path;
     this.query = t.query;
-    this.remoteAddress = req.socket.remoteAddress ?? '';
+    this.remoteAddress = clientAddress(req.socket.remoteAddress ?? '', header(req.headers['x-forwarded-for']));
     res.on('close', () => this.gone());
     res.on('error', () => this.gone());
     req.on('error', () => undefined);
