@@ -9,7 +9,11 @@
  * tokens (a re-rendered answer that begins with a space would, with many templates, get two).
  *
  * When the tokens no longer match the messages (the system prompt changed, old turns were
- * dropped to fit the context), the whole conversation is rendered and encoded again.
+ * dropped to fit the context, a message before the last answer was edited or removed: `splice`),
+ * the whole conversation is rendered and encoded again.
+ *
+ * Messages added after the last answer (`splice` at the end: a front that adds items before it
+ * asks for a response) leave the tokens as they are: they are rendered with the next prompt.
  */
 import type { ChatFormat, ChatMessage } from './chat-format.js';
 
@@ -41,6 +45,8 @@ export class Conversation {
   private lastGenerated = '';
   /** Where the last answer's tokens start in `tokens`. */
   private answerStart = 0;
+  /** Messages [0, numCovered) are what `tokens` holds (those after were added since: `splice`). */
+  private numCovered = 0;
 
   constructor(private readonly format: ChatFormat) {}
 
@@ -55,6 +61,7 @@ export class Conversation {
     this.tokens = d.tokens && [...d.tokens];
     this.answerStart = d.answerStart;
     this.lastGenerated = d.lastGenerated;
+    this.numCovered = this.messages.length;
   }
 
   /** Tokens of the conversation so far (empty when they must be rebuilt from the messages). */
@@ -79,22 +86,45 @@ export class Conversation {
     this.tokens = null;
   }
 
-  /** The prompt of a turn that adds the user message `content`. */
-  next(content: string): NextPrompt {
-    const last = this.messages.at(-1);
-    if (this.tokens && this.tokens.length > 0 && last?.role === 'assistant') {
-      const after = this.afterLastAnswer(content);
-      if (after !== null) return { prefix: this.tokens, text: after.slice(overlap(this.lastGenerated, after)) };
+  /**
+   * Replaces `deleteCount` messages from `start` with `messages`, which are kept as they are (the
+   * same objects: a front may know them by identity). A change before the end of the last answer
+   * makes the tokens be rebuilt at the next turn; one after it keeps them.
+   */
+  splice(start: number, deleteCount: number, ...messages: ChatMessage[]): void {
+    this.messages.splice(start, deleteCount, ...messages);
+    if (start < this.numCovered) {
+      this.tokens = null;
+      this.numCovered = 0;
     }
-    return { prefix: [], text: this.format.render([...this.messages, { role: 'user', content }], true) };
   }
 
-  /** A turn ended: its user message and answer join the transcript; the tokens are its prompt and every generated token. */
-  commit(content: string, answer: string, prompt: readonly number[], generated: readonly number[], generatedText: string): void {
-    this.messages.push({ role: 'user', content }, { role: 'assistant', content: answer });
+  /** The prompt of a turn that adds the user message `content`. */
+  next(content: string): NextPrompt {
+    return this.prompt([{ role: 'user', content }]);
+  }
+
+  /** The prompt of a turn that answers the messages so far and `added` (none: the conversation as it stands). */
+  prompt(added: ChatMessage[]): NextPrompt {
+    const answer = this.messages[this.numCovered - 1];
+    if (this.tokens && this.tokens.length > 0 && answer?.role === 'assistant') {
+      const after = this.afterLastAnswer(added);
+      if (after !== null) return { prefix: this.tokens, text: after.slice(overlap(this.lastGenerated, after)) };
+    }
+    return { prefix: [], text: this.format.render([...this.messages, ...added], true) };
+  }
+
+  /**
+   * A turn ended: its user message (none: the turn answered the conversation as it stood) and
+   * answer join the transcript; the tokens are its prompt and every generated token.
+   */
+  commit(content: string | null, answer: string, prompt: readonly number[], generated: readonly number[], generatedText: string): void {
+    if (content !== null) this.messages.push({ role: 'user', content });
+    this.messages.push({ role: 'assistant', content: answer });
     this.tokens = [...prompt, ...generated];
     this.answerStart = prompt.length;
     this.lastGenerated = generatedText;
+    this.numCovered = this.messages.length;
   }
 
   /**
@@ -102,7 +132,7 @@ export class Conversation {
    * becomes theirs. Null when the conversation does not end with an answer whose tokens are known.
    */
   trimLastAnswer(numGenerated: number): { text: string; numTokens: number } | null {
-    const last = this.messages.at(-1);
+    const last = this.messages[this.numCovered - 1];
     if (!this.tokens || last?.role !== 'assistant') return null;
     const answer = this.tokens.slice(this.answerStart, this.answerStart + Math.max(0, numGenerated));
     this.tokens = this.tokens.slice(0, this.answerStart + answer.length);
@@ -112,26 +142,39 @@ export class Conversation {
   }
 
   /**
-   * Drops the oldest exchange (user message and its answer; never the system message), so that a
-   * conversation fits the context again. False when there is nothing left to drop.
+   * Drops the oldest exchange (user message and its answer; never the system message, nor the
+   * `keepLast` last messages), so that a conversation fits the context again. False when there is
+   * nothing left to drop.
    */
-  dropOldestTurn(): boolean {
-    const first = this.messages[0]?.role === 'system' ? 1 : 0;
-    if (this.messages.length <= first) return false;
-    let n = 1;
-    while (first + n < this.messages.length && this.messages[first + n]!.role !== 'user') n++;
-    this.messages.splice(first, n);
+  dropOldestTurn(keepLast = 0): boolean {
+    const { first, count } = oldestExchange(this.messages, keepLast);
+    if (count === 0) return false;
+    this.messages.splice(first, count);
     this.tokens = null;
     return true;
   }
 
-  /** Rendered text after the last answer's content: terminator, the new user turn, the generation prompt. */
-  private afterLastAnswer(content: string): string | null {
-    const msgs = this.messages.map((m, i) => (i === this.messages.length - 1 ? { role: m.role, content: MARKER } : m));
-    const text = this.format.render([...msgs, { role: 'user', content }], true);
+  /** Rendered text after the last answer's content: terminator, the messages after it and `added`, the generation prompt. */
+  private afterLastAnswer(added: ChatMessage[]): string | null {
+    const msgs = this.messages.map((m, i) => (i === this.numCovered - 1 ? { role: m.role, content: MARKER } : m));
+    const text = this.format.render([...msgs, ...added], true);
     const at = text.indexOf(MARKER);
     return at < 0 || text.indexOf(MARKER, at + 1) >= 0 ? null : text.slice(at + MARKER.length);
   }
+}
+
+/**
+ * The oldest exchange of `messages` that may be dropped to fit the context: where it starts (after
+ * a system message) and how many messages it has (a user message and what follows it up to the next
+ * one; 0: none), never any of the `keepLast` last messages.
+ */
+export function oldestExchange(messages: readonly ChatMessage[], keepLast = 0): { first: number; count: number } {
+  const first = messages[0]?.role === 'system' ? 1 : 0;
+  const end = messages.length - keepLast;
+  if (end <= first) return { first, count: 0 };
+  let n = 1;
+  while (first + n < end && messages[first + n]!.role !== 'user') n++;
+  return { first, count: n };
 }
 
 /** Length of the longest suffix of `generated` that is a prefix of `after` (the terminator the model already produced). */

@@ -17,12 +17,17 @@
  * does not fit even alone) is WEFT_CONTEXT_OVERFLOW with the transcript unchanged. Generation
  * that reaches the context limit ends with finish reason `length`.
  * A `send` while a turn is running is rejected with WEFT_SEQUENCE_BUSY.
+ *
+ * Besides `send` (a user message and its answer), a front whose client builds the conversation
+ * item by item (the Realtime front) adds, edits and removes messages with `splice` and asks for
+ * an answer to the conversation as it stands with `respondAsync`; the KV is cut back to the
+ * longest prefix that still matches when an edit changed what was already cached.
  */
 import { WeftError } from '../errors.js';
 import type { SamplingOptions, Sequence } from '../engine/engine.js';
 import type { DoneEvent, ScheduledRequest, Scheduler } from '../scheduler/scheduler.js';
 import { ChatFormat, type ChatMessage } from './chat-format.js';
-import { Conversation } from './conversation.js';
+import { Conversation, oldestExchange } from './conversation.js';
 import { Turn, type TurnDone } from './turn.js';
 
 export enum SessionState {
@@ -47,6 +52,15 @@ export interface TurnOptions {
   stop?: string[];
   /** Backpressure hook (see Scheduler SubmitOptions.isBlocked). */
   isBlocked?: () => boolean;
+  /** The tenant (an API key's name) the turn is scheduled for, and its weight (see Scheduler SubmitOptions). */
+  tenant?: string;
+  weight?: number;
+  /**
+   * Called once the prompt is tokenized, right before the turn is submitted, with its number of
+   * tokens and how many of them the KV already holds: a throw refuses the turn (a key's budget),
+   * the transcript unchanged.
+   */
+  admit?: (numPromptTokens: number, numCachedTokens: number) => void;
 }
 
 export interface AsyncTurnOptions extends TurnOptions {
@@ -77,6 +91,9 @@ let nextSessionId = 1;
 
 /** Stands for the end of a message being typed, to find where it ends in the rendered prompt. */
 const TYPING_MARKER = '\u2063weft-typing\u2063';
+
+/** What a turn adds: a user message (`send`), or nothing (`respondAsync`: it answers the conversation as it stands). */
+type Content = string | null;
 
 /** A turn's prompt once tokenized: every token, and how many of the oldest exchanges it leaves out. */
 interface Plan {
@@ -160,7 +177,7 @@ export class Session {
     let plan: Plan | null = null;
     for (let skip = 0; plan === null; ) {
       const d = this.draft(content, skip, opts);
-      plan = this.plan(d, opts, encode(d.text));
+      plan = this.plan(d, opts, encode(d.text), content);
       skip = d.skip + 1;
     }
     return this.begin(content, plan, opts);
@@ -173,6 +190,31 @@ export class Session {
    */
   async sendAsync(content: string, opts: AsyncTurnOptions = {}): Promise<Turn> {
     this.checkIdle(content);
+    return this.startAsync(content, opts);
+  }
+
+  /**
+   * Starts a turn that answers the conversation as it stands (messages added with `splice`), as
+   * sendAsync does; no user message is added, the answer joins the transcript. The context
+   * policy drops the oldest exchanges before the messages that follow the last answer.
+   */
+  async respondAsync(opts: AsyncTurnOptions = {}): Promise<Turn> {
+    this.checkIdle('');
+    return this.startAsync(null, opts);
+  }
+
+  /**
+   * Replaces `deleteCount` messages of the transcript from `start` with `messages` (kept as the
+   * same objects); an idle session only. An edit before the end of the last answer makes the next
+   * turn render the conversation again, keeping the longest prefix of the KV that still matches.
+   */
+  splice(start: number, deleteCount: number, ...messages: ChatMessage[]): void {
+    if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
+    if (this.state !== SessionState.Idle || this.typing) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
+    this.conversation.splice(start, deleteCount, ...messages);
+  }
+
+  private async startAsync(content: Content, opts: AsyncTurnOptions): Promise<Turn> {
     // a typing-ahead prefill settles first (within a step or two); its KV is the new prompt's prefix
     while (this.typing) await this.typing.catch(() => undefined);
     this.preparing = true;
@@ -180,7 +222,7 @@ export class Session {
     try {
       for (let skip = 0; plan === null; ) {
         const d = this.draft(content, skip, opts);
-        plan = this.plan(d, opts, await this.format.tokenizer.encodeAsync(d.text, { addSpecialTokens: false, signal: opts.signal }));
+        plan = this.plan(d, opts, await this.format.tokenizer.encodeAsync(d.text, { addSpecialTokens: false, signal: opts.signal }), content);
         skip = d.skip + 1;
       }
     } finally {
@@ -256,13 +298,14 @@ export class Session {
    * need no tokenizing: a draft that is certain not to fit by its byte count moves on to the next
    * `skip` (truncate) or is WEFT_CONTEXT_OVERFLOW.
    */
-  private draft(content: string, skip: number, opts: TurnOptions): Draft {
+  private draft(content: Content, skip: number, opts: TurnOptions): Draft {
     const limit = this.promptLimit(opts);
+    const added: ChatMessage[] = content === null ? [] : [{ role: 'user', content }];
     for (;;) {
-      const d = skip === 0 ? this.conversation.next(content) : { prefix: [], text: this.format.render([...this.withoutOldest(skip), { role: 'user', content }], true) };
+      const d = skip === 0 ? this.conversation.prompt(added) : { prefix: [], text: this.format.render([...this.withoutOldest(skip, content), ...added], true) };
       const atLeast = d.prefix.length + this.format.tokenizer.minTokens(d.text);
       if (atLeast <= limit) return { ...d, skip };
-      if (!this.canDrop(skip)) this.overflow(`at least ${atLeast}`, Buffer.byteLength(d.text));
+      if (!this.canDrop(skip, content)) this.overflow(`at least ${atLeast}`, Buffer.byteLength(d.text));
       skip++;
     }
   }
@@ -273,18 +316,31 @@ export class Session {
    * dropping changes the prefix (the next turn prefills the whole conversation again), so it
    * should buy several turns of cache hits, not one.
    */
-  private plan(d: Draft, opts: TurnOptions, ids: number[]): Plan | null {
+  private plan(d: Draft, opts: TurnOptions, ids: number[], content: Content): Plan | null {
     const prompt = d.prefix.length > 0 ? [...d.prefix, ...ids] : ids;
     const limit = this.promptLimit(opts);
     const target = d.skip === 0 ? limit : limit - Math.floor(this.maxContext / 4);
-    if (prompt.length <= target || (prompt.length <= limit && !this.canDrop(d.skip))) return { prompt, skip: d.skip };
-    if (!this.canDrop(d.skip)) this.overflow(String(prompt.length));
+    if (prompt.length <= target || (prompt.length <= limit && !this.canDrop(d.skip, content))) return { prompt, skip: d.skip };
+    if (!this.canDrop(d.skip, content)) this.overflow(String(prompt.length));
     return null;
   }
 
   /** Whether the truncate policy can leave out one more exchange than `skip`. */
-  private canDrop(skip: number): boolean {
-    return this.contextPolicy === 'truncate' && this.withoutOldest(skip + 1).length < this.withoutOldest(skip).length;
+  private canDrop(skip: number, content: Content): boolean {
+    return this.contextPolicy === 'truncate' && this.withoutOldest(skip + 1, content).length < this.withoutOldest(skip, content).length;
+  }
+
+  /**
+   * Messages a turn never drops to fit the context: for `respondAsync` (content null) those after
+   * the last answer (the last message at least), which the answer is to; for `send`, none (its
+   * message is apart).
+   */
+  private numKept(content: Content): number {
+    if (content !== null) return 0;
+    const msgs = this.conversation.messages;
+    let n = 0;
+    while (n < msgs.length && msgs[msgs.length - 1 - n]!.role !== 'assistant') n++;
+    return Math.max(Math.min(1, msgs.length), n);
   }
 
   private overflow(tokens: string, bytes?: number): never {
@@ -293,20 +349,20 @@ export class Session {
     throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${size}) does not fit the context of ${maxContext} tokens${this.contextPolicy === 'truncate' ? ', even with only the system prompt and the new message' : ''}`);
   }
 
-  /** The messages without the `skip` oldest exchanges (the system message stays). */
-  private withoutOldest(skip: number): ChatMessage[] {
+  /** The messages without the `skip` oldest exchanges (the system message stays, and those a turn keeps: numKept). */
+  private withoutOldest(skip: number, content: Content): ChatMessage[] {
     const msgs = [...this.conversation.messages];
-    const first = msgs[0]?.role === 'system' ? 1 : 0;
-    for (let k = 0; k < skip && msgs.length > first; k++) {
-      let n = 1;
-      while (first + n < msgs.length && msgs[first + n]!.role !== 'user') n++;
-      msgs.splice(first, n);
+    const keepLast = this.numKept(content);
+    for (let k = 0; k < skip; k++) {
+      const { first, count } = oldestExchange(msgs, keepLast);
+      if (count === 0) break;
+      msgs.splice(first, count);
     }
     return msgs;
   }
 
   /** Submits the turn whose whole prompt is `plan.prompt`. */
-  private begin(content: string, plan: Plan, opts: TurnOptions): Turn {
+  private begin(content: Content, plan: Plan, opts: TurnOptions): Turn {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is already running in this session');
     const ids = plan.prompt;
@@ -321,6 +377,7 @@ export class Session {
     const prior = this.cached.slice(0, keep);
     // the KV now holds `prior` only, whether or not the scheduler accepts the turn (WEFT_OVERLOADED)
     this.cached = prior;
+    opts.admit?.(ids.length, keep);
     const request = this.scheduler.submit({
       sequence: seq,
       tokens: ids.slice(keep),
@@ -330,8 +387,11 @@ export class Session {
       decoder: this.format.tokenizer.createDecoder(),
       stopStrings,
       isBlocked: opts.isBlocked ?? this.defaults.isBlocked,
+      tenant: opts.tenant ?? this.defaults.tenant,
+      weight: opts.weight ?? this.defaults.weight,
     });
-    for (let k = 0; k < plan.skip; k++) this.conversation.dropOldestTurn();
+    const keepLast = this.numKept(content);
+    for (let k = 0; k < plan.skip; k++) this.conversation.dropOldestTurn(keepLast);
     this.activeAt = performance.now();
     const done = request.done.then((ev) => this.settle(content, request, ev, stopStrings, prior, ids, plan.skip));
     this.turn = new Turn(request, done, ids);
@@ -382,7 +442,7 @@ export class Session {
     return kept.text;
   }
 
-  private settle(content: string, request: ScheduledRequest, ev: DoneEvent, stopStrings: string[], prior: number[], prompt: number[], truncatedTurns: number): TurnDone {
+  private settle(content: Content, request: ScheduledRequest, ev: DoneEvent, stopStrings: string[], prior: number[], prompt: number[], truncatedTurns: number): TurnDone {
     const generatedText = this.format.tokenizer.decode(request.generated);
     let text = generatedText;
     let cut = -1;
