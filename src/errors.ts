@@ -47,6 +47,7 @@ export const ERRORS = {
   WEFT_NOT_FOUND: { status: 404, retryable: false, summary: 'An HTTP route that does not exist (gateway only).' },
   WEFT_METHOD_NOT_ALLOWED: { status: 405, retryable: false, summary: 'An HTTP method a route does not take (gateway only).' },
   WEFT_UNSUPPORTED: { status: 400, retryable: false, summary: 'A valid request for something weft does not do: n > 1, audio, a role or content part it does not support (gateway only).' },
+  WEFT_SESSION_ELSEWHERE: { status: 409, retryable: true, summary: 'The session is served by another live instance (several instances share state in Redis); reconnect through the proxy (gateway only).' },
   WEFT_NOT_READY: { status: 503, retryable: true, summary: 'The model is still loading (gateway only).' },
   WEFT_BACKEND_UNAVAILABLE: { status: 501, retryable: false, summary: 'The requested backend (cuda) was not built or no GPU is present.' },
   WEFT_DEVICE_OUT_OF_MEMORY: { status: 507, retryable: true, summary: 'GPU memory ran out (weights, KV pages or a step workspace); the step changed nothing.' },

@@ -41,6 +41,7 @@ const TS_ONLY = [
   'WEFT_NOT_FOUND',
   'WEFT_METHOD_NOT_ALLOWED',
   'WEFT_UNSUPPORTED',
+  'WEFT_SESSION_ELSEWHERE',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

@@ -135,7 +135,7 @@ export function defaultModel(): string {
 /** `weft serve`'s options, each a flag and a WEFT_* environment variable (the flag wins), and how its value is read. */
 export const SERVE_OPTIONS: Record<string, OptionKind> = {
   model: 'string', port: 'int', host: 'string', transport: 'string', 'allowed-origins': 'string',
-  'tls-cert': 'string', 'tls-key': 'string', 'api-keys': 'string', 'instance-id': 'string', 'trusted-proxies': 'string',
+  'tls-cert': 'string', 'tls-key': 'string', 'api-keys': 'string', 'instance-id': 'string', 'trusted-proxies': 'string', redis: 'string',
   // the engine
   backend: 'string', 'cuda-device': 'int', contexts: 'count', threads: 'count', 'kv-memory': 'size', 'kv-page-tokens': 'count', 'kv-dtype': 'string',
   'max-context': 'count', 'max-batch-tokens': 'count', 'max-batch-sequences': 'count', 'max-logit-rows': 'count',
@@ -239,6 +239,7 @@ export async function readServeOptions(argv: string[], env: NodeJS.ProcessEnv = 
     drainTimeoutMs: ms('drain-timeout'),
     drainTarget: str('drain-target'),
     instanceId: str('instance-id'),
+    redis: str('redis'),
     trustedProxies: str('trusted-proxies')?.split(',').map((a) => a.trim()).filter((a) => a !== ''),
   };
   return { model, engine, gateway };

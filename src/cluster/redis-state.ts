@@ -28,6 +28,16 @@ export interface ClusterRecord extends SessionRecord {
   pending?: PendingAnswer | null;
   /** The instance that wrote the record. */
   owner?: string;
+  /** The last answer that ended: for a client that did not get its end before its instance died. */
+  last?: LastAnswer | null;
+}
+
+/** An answer that ended: its id, whole text, seq of its next delta, and its response.done frame. */
+export interface LastAnswer {
+  response_id: string;
+  text: string;
+  next_seq: number;
+  done: Record<string, unknown>;
 }
 
 /** A running answer: its message and its sampling (with the seed it runs with). */
@@ -121,7 +131,8 @@ export class ClusterState {
   /** Calls that failed since start. */
   failures = 0;
   private readonly heartbeatMs: number;
-  private readonly instanceTtlMs: number;
+  /** How long after its last heartbeat an instance counts as dead (ms). */
+  readonly instanceTtlMs: number;
   private readonly log: (line: string) => void;
   /** Records that could not be written while Redis was down, written again when it is back (by token hash). */
   private readonly dirty = new Map<string, () => Promise<unknown>>();

@@ -45,12 +45,22 @@ export interface BudgetInfo {
   weight: number;
 }
 
+/** A tokens-per-minute bucket shared by instances (src/cluster/redis-state.ts); null: it cannot say now. */
+export interface SharedBudget {
+  takeTokens(key: string, perMinute: number, n: number, need?: number): Promise<{ ok: boolean; left: number; waitMs: number } | null>;
+}
+
 /** One key's tenant: its limits and what it is using now. */
 export class Tenant {
   /** Leases held (sessions and requests). */
   active = 0;
   /** Observer of every charge (metrics). */
   onCharge: ((n: number) => void) | null = null;
+  /** The budget shared with other instances (Redis), when there are several. */
+  private shared: SharedBudget | null = null;
+  /** Charges not yet sent to the shared budget. */
+  private unsent = 0;
+  private flushing = false;
   private tokens: number;
   private updatedAt: number;
 
@@ -69,6 +79,34 @@ export class Tenant {
     const t = this.now();
     this.tokens = Math.min(tpm, this.tokens + ((t - this.updatedAt) * tpm) / 60_000);
     this.updatedAt = t;
+  }
+
+  /**
+   * Shares the budget with other instances: every charge is also sent to the shared bucket (in
+   * batches, one atomic script each), and its answer (what every instance has spent) becomes this
+   * instance's bucket level. Decisions stay local and synchronous, one round trip behind the others.
+   */
+  share(shared: SharedBudget): void {
+    this.shared = shared;
+  }
+
+  private flushShared(): void {
+    const tpm = this.limits.tokensPerMinute;
+    if (!this.shared || tpm === null || this.flushing || this.unsent === 0) return;
+    this.flushing = true;
+    const n = this.unsent;
+    this.unsent = 0;
+    void this.shared.takeTokens(this.name, tpm, n).then((r) => {
+      this.flushing = false;
+      if (r) {
+        this.refill();
+        // the shared level, less what this instance charged since the batch left
+        this.tokens = r.left - this.unsent;
+      } else {
+        this.unsent += n; // Redis down: sent again with the next batch
+      }
+      if (this.unsent > 0) setTimeout(() => this.flushShared(), 50).unref();
+    });
   }
 
   /** Tokens the budget holds now (whole tokens); null without a tokens-per-minute limit. */
@@ -93,6 +131,10 @@ export class Tenant {
     if (this.limits.tokensPerMinute === null) return true;
     this.refill();
     this.tokens -= n;
+    if (this.shared && n > 0) {
+      this.unsent += n;
+      this.flushShared();
+    }
     return this.tokens >= 1;
   }
 

@@ -13,6 +13,7 @@ import { ProtocolError, parseClientFrame } from './protocol.js';
 import { ConnectionRateLimiter } from './rate-limit.js';
 import { SessionRunner, type Wire } from './session-runner.js';
 import type { Tenant } from './api-keys.js';
+import { hashToken } from '../session/state-store.js';
 
 /**
  * What a transport gives a connection. The transport calls `Connection.onDrain()` whenever
@@ -301,6 +302,7 @@ export class Connection extends LinkedFront implements FrontConnection {
     if (this.resume !== undefined && this.gw.hasDetached(this.resume) && ownKey(this.gw.peekDetached(this.resume))) {
       if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions; the session stays resumable`);
       const runner = (this.runner = this.gw.takeDetached(this.resume)!);
+      runner.onLost = () => this.sessionLost();
       this.resumeToken = this.resume;
       this.gw.liveTokens.add(this.resume);
       runner.attach(this.wire);
@@ -314,6 +316,7 @@ export class Connection extends LinkedFront implements FrontConnection {
       const restored = this.gw.restoreSession(this.resume, this.tenant);
       if (restored) {
         this.runner = restored;
+        restored.onLost = () => this.sessionLost();
         this.resumeToken = this.resume;
         this.gw.liveTokens.add(this.resume);
         restored.attach(this.wire);
@@ -323,7 +326,16 @@ export class Connection extends LinkedFront implements FrontConnection {
     if (this.resume !== undefined && this.gw.liveTokens.has(this.resume)) {
       return this.refuse('WEFT_SESSION_CONNECTED', 'the session of this resume token is connected on another socket; retry once that one has closed');
     }
-    if (this.resume !== undefined) this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
+    // another instance's session (it died, or the proxy sent the client here): take it over from Redis
+    if (this.resume !== undefined && this.gw.cluster) return this.takeOver(this.resume);
+    this.startFresh(this.resume !== undefined);
+  }
+
+  /** A new session (`unknown`: the client asked for one that is not known: said first). */
+  private startFresh(unknown: boolean): void {
+    const scheduler = this.gw.scheduler!;
+    const full = this.gw.numLiveSessions >= this.gw.maxSessions;
+    if (unknown) this.error('WEFT_RESUME_UNKNOWN', 'the resume token is unknown or expired; a new session follows');
     if (full) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${this.gw.maxSessions} connected sessions`);
     const session = new Session(scheduler, {
       format: this.gw.format!,
@@ -334,6 +346,7 @@ export class Connection extends LinkedFront implements FrontConnection {
     });
     this.runner = new SessionRunner(this.gw, session);
     this.runner.tenant = this.tenant;
+    this.runner.onLost = () => this.sessionLost();
     this.runner.attach(this.wire);
     this.gw.sessions.add(session);
     this.gw.metrics.sessionsActive.set(this.gw.sessions.size);
@@ -348,9 +361,102 @@ export class Connection extends LinkedFront implements FrontConnection {
     });
   }
 
+  /**
+   * Takes over a session another instance served (src/cluster/redis-state.ts): claims it (an
+   * owner that is alive is waited for up to its heartbeat TTL: a killed instance is dead by then;
+   * one still alive keeps it: WEFT_SESSION_ELSEWHERE), reads its record, makes it live here under
+   * a new resume token naming this instance, and runs again the answer that was running, sending
+   * the client the deltas after its last_seq. Frames that come meanwhile wait.
+   */
+  private takeOver(token: string): void {
+    this.held = [];
+    const release = () => {
+      const held = this.held ?? [];
+      this.held = null;
+      for (const f of held) this.onMessage(f.data, f.isBinary);
+    };
+    this.claim(token).then(release, (err: unknown) => {
+      const e = toWeftError(err);
+      this.gw.log(`takeover of a session failed: ${e.message}`);
+      if (!this.closed) this.refuse(e.code, e.message);
+    });
+  }
+
+  private async claim(token: string): Promise<void> {
+    const gw = this.gw;
+    const cluster = gw.cluster!;
+    const hash = hashToken(token);
+    const outcome = (o: string) => gw.metrics.takeovers?.inc({ outcome: o });
+    const deadline = performance.now() + cluster.instanceTtlMs + 1000;
+    let claim = await cluster.claim(hash, gw.resumeTtlMs);
+    while (claim && !claim.ok && performance.now() < deadline && !this.closed) {
+      await new Promise((r) => setTimeout(r, 100));
+      claim = await cluster.claim(hash, gw.resumeTtlMs);
+    }
+    if (this.closed) return;
+    if (claim && !claim.ok) {
+      outcome('refused');
+      gw.metrics.errors.inc({ code: 'WEFT_SESSION_ELSEWHERE' });
+      this.send({ type: 'error', code: 'WEFT_SESSION_ELSEWHERE', message: `the session is served by instance ${claim.owner}, which is alive; reconnect through the proxy`, instance: claim.owner });
+      this.sock.close(1013, 'WEFT_SESSION_ELSEWHERE');
+      return this.onClose(true);
+    }
+    const record = claim ? await cluster.load(hash) : null; // null claim: Redis cannot say now
+    if (this.closed) return;
+    if (!record || record.expires_at <= Date.now() || (record.key ?? null) !== (this.tenant?.name ?? null)) {
+      if (record && (record.key ?? null) !== (this.tenant?.name ?? null)) gw.log(`a resume token of key ${JSON.stringify(record.key)} was presented with ${this.tenant ? `key ${JSON.stringify(this.tenant.name)}` : 'no key'}: refused as unknown`);
+      return this.startFresh(true);
+    }
+    if (gw.numLiveSessions >= gw.maxSessions) return this.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${gw.maxSessions} connected sessions; the session stays resumable`);
+    // the session lives here now, under a token that names this instance (the proxy routes its next resume here)
+    const fresh = gw.newResumeToken();
+    const runner = (this.runner = gw.revive(fresh, record, this.tenant));
+    runner.onLost = () => this.sessionLost();
+    this.resumeToken = fresh;
+    gw.liveTokens.add(fresh);
+    runner.attach(this.wire);
+    const pending = record.pending ?? null;
+    const last = record.last ?? null;
+    runner.lastAnswer = last;
+    // written under the new token before the old one goes: a death now loses nothing
+    await gw.persist(runner, pending ? { pending, conversation: record.conversation } : undefined);
+    await cluster.remove(hash);
+    gw.log(`session ${record.session_id}: taken over from ${claim?.previous ?? 'nobody'}${pending ? `; answer ${pending.response_id} runs again from its start` : ''}`);
+    outcome(pending ? 'regenerated' : 'resumed');
+    this.send({
+      type: 'session.resumed',
+      session: { id: runner.session.id, model: gw.modelName, limits: gw.limits() },
+      resume_token: fresh,
+      response: pending ? { response_id: pending.response_id, status: 'in_progress', next_seq: (this.responseId === pending.response_id ? (this.lastSeq ?? -1) : -1) + 1 } : last ? { response_id: last.response_id, status: 'done', next_seq: last.next_seq } : null,
+    });
+    if (pending) return runner.regenerate(pending, this.lastSeq ?? -1, this.responseId);
+    if (last && this.responseId === last.response_id && (this.lastSeq ?? -1) + 1 < last.next_seq + 1) {
+      // the answer ended on the lost instance after the client's last delta: its text, then its end
+      gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
+      this.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: 'the instance that ran this answer is gone; its whole text follows', response_id: last.response_id, text: last.text, next_seq: last.next_seq });
+      this.sendText(JSON.stringify(last.done));
+    }
+  }
+
+  /** Another instance took this session over (this one was presumed dead): the client is sent there. */
+  private sessionLost(): void {
+    if (this.closed) return;
+    this.error('WEFT_SESSION_ELSEWHERE', 'another instance took this session over; reconnect through the proxy');
+    this.sock.close(1013, 'WEFT_SESSION_ELSEWHERE');
+    this.onClose(true);
+  }
+
+  /** Frames that came while a takeover was in progress (null: none is). */
+  private held: { data: Buffer | string; isBinary: boolean }[] | null = null;
+
   /** Called by the transport for every frame. Never throws. */
   onMessage(data: Buffer | string, isBinary: boolean): void {
     if (this.closed || !this.link.admit(data)) return;
+    if (this.held) {
+      if (this.held.length >= 64) return this.error('WEFT_RATE_LIMITED', 'too many frames while the session is being taken over from another instance; this one was dropped');
+      this.held.push({ data, isBinary });
+      return;
+    }
     const ev = parseClientFrame(data, isBinary, this.gw.maxFrameBytes);
     if (ev instanceof ProtocolError) return this.error(ev.code, ev.message, ev.event_id);
     try {

@@ -1,5 +1,6 @@
 /** Prometheus metrics of one gateway (its own prom-client Registry; `weft_` prefix). */
 import type { Tenant } from './api-keys.js';
+import type { ClusterState } from '../cluster/redis-state.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Engine } from '../engine/engine.js';
 import { ERRORS } from '../errors.js';
@@ -78,6 +79,21 @@ export class GatewayMetrics {
     });
     collectDefaultMetrics({ register: reg, prefix: 'weft_' });
   }
+
+  /** The state shared with other instances: whether Redis answers, operations, records waiting to be written again. */
+  watchCluster(cluster: ClusterState): void {
+    const reg = this.registry;
+    new Gauge({ name: 'weft_redis_up', help: 'Whether the last Redis call of this instance succeeded (1) or not (0).', registers: [reg], collect() { this.set(cluster.up ? 1 : 0); } });
+    let ops = 0;
+    let failures = 0;
+    new Counter({ name: 'weft_redis_ops_total', help: 'Redis calls made by this instance (heartbeats, records, claims, budgets).', registers: [reg], collect() { this.inc(cluster.ops - ops); ops = cluster.ops; } });
+    new Counter({ name: 'weft_redis_failures_total', help: 'Redis calls that failed (Redis down or slow).', registers: [reg], collect() { this.inc(cluster.failures - failures); failures = cluster.failures; } });
+    new Gauge({ name: 'weft_redis_dirty_records', help: 'Session records saved while Redis was down, waiting to be written again.', registers: [reg], collect() { this.set(cluster.numDirty); } });
+    this.takeovers = new Counter({ name: 'weft_session_takeovers_total', help: 'Sessions this instance took over from another (by outcome: resumed, regenerated, refused).', labelNames: ['outcome'], registers: [reg] });
+  }
+
+  /** Takeovers of sessions from other instances (set by watchCluster). */
+  takeovers: Counter<'outcome'> | null = null;
 
   /** Per-API-key series, labelled by the key's name (never the key): tokens charged, leases held, budget left, decode tokens scheduled. */
   watchKeys(tenants: readonly Tenant[], getScheduler: () => Scheduler | null): void {

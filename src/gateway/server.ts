@@ -24,6 +24,8 @@ import { ResumePool } from './resume-pool.js';
 import { KvLifecycle } from '../session/kv-lifecycle.js';
 import { Session } from '../session/session.js';
 import { StateStore, hashToken, type SessionRecord } from '../session/state-store.js';
+import type { ConversationData } from '../session/conversation.js';
+import { ClusterState, type LastAnswer, type PendingAnswer } from '../cluster/redis-state.js';
 import { SessionRunner } from './session-runner.js';
 import { StaticFiles } from './static.js';
 import { WsTransport, WS_PATH, REALTIME_PATH, type Transport } from './transport-ws.js';
@@ -106,6 +108,12 @@ export interface GatewayOptions {
   apiKeys?: string | ApiKeys;
   /** Largest HTTP request body (OpenAI-compatible routes) in bytes; over it: 413. Default 4 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Redis URL (redis:// or rediss://) of the state shared by several instances (docs/scale-out.md):
+   * session records, the running answer of each, ownership, API-key budgets. Default: none (one
+   * instance).
+   */
+  redis?: string;
   /**
    * Addresses (or CIDR ranges) of reverse proxies in front of weft (NGINX): for a connection from
    * one, the client's address for per-address limits is the last address of X-Forwarded-For that
@@ -242,7 +250,8 @@ export class Gateway {
     if (!Number.isFinite(drain) || drain < 0) throw new WeftError('WEFT_BAD_ARGUMENT', `drainTimeoutMs must be a non-negative number (got ${drain})`);
     this.drainTimeoutMs = drain;
     this.origins = new OriginPolicy(options.allowedOrigins ?? []);
-    const log = options.log ?? ((line: string) => process.stderr.write(`weft: ${line}\n`));
+    const log = (this.log = options.log ?? ((line: string) => process.stderr.write(`weft: ${line}\n`)));
+    if (options.redis !== undefined && !/^rediss?:\/\/./.test(options.redis)) throw new WeftError('WEFT_BAD_ARGUMENT', `redis must be a redis:// or rediss:// URL (got ${JSON.stringify(String(options.redis).slice(0, 100))})`);
     for (const dir of this.statics.missing) log(`the chat page (GET /) is incomplete: ${dir} is missing`);
     this.store = options.stateDir ? new StateStore(options.stateDir, log) : null;
     this.detached = new ResumePool<SessionRunner>(
@@ -299,6 +308,10 @@ export class Gateway {
     }
     return hops[0] ?? peer;
   }
+
+  /** The state shared with other instances (null: one instance; set by listen). */
+  cluster: ClusterState | null = null;
+  readonly log: (line: string) => void;
 
   /** This instance's id (the prefix of its resume tokens). */
   instanceId: string;
@@ -367,7 +380,10 @@ export class Gateway {
     if (path === '/healthz') return text(200, 'ok\n');
     if (path === '/readyz') {
       if (this.closing || this.draining) return text(503, 'draining\n');
-      return this.scheduler ? text(200, 'ready\n') : text(503, 'loading\n');
+      if (!this.scheduler) return text(503, 'loading\n');
+      // Redis down: this instance still serves its own sessions (ready), and says what it cannot do
+      const redis = this.cluster ? (this.cluster.up ? 'redis: up\n' : 'redis: down (serving this instance\'s sessions; no takeover, no shared budgets)\n') : '';
+      return text(200, `ready\n${redis}`);
     }
     if (path === '/metrics') {
       if (this.keys && !this.keys.allowsMetrics(presentedKey(ex.header('authorization')))) {
@@ -448,8 +464,13 @@ export class Gateway {
       void this.store?.remove(hash);
       return undefined;
     }
-    const session = new Session(this.scheduler, {
-      format: this.format,
+    return this.revive(token, r, tenant);
+  }
+
+  /** A session made live from its record (the state dir's, or another instance's in Redis). */
+  revive(token: string, r: SessionRecord, tenant: Tenant | null): SessionRunner {
+    const session = new Session(this.scheduler!, {
+      format: this.format!,
       maxTokens: this.defaultMaxTokens,
       sampling: this.options.sessionSampling,
       contextPolicy: r.context_policy,
@@ -466,11 +487,16 @@ export class Gateway {
     return runner;
   }
 
-  /** Saves a session to the state dir (no-op without one, or without a resume token). */
-  persist(runner: SessionRunner): Promise<void> {
+  /**
+   * Saves a session: to the state dir, and to Redis (with the answer running now, `pending`, and
+   * the conversation as it was before it, so that another instance can run it again). No-op
+   * without either, or without a resume token. A Redis write refused because another instance
+   * owns the session now ends it here.
+   */
+  async persist(runner: SessionRunner, running?: { pending: PendingAnswer; conversation: ConversationData }, last?: LastAnswer): Promise<void> {
     const token = runner.resumeToken;
-    if (!this.store || !token) return Promise.resolve();
-    return this.store.save({
+    if ((!this.store && !this.cluster) || !token) return;
+    const record: SessionRecord = {
       weft_session: 1,
       session_id: runner.session.id,
       token_hash: hashToken(token),
@@ -478,14 +504,21 @@ export class Gateway {
       system: runner.system ?? null,
       sampling: { ...runner.sampling },
       context_policy: runner.session.contextPolicy,
-      conversation: runner.session.conversation.toJSON(),
+      conversation: running?.conversation ?? runner.session.conversation.toJSON(),
       key: runner.tenant?.name ?? null,
-    });
+    };
+    const saved = this.store && !running ? this.store.save(record) : Promise.resolve();
+    if (this.cluster) {
+      const r = await this.cluster.save({ ...record, pending: running?.pending ?? null, last: last ?? runner.lastAnswer ?? null }, this.resumeTtlMs);
+      if (r === 'lost') runner.lost();
+    }
+    await saved;
   }
 
   /** Forgets a saved session (it ended, or its token was rotated). */
   forgetSaved(token: string | null): void {
     if (this.store && token) void this.store.remove(hashToken(token));
+    if (this.cluster && token) void this.cluster.remove(hashToken(token));
   }
 
   /** Every session runner: connected ones and those waiting for a resume. */
@@ -551,6 +584,12 @@ export class Gateway {
     const host = this.options.host ?? '127.0.0.1';
     const port = await this.transport.listen(host, this.options.port ?? 8080);
     if (this.options.instanceId === undefined) this.instanceId = defaultInstanceId(port);
+    if (this.options.redis && !this.cluster) {
+      this.cluster = new ClusterState(this.options.redis, this.instanceId, { log: this.log });
+      this.cluster.start();
+      this.metrics.watchCluster(this.cluster);
+      if (this.keys) for (const t of this.keys.tenants) t.share(this.cluster);
+    }
     this.origins.bind(host, port);
     const h = host.includes(':') ? `[${host}]` : host;
     return { host, port, url: `http://${h}:${port}` };
@@ -598,6 +637,7 @@ export class Gateway {
     await Promise.allSettled([...this.sessions].map((s) => s.close()));
     this.openai.close();
     await this.scheduler?.close();
+    await this.cluster?.close();
     await this.transport.close();
   }
 }

@@ -10,7 +10,10 @@ import { ResponseLog, type FrameBuilder, type ResponseSink } from '../session/re
 import type { Session, Turn, TurnDone } from '../session/session.js';
 import { toTurnSampling, toWireSampling, type ClientEvent, type WireSampling } from './protocol.js';
 import type { Gateway } from './server.js';
+import { randomBytes, randomInt } from 'node:crypto';
 import { budgetTap, type Tenant } from './api-keys.js';
+import type { LastAnswer, PendingAnswer } from '../cluster/redis-state.js';
+import { hashToken } from '../session/state-store.js';
 
 /** What a connection gives its session's runner. */
 export interface Wire {
@@ -39,7 +42,6 @@ interface Response {
 
 type Create = Extract<ClientEvent, { type: 'message.create' }>;
 
-let nextResponseId = 1;
 
 export class SessionRunner {
   sampling: WireSampling = {};
@@ -249,7 +251,35 @@ export class SessionRunner {
     });
   }
 
-  private create(ev: Create): void {
+  /**
+   * Another instance died while it ran an answer of this session, and this one took the session
+   * over (src/cluster): the answer runs again from the same conversation with the same message and
+   * sampling (seed included), so its tokens are the same; the client gets the deltas after
+   * `lastSeq` of `clientResponseId` (when it is this answer; else response.created and every delta).
+   */
+  regenerate(pending: PendingAnswer, lastSeq: number, clientResponseId: string | undefined): void {
+    const known = clientResponseId === pending.response_id;
+    this.create({ type: 'message.create', content: pending.content, sampling: pending.sampling as WireSampling }, { id: pending.response_id, skipThrough: known ? lastSeq : -1, announce: !known });
+  }
+
+  /** The last answer that ended (kept in Redis for a client that missed its end when its instance died). */
+  lastAnswer: LastAnswer | null = null;
+
+  /** Called when another instance took this session over (it was presumed dead): set by the connection. */
+  onLost: (() => void) | null = null;
+
+  /** This instance lost the session to another (a fenced write was refused): its answer stops here, and the client is sent to the owner. */
+  lost(): void {
+    if (this.wasLost) return;
+    this.wasLost = true;
+    this.gw.metrics.errors.inc({ code: 'WEFT_SESSION_ELSEWHERE' });
+    this.cancelAll();
+    this.onLost?.();
+  }
+
+  private wasLost = false;
+
+  private create(ev: Create, regen?: { id: string; skipThrough: number; announce: boolean }): void {
     const r = this.running;
     if (r && r.turn.request.cancelRequested && !this.queued) {
       this.queued = ev; // barge-in: the cancel settles within a step, then this message starts
@@ -263,9 +293,17 @@ export class SessionRunner {
       delete ev.commit;
       this.input = '';
     }
-    const opts = toTurnSampling({ ...this.sampling, ...ev.sampling });
-    const tenant = this.tenant;
-    const id = `resp_${nextResponseId++}`;
+    const wire: WireSampling = { ...this.sampling, ...ev.sampling };
+    // an answer another instance may have to run again token for token gets its seed now
+    const cluster = this.gw.cluster;
+    if (cluster && wire.seed === undefined) wire.seed = randomInt(2 ** 47);
+    const opts = toTurnSampling(wire);
+    const tenant = regen ? null : this.tenant; // an answer run again was paid for
+    const id = regen?.id ?? `resp_${randomBytes(9).toString('base64url')}`;
+    if (cluster && this.resumeToken) {
+      // before it starts: the conversation as it stands, and what to run again, for whoever takes over
+      void this.gw.persist(this, { pending: { response_id: id, content: ev.content, sampling: { ...wire } }, conversation: this.session.conversation.toJSON() });
+    }
     const log = new ResponseLog(id, this.gw.replayBytes, this.frameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1));
     const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
     this.session
@@ -291,7 +329,7 @@ export class SessionRunner {
       .then(
         (turn) => {
           this.preparing = null;
-          this.started({ id, turn, log }, ev.event_id, preparing.cancelled ? (preparing.cancelEventId ?? null) : undefined);
+          this.started({ id, turn, log }, ev.event_id, preparing.cancelled ? (preparing.cancelEventId ?? null) : undefined, regen);
         },
         (err) => {
           this.preparing = null;
@@ -302,11 +340,11 @@ export class SessionRunner {
   }
 
   /** A turn was submitted: response.created, then its events. `cancelId`: a cancel came while it was being prepared. */
-  private started(r: Response, eventId: string | undefined, cancelId: string | null | undefined): void {
+  private started(r: Response, eventId: string | undefined, cancelId: string | null | undefined, regen?: { skipThrough: number; announce: boolean }): void {
     this.current = r;
-    this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
+    if (!regen || regen.announce) this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
     this.lastDeltaAt = 0;
-    const tenant = this.tenant;
+    const tenant = regen ? null : this.tenant;
     r.turn.listen(
       tenant
         ? budgetTap(r.log, tenant, () => {
@@ -315,14 +353,32 @@ export class SessionRunner {
           })
         : r.log,
     );
-    r.log.attach(this.sink(r));
+    const sink = this.sink(r);
+    // an answer run again: the deltas the client already has are not sent twice
+    const skip = regen?.skipThrough ?? -1;
+    r.log.attach(skip < 0 ? sink : { ...sink, delta: (seq, frame) => seq > skip && sink.delta(seq, frame) });
     void r.turn.done.then((d) => this.observe(d), () => undefined);
+    if (this.gw.cluster && this.resumeToken) this.flushProgress(r);
     if (this.progress) this.watch(r);
     if (cancelId !== undefined) {
       r.cancelEventId = cancelId ?? undefined;
       r.turn.cancel();
     }
     if (!this.wire) r.log.detach();
+  }
+
+  /** While `r` runs, its progress goes to Redis every 250 ms (the new owner checks its run again against it). */
+  private flushProgress(r: Response): void {
+    const cluster = this.gw.cluster!;
+    const hash = hashToken(this.resumeToken!);
+    let sent = -1;
+    const timer = setInterval(() => {
+      if (r.log.result || this.wasLost) return clearInterval(timer);
+      if (r.log.nextSeq === sent) return;
+      sent = r.log.nextSeq;
+      void cluster.progress(hash, { response_id: r.id, next_seq: r.log.nextSeq, text: r.log.text }, this.gw.resumeTtlMs);
+    }, 250);
+    timer.unref();
   }
 
   /**
@@ -365,6 +421,7 @@ export class SessionRunner {
   private finish(r: Response): void {
     if (!r.doneFrame) {
       r.doneFrame = this.doneFrame(r);
+      if (this.gw.cluster) this.lastAnswer = { response_id: r.id, text: r.log.text, next_seq: r.log.nextSeq, done: r.doneFrame };
       void this.gw.persist(this); // the conversation as it stands after this answer
     }
     if (!this.wire) return; // delivered on resume
