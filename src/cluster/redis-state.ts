@@ -193,7 +193,7 @@ export class ClusterState {
   }
 
   private async beat(): Promise<void> {
-    if (this.closed || this.redis.status !== 'ready') return;
+    if (this.closed || this.leaving || this.redis.status !== 'ready') return;
     await this.call('heartbeat', () => this.redis.set(`weft:inst:${this.instanceId}`, '1', 'PX', this.instanceTtlMs), null);
   }
 
@@ -304,6 +304,16 @@ export class ClusterState {
   get numDirty(): number {
     return this.dirty.size;
   }
+
+  /** Stops saying this instance lives (a drain handing its sessions over): others may claim them at once. */
+  async leave(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    this.leaving = true;
+    await this.call('leave', () => this.redis.del(`weft:inst:${this.instanceId}`), 0);
+  }
+
+  private leaving = false;
 
   async close(): Promise<void> {
     this.closed = true;

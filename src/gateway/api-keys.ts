@@ -48,6 +48,8 @@ export interface BudgetInfo {
 /** A tokens-per-minute bucket shared by instances (src/cluster/redis-state.ts); null: it cannot say now. */
 export interface SharedBudget {
   takeTokens(key: string, perMinute: number, n: number, need?: number): Promise<{ ok: boolean; left: number; waitMs: number } | null>;
+  /** Changes this instance's lease count by `delta`; the total over live instances (null: it cannot say now). */
+  lease(key: string, max: number | null, delta: 1 | -1): Promise<{ ok: boolean; total: number } | null>;
 }
 
 /** One key's tenant: its limits and what it is using now. */
@@ -157,16 +159,30 @@ export class Tenant {
    */
   acquire(): () => void {
     const max = this.limits.maxConcurrent;
-    if (max !== null && this.active >= max) {
-      throw Object.assign(new WeftError('WEFT_KEY_CONCURRENCY', `the API key "${this.name}" holds its maximum of ${max} concurrent sessions and requests`), { retryAfterMs: 1000 });
+    // with several instances: what all of them hold, as of the last shared count (one round trip behind)
+    const held = Math.max(this.active, this.active + this.othersActive);
+    if (max !== null && held >= max) {
+      throw Object.assign(new WeftError('WEFT_KEY_CONCURRENCY', `the API key "${this.name}" holds its maximum of ${max} concurrent sessions and requests${this.shared ? ' (on all instances)' : ''}`), { retryAfterMs: 1000 });
     }
     this.active++;
-    let held = true;
+    this.shareLease(1);
+    let holding = true;
     return () => {
-      if (!held) return;
-      held = false;
+      if (!holding) return;
+      holding = false;
       this.active--;
+      this.shareLease(-1);
     };
+  }
+
+  /** Leases other instances hold (from the shared count). */
+  private othersActive = 0;
+
+  private shareLease(delta: 1 | -1): void {
+    if (!this.shared || this.limits.maxConcurrent === null) return;
+    void this.shared.lease(this.name, null, delta).then((r) => {
+      if (r) this.othersActive = Math.max(0, r.total - this.active);
+    });
   }
 
   budget(): BudgetInfo {

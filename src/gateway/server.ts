@@ -337,6 +337,8 @@ export class Gateway {
     if (!this.origins.allows(u.origin)) return refuse(403, ORIGIN_REFUSED);
     const wait = this.addressLimiter.refusesFor(u.remoteAddress);
     if (wait > 0) return refuse(429, ADDRESS_RATE_LIMITED, wait);
+    // behind a proxy with other instances, a draining one answers 503 before the upgrade: the proxy tries the next
+    if (this.draining && this.cluster) return refuse(503, 'WEFT_DRAINING: this instance is shutting down; another one takes its sessions over\n', 1000);
     let tenant: Tenant | null = null;
     if (this.keys) {
       tenant = this.keys.authenticate(presentedKey(u.authorization, u.protocols));
@@ -620,6 +622,8 @@ export class Gateway {
       // every conversation, as it stands after its last answer, for a restarted weft to resume
       await Promise.all([...this.runners()].map((r) => this.persist(r)));
       await this.store?.flush();
+      // several instances: the others may take these sessions over as soon as their clients reconnect
+      await this.cluster?.leave();
       for (const c of [...this.connections]) c.closeForShutdown();
       for (const c of [...this.realtime]) c.closeForShutdown();
       await this.close();
