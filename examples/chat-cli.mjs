@@ -1,14 +1,25 @@
 #!/usr/bin/env node
-// A terminal chat over weft's SDK: `node examples/chat-cli.mjs [ws://127.0.0.1:8080/v1/ws]`
+// A terminal chat over weft's SDK: `node examples/chat-cli.mjs [--api-key KEY] [ws://127.0.0.1:8080/v1/ws]`
 // (start the server with `npm start`). Each line you type is a message; the answer streams back.
 // Ctrl+C while an answer streams stops it; Ctrl+C at the prompt (or Ctrl+D) quits.
+// A server run with --api-keys needs a key: --api-key KEY, or the environment's WEFT_API_KEY.
 import { createInterface } from 'node:readline/promises';
+import { parseArgs } from 'node:util';
 import { WeftClient, WeftError } from 'weft/client';
 
-const url = process.argv[2] ?? 'ws://127.0.0.1:8080/v1/ws';
+let args;
+try {
+  args = parseArgs({ options: { 'api-key': { type: 'string' } }, allowPositionals: true });
+} catch (err) {
+  console.error(`${err.message}\nusage: node examples/chat-cli.mjs [--api-key KEY] [ws://HOST:PORT/v1/ws]`);
+  process.exit(2);
+}
+const url = args.positionals[0] ?? 'ws://127.0.0.1:8080/v1/ws';
+const apiKey = args.values['api-key'] ?? (process.env.WEFT_API_KEY || undefined);
 let client;
 try {
   client = await WeftClient.connect(url, {
+    apiKey,
     onEvent: (e) => {
       if (e.type === 'reconnecting') process.stderr.write(`\n[reconnecting, attempt ${e.attempt}]\n`);
       if (e.type === 'draining') process.stderr.write(`\n[the server is shutting down]\n`);

@@ -6,11 +6,6 @@ import { WeftClient, WeftError } from '/client/index.js';
 const RECONNECT = { attempts: 8, minDelayMs: 100, maxDelayMs: 5000 };
 /** How long a (re)connect waits for the server's first event. */
 const TIMEOUT_MS = 10_000;
-/**
- * Where an API key travels: browsers cannot set headers on a WebSocket, so the key goes in this
- * query parameter of every (re)connect. The key field appears when the server answers
- * WEFT_UNAUTHORIZED (or HTTP 401).
- */
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -37,6 +32,12 @@ let client = null;
 let generation = 0;
 /** connecting | ready | reconnecting | lost | needs-key */
 let state = 'connecting';
+/**
+ * The API key of a server run with --api-keys ('' until one is asked for). Browsers cannot set
+ * headers on a WebSocket: the page passes it to WeftClient.connect as `apiKey`, and the SDK sends
+ * it at every (re)connect as the subprotocol entry `openai-insecure-api-key.KEY`. The key field
+ * appears when the server answers WEFT_UNAUTHORIZED (or HTTP 401).
+ */
 let apiKey = '';
 /** The answer streaming now: { response, stopRequested }. */
 let current = null;
@@ -131,9 +132,11 @@ async function connect() {
 async function unauthorized(err) {
   if (err?.code === 'WEFT_UNAUTHORIZED') return true;
   if (err?.code !== 'WEFT_CONNECTION_LOST') return false;
-  // a refused upgrade reaches a browser WebSocket as a bare close: ask over HTTP why
+  // a refused upgrade reaches a browser WebSocket as a bare close: ask over HTTP why (with the key,
+  // so that a key refused for another reason, such as its concurrency, is not taken for a wrong one)
   try {
-    const res = await fetch(new URL('/v1/ws', location.href), { cache: 'no-store' });
+    const headers = apiKey ? { authorization: `Bearer ${apiKey}` } : {};
+    const res = await fetch(new URL('/v1/ws', location.href), { cache: 'no-store', headers });
     return res.status === 401;
   } catch {
     return false;

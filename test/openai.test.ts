@@ -165,10 +165,12 @@ describe.each(['ws', 'uws'] as const)('OpenAI-compatible HTTP over %s', (transpo
     try {
       for (const sampling of [{ temperature: 0 }, { temperature: 0.9, top_p: 0.95, seed: 1234 }]) {
         const first = [{ role: 'user' as const, content: `Tell me a story about a lighthouse ${sampling.temperature}.` }];
-        const a = await client.chat.completions.create({ model, messages: first, max_tokens: 16, ...sampling });
+        // answers longer than their prompt: the follow-up sends this one back as text, re-tokenized
+        const a = await client.chat.completions.create({ model, messages: first, max_tokens: 48, ignore_eos: true, ...sampling } as never);
         const follow = [...first, { role: 'assistant' as const, content: a.choices[0]!.message.content! }, { role: 'user' as const, content: 'And then what happened?' }];
         const b = await client.chat.completions.create({ model, messages: follow, max_tokens: 16, ...sampling });
         const prefix = chatPrompt(gw, first).length;
+        expect(a.usage!.completion_tokens).toBeGreaterThan(prefix);
         expect(b.usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThanOrEqual(prefix);
         const coldB = await cold.client.chat.completions.create({ model, messages: follow, max_tokens: 16, ...sampling });
         expect(coldB.usage!.prompt_tokens_details!.cached_tokens).toBe(0);
@@ -273,6 +275,23 @@ describe.each(['ws', 'uws'] as const)('OpenAI-compatible HTTP over %s', (transpo
 });
 
 describe('API keys on the HTTP front', () => {
+  test("one key never reuses another key's KV (cached_tokens would tell what it sent)", async () => {
+    const keys = new ApiKeys({ keys: [{ name: 'a', key: 'sk-aaaa-1234' }, { name: 'b', key: 'sk-bbbb-1234' }] });
+    const { gw, base } = await serve({ apiKeys: keys });
+    const mk = (key: string) => new OpenAI({ apiKey: key, baseURL: `${base}/v1`, maxRetries: 0 });
+    try {
+      const messages = [{ role: 'system' as const, content: 'You are a helpful assistant who answers in long, detailed paragraphs.' }, { role: 'user' as const, content: 'What is the capital of France?' }];
+      await mk('sk-aaaa-1234').chat.completions.create({ model: gw.modelName, messages, max_tokens: 8 });
+      const b = await mk('sk-bbbb-1234').chat.completions.create({ model: gw.modelName, messages, max_tokens: 8 });
+      expect(b.usage!.prompt_tokens_details!.cached_tokens).toBe(0);
+      const a = await mk('sk-aaaa-1234').chat.completions.create({ model: gw.modelName, messages, max_tokens: 8 });
+      expect(a.usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(0);
+      expect(a.choices[0]!.message.content).toBe(b.choices[0]!.message.content);
+    } finally {
+      await gw.close();
+    }
+  });
+
   test('no key or a wrong key is AuthenticationError; a spent budget is RateLimitError with Retry-After; max_tokens is capped; concurrency', async () => {
     const keys = new ApiKeys({
       keys: [

@@ -10,6 +10,7 @@ import { Engine, defaultBackend, type BackendName, type SamplingOptions } from '
 import { generate } from '../engine/generate.js';
 import { isLoopback } from '../gateway/origin.js';
 import { Gateway } from '../gateway/server.js';
+import { nginxConfCommand } from '../cluster/nginx-conf.js';
 import { defaultModel, parseFlags, readServeOptions, type Flags } from './args.js';
 
 // Engine steps wait for their GPU work (or CPU threads) on libuv worker threads: leave room for
@@ -28,14 +29,20 @@ usage:
                 [--logprobs N] [--backend cpu|cuda] [--threads N] [--json]
   weft bench    [--model DIR] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
                 [--backend cpu|cuda] [--threads N] [--json]
+  weft nginx-conf --instance ID=HOST:PORT ... [--listen 80] [--server-name NAME] [--max-body-bytes SIZE]
+                [--tls-cert FILE --tls-key FILE] [--connect-timeout S] [--stream-timeout S] [--fail-timeout S]
+                [--access-log PATH|off]: prints NGINX's configuration for several instances (deploy/nginx/weft.conf)
 
 --model defaults to the embedded model (models/default) when it is present.
 --backend defaults to cuda when weft was built with CUDA and a GPU is visible, else cpu
 (WEFT_BACKEND sets the default).
 
 weft serve: HTTP and WebSocket on one port: protocol v1 at ws://HOST:PORT/v1/ws
-(docs/protocol.md), GET /healthz, /readyz, /metrics. Every option has an environment
-equivalent, WEFT_ and its name in capitals (--max-queue: WEFT_MAX_QUEUE), the flag winning.
+(docs/protocol.md); the OpenAI-compatible routes GET /v1/models, POST /v1/chat/completions and
+POST /v1/completions, streamed or not (docs/openai.md); OpenAI's Realtime API, text only, at
+ws://HOST:PORT/v1/realtime (docs/realtime.md); the chat page at /; GET /healthz, /readyz,
+/metrics. Every option has an environment equivalent, WEFT_ and its name in capitals
+(--max-queue: WEFT_MAX_QUEUE), the flag winning.
 SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
 
   where and who:
@@ -52,6 +59,16 @@ SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
                               limits (max_concurrent, tokens_per_minute, max_tokens, weight): every route
                               but /healthz and /readyz then needs one (default: open to anyone who
                               reaches the port)
+  several instances:
+  --redis URL                 shared state for several instances: docs/scale-out.md (redis:// or
+                              rediss://; default: none, one instance)
+  --instance-id ID            this instance's id: resume tokens begin with it, so that the proxy in
+                              front routes a resume to the instance that holds the session (letters,
+                              digits, _ and -, at most 64; default: the hostname and the port)
+  --trusted-proxies LIST      comma-separated addresses or CIDR ranges of reverse proxies in front of
+                              weft: for their connections the client's address (per-address limits)
+                              is the last X-Forwarded-For address that is not one of them (default:
+                              none: the peer's address)
   the engine:
   --backend cpu|cuda          see above
   --cuda-device N             the GPU's ordinal (default 0)
@@ -280,6 +297,7 @@ async function main(argv: string[]): Promise<void> {
   if (cmd === 'serve') return cmdServe(rest);
   if (cmd === 'generate') return cmdGenerate(rest);
   if (cmd === 'bench') return cmdBench(rest);
+  if (cmd === 'nginx-conf') return void process.stdout.write(nginxConfCommand(rest));
   throw new WeftError('WEFT_BAD_ARGUMENT', `unknown command ${cmd} (try weft --help)`);
 }
 

@@ -10,7 +10,7 @@
  * (where the WebSocket can pause: the `ws` package), so the server's backpressure reaches back to
  * the engine.
  */
-import type { ClientEvent, ResponseDoneEvent, ServerEvent, SessionInfo, WireSampling } from './protocol.js';
+import type { BudgetInfo, ClientEvent, ResponseDoneEvent, ServerEvent, SessionInfo, WireSampling } from './protocol.js';
 
 /** A failure with weft's code: the server's (`WEFT_*` from its catalog) or the client's own. */
 export class WeftError extends Error {
@@ -45,6 +45,7 @@ export interface ConnectOptions {
    * The API key of a server run with --api-keys: sent at every (re)connect as the subprotocol
    * entry `openai-insecure-api-key.KEY` (what browsers can send). A refused key fails connect
    * with WEFT_UNAUTHORIZED where the server's answer is visible (Node), else WEFT_CONNECTION_LOST.
+   * The key's limits and remaining budget are in `session.budget`.
    */
   apiKey?: string;
   /** Take up an existing session (its resume token) instead of creating one. */
@@ -186,10 +187,18 @@ export class WeftResponse implements AsyncIterable<string> {
 
 let nextEventId = 1;
 
+/** What a reconnect attempt may fail with and still be followed by the next one (anything else, WEFT_UNAUTHORIZED among them, ends them). */
+const RETRIED = new Set([
+  'WEFT_CONNECTION_LOST', 'WEFT_SESSION_CONNECTED', 'WEFT_TIMEOUT', 'WEFT_TOO_MANY_SESSIONS', 'WEFT_DRAINING',
+  // HTTP 429 at the handshake, or the key's concurrency as an error event (two handshakes that raced)
+  'WEFT_RATE_LIMITED', 'WEFT_KEY_CONCURRENCY',
+]);
+
 export class WeftClient {
   /** The WebSocket class when connect() is given none (set to the `ws` package by the Node entry). */
   static defaultWebSocket: WebSocketConstructor | undefined = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  session!: SessionInfo & { resumeToken: string | null };
+  /** `budget`: the API key's limits and use when the session was created (a server run with --api-keys). */
+  session!: SessionInfo & { resumeToken: string | null; budget?: BudgetInfo };
   private ws!: WebSocketLike;
   private readonly WS: WebSocketConstructor;
   private current: WeftResponse | null = null;
@@ -317,7 +326,9 @@ export class WeftClient {
           if (ev.type === 'session.created' || ev.type === 'session.resumed') {
             first = false;
             clearTimeout(timer);
-            this.session = { ...ev.session, resumeToken: ev.resume_token ?? resume ?? null };
+            // session.resumed carries no budget: the one of session.created is kept
+            const budget = ev.type === 'session.created' ? ev.budget : this.session?.budget;
+            this.session = { ...ev.session, resumeToken: ev.resume_token ?? resume ?? null, ...(budget ? { budget } : {}) };
             this.startHeartbeat(ws);
             resolve();
           } else if (ev.type === 'error' && ev.code !== 'WEFT_RESUME_UNKNOWN') {
@@ -346,7 +357,8 @@ export class WeftClient {
         if (first) {
           first = false;
           if (refusal === '401') return reject(new WeftError('WEFT_UNAUTHORIZED', `${this.url} refused the API key (HTTP 401)`));
-          if (refusal === '429') return reject(new WeftError('WEFT_KEY_CONCURRENCY', `${this.url} refused the connection: too many for this key or address (HTTP 429)`));
+          // 429 is either the key's max_concurrent (WEFT_KEY_CONCURRENCY) or the address's byte rate: the status cannot tell which
+          if (refusal === '429') return reject(new WeftError('WEFT_RATE_LIMITED', `${this.url} refused the connection for now (HTTP 429): the API key holds its max_concurrent sessions and requests, or this address is over its byte rate`));
           reject(new WeftError('WEFT_CONNECTION_LOST', `the connection to ${this.url} closed before the session started (${refusal ? `HTTP ${refusal}` : ev.code})`));
           return;
         }
@@ -393,10 +405,8 @@ export class WeftClient {
         for (const text of queued) this.ws.send(text);
         return;
       } catch (err) {
-        const code = (err as WeftError).code;
-        if (code !== 'WEFT_CONNECTION_LOST' && code !== 'WEFT_SESSION_CONNECTED' && code !== 'WEFT_TIMEOUT' && code !== 'WEFT_TOO_MANY_SESSIONS' && code !== 'WEFT_DRAINING') {
-          return this.lost(err as WeftError);
-        }
+        // a 429 is retried: a key at max_concurrent may be held by this client's old socket, not yet seen closed
+        if (!RETRIED.has((err as WeftError).code)) return this.lost(err as WeftError);
       }
     }
     this.lost(new WeftError('WEFT_CONNECTION_LOST', `the connection was lost and ${attempts} reconnects failed`));

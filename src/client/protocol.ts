@@ -51,6 +51,21 @@ export interface SessionInfo {
   limits: { max_context: number; max_frame_bytes: number; default_max_tokens: number };
 }
 
+/** The API key's limits and what it uses now, in session.created of a server run with --api-keys (null: no limit). */
+export interface BudgetInfo {
+  /** The key's name (never the key). */
+  key: string;
+  max_concurrent: number | null;
+  /** Sessions and HTTP requests the key holds now, this one included. */
+  concurrent: number;
+  tokens_per_minute: number | null;
+  tokens_remaining: number | null;
+  /** Cap on any one answer's max_tokens. */
+  max_tokens: number | null;
+  /** The key's share of decode slots under load. */
+  weight: number;
+}
+
 export interface Usage {
   prompt_tokens: number;
   cached_tokens: number;
@@ -63,7 +78,8 @@ export interface Timing {
   duration_ms: number;
 }
 
-export type FinishReason = 'stop' | 'length' | 'cancelled' | 'shutdown' | 'error';
+/** `budget`: the API key's tokens per minute ran out during the answer (with `error` WEFT_KEY_BUDGET). */
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'shutdown' | 'budget' | 'error';
 
 export interface ResponseDoneEvent {
   type: 'response.done';
@@ -86,7 +102,7 @@ export interface ResponseStatus {
 }
 
 export type ServerEvent =
-  | { type: 'session.created'; session: SessionInfo; resume_token: string | null }
+  | { type: 'session.created'; session: SessionInfo; resume_token: string | null; budget?: BudgetInfo }
   | { type: 'session.resumed'; session: SessionInfo; resume_token?: string; response: ResponseStatus | null; event_id?: string }
   | { type: 'session.updated'; session: { id: string; system: string | null; sampling: WireSampling; effective_sampling: WireSampling; context_policy: 'truncate' | 'reject'; progress: boolean; kv: { state: string; tokens: number } }; resume_token?: string; event_id?: string }
   | { type: 'response.created'; response_id: string; event_id?: string }

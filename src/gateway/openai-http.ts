@@ -221,28 +221,48 @@ export class OpenAIHttp {
 
     // the KV of an earlier request whose tokens this prompt extends
     const cache = this.prefixCacheFor();
-    const hit = cache?.take(prompt) ?? null;
+    const owner = job.tenant?.name ?? '';
+    const hit = cache?.take(prompt, owner) ?? null;
     const cached = hit?.cached ?? 0;
     try {
       job.tenant?.checkBudget(prompt.length - cached);
     } catch (err) {
-      if (hit) cache!.put(hit.sequence, prompt.slice(0, cached));
+      if (hit) cache!.put(hit.sequence, prompt.slice(0, cached), owner);
       throw err;
     }
     let seq: Sequence | null = hit?.sequence ?? (cache ? scheduler.engine.createSequence(sampling) : null);
+    const free = (s: Sequence) => {
+      scheduler.forget(s);
+      try {
+        s.free();
+      } catch {
+        /* already gone */
+      }
+    };
     const giveBack = (fed: number[] | null) => {
       if (!seq) return;
       const s = seq;
       seq = null;
-      if (fed && cache) cache.put(s, [...prompt.slice(0, cached), ...fed]);
-      else {
-        scheduler.forget(s);
-        try {
-          s.free();
-        } catch {
-          /* already gone */
-        }
-      }
+      if (!fed || !cache) return free(s);
+      const kv = [...prompt.slice(0, cached), ...fed];
+      // a follow-up sends the answer back as text, whose tokens need not be the ones generated: the
+      // entry keeps what a follow-up's prompt will begin with (the conversation rendered with the
+      // answer), so that the follow-up extends it instead of missing it
+      void this.followUpTokens(job).then(
+        (next) => {
+          let n = 0;
+          if (next) while (n < kv.length && n < next.length && kv[n] === next[n]) n++;
+          else n = kv.length;
+          if (n === 0) return free(s);
+          try {
+            if (n < kv.length) s.truncate(n);
+            cache.put(s, kv.slice(0, n), owner);
+          } catch {
+            free(s);
+          }
+        },
+        () => cache.put(s, kv, owner),
+      );
     };
     let request: ScheduledRequest;
     try {
@@ -270,8 +290,8 @@ export class OpenAIHttp {
     }
     request.listen((ev) => {
       if (ev.type === 'token') return this.onToken(job, ev);
+      this.onDone(job, ev, prompt.length); // first: the answer's whole text is known then
       giveBack(ev.finishReason === 'error' ? null : request.fed);
-      this.onDone(job, ev, prompt.length);
     });
   }
 
@@ -329,6 +349,19 @@ export class OpenAIHttp {
     this.writeSse(job, 'data: [DONE]\n\n');
     job.ex.end();
     this.endJob(job);
+  }
+
+  /** The tokens a follow-up's prompt begins with: the conversation (or prompt) with this answer as the client will send it back. */
+  private async followUpTokens(job: Job): Promise<number[] | null> {
+    const format = this.gw.format;
+    if (!format) return null;
+    const tok = format.tokenizer;
+    if (job.kind === 'chat') {
+      const messages = [...(job.params as ReturnType<typeof chatParams>).messages, { role: 'assistant' as const, content: job.text }];
+      return tok.encodeAsync(format.render(messages, false), { addSpecialTokens: false });
+    }
+    const pr = (job.params as ReturnType<typeof textParams>).prompt;
+    return typeof pr === 'string' ? tok.encodeAsync(pr + job.text) : null;
   }
 
   /** OpenAI's rate-limit headers for a key with a tokens-per-minute budget. */

@@ -22,6 +22,9 @@
  * `maxEntries`, `maxTokens` or `maxParkedBytes`, the least recently used entries are freed. A
  * sequence that is in a step is never freed.
  *
+ * Entries belong to the API key whose request made them (`owner`): a key never takes another's,
+ * so `cached_tokens` tells nobody what another key sent.
+ *
  * The engine has no copy-on-write fork: a partial match (a shared system prompt) truncates the
  * taken entry's KV to the common prefix and its tail is lost, so one is taken only when it saves
  * at least as many tokens as it throws away.
@@ -54,6 +57,8 @@ interface Entry {
   key: string | null;
   /** When it was put (a tick): the older of two equal matches is taken. */
   putAt: number;
+  /** Whose it is (an API key's name; '' without keys): only its owner's requests may take it. */
+  owner: string;
 }
 
 export class PrefixCache {
@@ -103,8 +108,8 @@ export class PrefixCache {
    * to that prefix, leaving at least one prompt token to prefill; null when none matches. It may
    * be parked: the scheduler restores it at admission.
    */
-  take(prompt: readonly number[]): PrefixHit | null {
-    for (const { entry, keep } of this.candidates(prompt)) {
+  take(prompt: readonly number[], owner = ''): PrefixHit | null {
+    for (const { entry, keep } of this.candidates(prompt, owner)) {
       if (!this.cut(entry, keep)) continue;
       this.remove(entry);
       this.counters.hits++;
@@ -122,7 +127,7 @@ export class PrefixCache {
    * `tokens.length` tokens: a wrong entry would give wrong answers). Entries beyond the
    * limits are freed, least recently used first. WEFT_SEQUENCE_BUSY for a sequence in a step.
    */
-  put(seq: Sequence, tokens: readonly number[]): boolean {
+  put(seq: Sequence, tokens: readonly number[], owner = ''): boolean {
     const info = seq.info();
     if (info.busy) throw new WeftError('WEFT_SEQUENCE_BUSY', `sequence ${seq.id} is in a step; put it once its request is done`);
     const old = this.entries.get(seq);
@@ -132,7 +137,7 @@ export class PrefixCache {
       this.counters.evictions++;
       return false;
     }
-    const entry: Entry = { seq, tokens: Int32Array.from(tokens), key: tokens.length >= this.minMatch ? keyOf(tokens, this.minMatch) : null, putAt: ++this.tick };
+    const entry: Entry = { seq, tokens: Int32Array.from(tokens), key: tokens.length >= this.minMatch ? keyOf(tokens, this.minMatch) : null, putAt: ++this.tick, owner };
     this.entries.set(seq, entry);
     if (entry.key === null) this.short.add(entry);
     else {
@@ -185,9 +190,11 @@ export class PrefixCache {
    * An entry that would lose more tokens than it saves is no match: a shared system prompt must
    * not wipe out conversations (each new one cutting the last one's entry back to that prompt).
    */
-  private candidates(prompt: readonly number[]): { entry: Entry; keep: number }[] {
+  private candidates(prompt: readonly number[], owner: string): { entry: Entry; keep: number }[] {
     const found: { entry: Entry; keep: number }[] = [];
     const consider = (entry: Entry) => {
+      // another key's entry is no match: its cached_tokens would tell what that key sent
+      if (entry.owner !== owner) return;
       const t = entry.tokens;
       const n = Math.min(t.length, prompt.length);
       let common = 0;
