@@ -66,7 +66,7 @@ describe('the generated configuration', () => {
     expect(conf).toMatch(/upstream weft_pool \{\n {4}zone weft_pool 64k;\n {4}least_conn;\n/);
     expect(conf).toContain('listen 8443 ssl;');
     expect(conf).toContain('client_max_body_size 1m;');
-    expect(conf).toContain('proxy_next_upstream error timeout;');
+    expect(conf).toContain('proxy_next_upstream error timeout http_503;');
     expect(conf).not.toMatch(/proxy_next_upstream [^;]*non_idempotent/);
     expect(conf).not.toMatch(/\$request\b|\$request_uri|\$args/); // no resume token in the access log
   });

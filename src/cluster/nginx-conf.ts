@@ -9,7 +9,9 @@
  * prefix to the upstream's name.
  *
  * Choices (see the directives' comments in the output, and test/nginx.test.ts):
- * - `proxy_next_upstream error timeout`, without `non_idempotent`: a POST completion is passed to
+ * - `proxy_next_upstream error timeout http_503`, without `non_idempotent`: a GET (a WebSocket
+ *   upgrade, a resume) goes to the next instance when one is draining (it answers 503 before the
+ *   upgrade when it has peers); a POST completion is passed to
  *   another instance only when it was never sent (connection refused or connect timeout), which
  *   is what failover needs; once sent, a second try could generate (and charge the key) twice.
  * - `proxy_connect_timeout` short (2 s) so that a dead host fails over fast; read and send
@@ -210,9 +212,10 @@ export function nginxConf(o: NginxConfOptions): string {
     '        proxy_set_header X-Forwarded-Proto $scheme;',
     '',
     '        # the next instance on a refused or timed-out connect; a GET (WebSocket upgrades, resumes)',
-    '        # also on an error before the response; a POST only when it was never sent (no',
-    '        # non_idempotent: a completion that reached an instance is not generated twice)',
-    '        proxy_next_upstream error timeout;',
+    '        # also on an error before the response, or a 503 (an instance draining or loading answers',
+    '        # upgrades with 503); a POST only when it was never sent (no non_idempotent: a completion',
+    '        # that reached an instance is not generated twice)',
+    '        proxy_next_upstream error timeout http_503;',
     `        proxy_connect_timeout ${connect}s;`,
     '        # WebSockets and SSE streams live long (weft pings every 30 s)',
     `        proxy_read_timeout ${stream}s;`,
