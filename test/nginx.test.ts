@@ -14,7 +14,8 @@ import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import WebSocket from 'ws';
-import { nginxConf, nginxConfCommand, nginxStandaloneConf, type NginxConfOptions, type NginxInstance } from '../src/cluster/nginx-conf.js';
+import { nginxConf, nginxConfCommand, type NginxInstance } from '../src/cluster/nginx-conf.js';
+import { Nginx } from './helpers/nginx.js';
 import { Engine } from '../src/engine/engine.js';
 import { ApiKeys } from '../src/gateway/api-keys.js';
 import { Gateway } from '../src/gateway/server.js';
@@ -101,127 +102,10 @@ describe('the generated configuration', () => {
   });
 });
 
-// ---- NGINX ----------------------------------------------------------------------------------
-
-function onPath(name: string): string | null {
-  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin']) {
-    const p = join(dir, name);
-    if (dir && existsSync(p)) return p;
-  }
-  return null;
-}
-
-/** The nginx binary: $NGINX_BIN, PATH, /usr/sbin; else apt-get installs it when we are root. */
-function findNginx(): { bin: string | null; why: string } {
-  const found = () => process.env.NGINX_BIN ?? onPath('nginx');
-  let bin = found();
-  if (bin) return { bin, why: '' };
-  if (process.getuid?.() !== 0 || !onPath('apt-get')) return { bin: null, why: 'the nginx binary is not on PATH and apt-get cannot install it here (not root, or no apt-get)' };
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const install = () => spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'nginx'], { env, stdio: 'ignore', timeout: 300_000 }).status === 0;
-  if (!install()) {
-    spawnSync('apt-get', ['update'], { env, stdio: 'ignore', timeout: 300_000 });
-    install();
-  }
-  bin = found();
-  // where it could be installed (root with apt-get, as in CI) and was not, the test fails: no silent skip
-  if (!bin) throw new Error('the nginx binary is not on PATH and `apt-get install -y nginx` failed');
-  return { bin, why: '' };
-}
-
-const nginx = findNginx();
-
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
-}
-
-/** Whether something accepts TCP connections on this loopback port. */
-const accepts = (port: number) =>
-  new Promise<boolean>((res) => {
-    const s = connect(port, '127.0.0.1', () => {
-      s.end();
-      res(true);
-    }).on('error', () => res(false));
-  });
-
-/** A running NGINX: `nginx -p DIR -c DIR/nginx.conf -g 'daemon off;'`, owned by a watchdog shell. */
-class Nginx {
-  private log = '';
-  private pid = 0;
-  private constructor(readonly dir: string, readonly port: number, private readonly proc: ChildProcess) {
-    proc.stdout!.on('data', (d: Buffer) => {
-      if (!this.pid) this.pid = Number.parseInt(d.toString(), 10);
-    });
-    proc.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
-  }
-
-  static async start(o: Omit<NginxConfOptions, 'listen'>): Promise<Nginx> {
-    const dir = mkdtempSync(join(tmpdir(), 'weft-nginx-'));
-    chmodSync(dir, 0o755); // run as root, NGINX's workers are `nobody`: they write the temp dirs in here
-    const port = await freePort();
-    const conf = join(dir, 'nginx.conf');
-    writeFileSync(conf, nginxStandaloneConf({ ...o, listen: `127.0.0.1:${port}` }));
-    const check = spawnSync(nginx.bin!, ['-e', 'stderr', '-p', dir, '-c', conf, '-t'], { encoding: 'utf8' });
-    if (check.status !== 0) {
-      const text = readFileSync(conf, 'utf8');
-      rmSync(dir, { recursive: true, force: true });
-      throw new Error(`nginx -t refused the generated conf:\n${check.stderr}\n${text}`);
-    }
-    // When this process goes away in any way its stdin reaches EOF and the shell stops NGINX.
-    const args = ['-e', 'stderr', '-p', dir, '-c', conf, '-g', 'daemon off;'];
-    const proc = spawn('sh', ['-c', '"$0" "$@" </dev/null & p=$!; echo $p; trap \'kill $p\' TERM; cat >/dev/null; kill $p 2>/dev/null; wait $p', nginx.bin!, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const n = new Nginx(dir, port, proc);
-    const end = Date.now() + 10_000;
-    for (;;) {
-      let failed: string | null = null;
-      if (proc.exitCode !== null) failed = `nginx exited (${proc.exitCode})`;
-      else if (await accepts(port)) return n;
-      else if (Date.now() > end) failed = `nginx did not answer on ${port}`;
-      if (failed) {
-        const log = n.log;
-        await n.stop();
-        throw new Error(`${failed}:\n${log}`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-
-  get url(): string {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  /** The access log (weft_log: no query strings). */
-  accessLog(): string {
-    return readFileSync(join(this.dir, 'access.log'), 'utf8');
-  }
-
-  async stop(): Promise<void> {
-    if (this.proc.exitCode === null) {
-      const exited = new Promise<void>((r) => this.proc.once('exit', () => r()));
-      this.proc.stdin!.end();
-      const timer = setTimeout(() => {
-        if (this.pid) try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
-        this.proc.kill('SIGKILL');
-      }, 5000);
-      await exited;
-      clearTimeout(timer);
-    }
-    if (this.pid) expect(() => process.kill(this.pid, 0), 'nginx still running').toThrow();
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
 const LIMIT = 1 << 20;
 const instanceOf = (token: string) => token.slice(0, token.indexOf('.'));
 
-describe.skipIf(!nginx.bin)('NGINX in front of three weft instances', () => {
+describe('NGINX in front of three weft instances', () => {
   let engine: Engine;
   const gws = new Map<string, Gateway>();
   let proxy: Nginx;
@@ -369,7 +253,7 @@ describe.skipIf(!nginx.bin)('NGINX in front of three weft instances', () => {
   });
 });
 
-describe.skipIf(!nginx.bin)('NGINX with TLS in front of a weft instance with API keys', () => {
+describe('NGINX with TLS in front of a weft instance with API keys', () => {
   let engine: Engine;
   let gw: Gateway;
   let proxy: Nginx;
@@ -432,4 +316,3 @@ describe.skipIf(!nginx.bin)('NGINX with TLS in front of a weft instance with API
 });
 
 // only where NGINX cannot be installed (not root, or no apt-get) do its tests not run; say so
-if (!nginx.bin) console.warn(`nginx.test.ts: the NGINX tests did not run: ${nginx.why}`);
