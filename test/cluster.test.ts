@@ -5,6 +5,11 @@
  * across instances; Redis going away does not stop an instance from serving its own sessions.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Conversation, type TurnResult } from './helpers/conversation.js';
+import { Nginx } from './helpers/nginx.js';
 import { RedisServer } from './helpers/redis.js';
 import { WeftProcess } from './helpers/weft-process.js';
 import { Client, type Ev } from './helpers/ws-client.js';
@@ -116,5 +121,150 @@ describe('takeover', () => {
     const e = await Client.open(`${a.wsUrl}?resume=${created.resume_token}`);
     expect(await e.next()).toMatchObject({ type: 'session.resumed' });
     e.ws.close();
+  });
+});
+
+// ---- three instances behind NGINX ---------------------------------------------------------------
+
+const N = 60;
+const TURNS = 3;
+const PROMPTS = ['Tell me a story about a lighthouse keeper.', 'What happened next?', 'How did it end?'];
+const samplingOf = (i: number, t: number) => ({ temperature: 0.8, top_k: 40, seed: 7000 + i * 10 + t, max_tokens: 40 });
+
+/** Each conversation run on one instance without interruption: the answers every cluster run must equal. */
+async function reference(url: string, n: number): Promise<TurnResult[][]> {
+  const out: TurnResult[][] = [];
+  const run = async (i: number) => {
+    const c = new Conversation(url);
+    await c.start();
+    const turns: TurnResult[] = [];
+    for (let t = 0; t < TURNS; t++) turns.push(await c.turn(`${PROMPTS[t]} (#${i})`, samplingOf(i, t)));
+    c.close();
+    out[i] = turns;
+  };
+  for (let i = 0; i < n; i += 20) await Promise.all(Array.from({ length: Math.min(20, n - i) }, (_, k) => run(i + k)));
+  return out;
+}
+
+function expectSameAnswers(got: TurnResult[], want: TurnResult[], what: string): void {
+  expect(got.length, what).toBe(want.length);
+  got.forEach((g, t) => {
+    // each seq exactly once, in order, none missing
+    expect(g.seqs, `${what} turn ${t}: seqs`).toEqual(want[t]!.seqs.map((_, k) => k));
+    expect(g.text, `${what} turn ${t}: text`).toBe(want[t]!.text);
+    expect(g.done.finish_reason, `${what} turn ${t}`).toBe(want[t]!.done.finish_reason);
+  });
+}
+
+describe('three instances behind NGINX with one Redis', () => {
+  let want: TurnResult[][];
+  beforeAll(async () => {
+    const ref = await WeftProcess.start([]);
+    procs.push(ref);
+    want = await reference(ref.wsUrl, N);
+    await ref.kill();
+  });
+
+  test('60 multi-turn sessions; one instance is SIGKILLed mid-answer: every answer completes, each seq once, text = an uninterrupted run', async () => {
+    const ids = ['k1', 'k2', 'k3'];
+    const inst = await Promise.all(ids.map((id) => instance(id)));
+    const proxy = await Nginx.start({ instances: inst.map((p, i) => ({ id: ids[i]!, address: `127.0.0.1:${p.port}` })) });
+    try {
+      const wsUrl = proxy.url.replace('http', 'ws') + '/v1/ws';
+      const convs = Array.from({ length: N }, () => new Conversation(wsUrl));
+      await Promise.all(convs.map((c) => c.start()));
+      // least connections: every instance serves some
+      for (const id of ids) expect(convs.filter((c) => c.instances[0] === id).length, id).toBeGreaterThan(10);
+      let secondTurnStarted = 0;
+      let victim = '';
+      const killAt = new Promise<void>((resolve) => {
+        const timer = setInterval(() => {
+          if (secondTurnStarted < N * 0.8) return;
+          clearInterval(timer);
+          resolve();
+        }, 5);
+      });
+      void killAt.then(async () => {
+        // the instance serving most sessions, mid-answer
+        const count = (id: string) => convs.filter((c) => c.instances[c.instances.length - 1] === id).length;
+        victim = [...ids].sort((a, b) => count(b) - count(a))[0]!;
+        await inst[ids.indexOf(victim)]!.kill();
+      });
+      const got = await Promise.all(
+        convs.map(async (c, i) => {
+          const turns: TurnResult[] = [];
+          for (let t = 0; t < TURNS; t++) {
+            if (t === 1) secondTurnStarted++;
+            turns.push(await c.turn(`${PROMPTS[t]} (#${i})`, samplingOf(i, t)));
+          }
+          return turns;
+        }),
+      );
+      expect(victim).not.toBe('');
+      got.forEach((turns, i) => expectSameAnswers(turns, want[i]!, `session ${i}`));
+      // the victim's sessions moved once, to a live instance; the others never moved
+      const moved = convs.filter((c) => c.instances.length > 1);
+      expect(moved.length).toBeGreaterThan(5);
+      for (const c of convs) {
+        expect(c.instances.length).toBeLessThanOrEqual(2);
+        if (c.instances.length === 2) {
+          expect(c.instances[0]).toBe(victim);
+          expect(c.instances[1]).not.toBe(victim);
+        }
+      }
+      const interrupted = got.filter((turns) => turns.some((t) => t.reconnects > 0)).length;
+      expect(interrupted).toBeGreaterThan(0);
+      // no session served by two instances at once: no fenced write was ever refused
+      for (const p of inst) expect(p.err).not.toContain('another instance owns it now');
+      const takeovers = inst.filter((p) => p.alive).map((p) => (p.err.match(/taken over from /g) ?? []).length).reduce((a, b) => a + b, 0);
+      expect(takeovers).toBe(moved.length);
+      for (const c of convs) c.close();
+    } finally {
+      await proxy.stop();
+      await Promise.all(inst.map((p) => p.kill()));
+    }
+  });
+
+  test('a rolling restart (each instance drained, then started again) with zero failed turns', async () => {
+    const ids = ['r1', 'r2', 'r3'];
+    const inst = await Promise.all(ids.map((id) => instance(id, ['--drain-timeout', '5'])));
+    const proxy = await Nginx.start({ instances: inst.map((p, i) => ({ id: ids[i]!, address: `127.0.0.1:${p.port}` })) });
+    try {
+      const wsUrl = proxy.url.replace('http', 'ws') + '/v1/ws';
+      const n = 24;
+      const convs = Array.from({ length: n }, () => new Conversation(wsUrl));
+      await Promise.all(convs.map((c) => c.start()));
+      let restarting = true;
+      const restarts = (async () => {
+        for (const p of inst) {
+          expect(await p.stop()).toBe(0); // SIGTERM: a drain, then exit 0
+          await p.run();
+        }
+        restarting = false;
+      })();
+      // conversations go on (turn after turn, starting over) until every instance was restarted
+      const rounds: TurnResult[][][] = [];
+      await Promise.all(
+        convs.map(async (c, i) => {
+          for (let round = 0; restarting || round === 0; round++) {
+            const turns: TurnResult[] = [];
+            for (let t = 0; t < TURNS; t++) turns.push(await c.turn(`${PROMPTS[t]} (#${i})`, samplingOf(i, t)));
+            (rounds[i] ??= []).push(turns);
+            // later rounds go on in the same session (another conversation): only the first is compared
+            if (round === 0) expectSameAnswers(turns, want[i]!, `session ${i}`);
+            if (!restarting) break;
+          }
+        }),
+      );
+      await restarts;
+      expect(rounds.flat().length).toBeGreaterThanOrEqual(n);
+      // sessions moved off each drained instance (taken over where they were resumed), and none was lost
+      for (const id of ids) expect(convs.filter((c) => c.instances.slice(0, -1).includes(id)).length, `sessions moved off ${id}`).toBeGreaterThan(0);
+      expect(convs.every((c) => c.errors.every((e) => ['WEFT_DRAINING', 'WEFT_SESSION_ELSEWHERE'].includes(e.code)))).toBe(true);
+      for (const p of inst) expect(p.err).not.toContain('another instance owns it now');
+    } finally {
+      await proxy.stop();
+      await Promise.all(inst.map((p) => p.kill()));
+    }
   });
 });
