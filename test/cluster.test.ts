@@ -268,3 +268,116 @@ describe('three instances behind NGINX with one Redis', () => {
     }
   });
 });
+
+// ---- keys, Redis failures -------------------------------------------------------------------------
+
+const metric = async (url: string, line: RegExp): Promise<number> => {
+  const text = await (await fetch(`${url}/metrics`, { headers: { authorization: 'Bearer sk-shared-123' } })).text();
+  const m = line.exec(text);
+  return m ? Number(m[1]) : NaN;
+};
+
+describe('keys and failures across instances', () => {
+  let keysFile: string;
+  beforeAll(() => {
+    const dir = mkdtempSync(join(tmpdir(), 'weft-keys-'));
+    keysFile = join(dir, 'keys.json');
+    writeFileSync(
+      keysFile,
+      JSON.stringify({
+        keys: [
+          { name: 'shared', key: 'sk-shared-123', tokens_per_minute: 300, max_tokens: 16 },
+          { name: 'other', key: 'sk-other-1234' },
+        ],
+      }),
+    );
+  });
+
+  test("a key's tokens per minute hold across instances (not N times the quota)", async () => {
+    const inst = await Promise.all(['b1', 'b2', 'b3'].map((id) => instance(id, ['--api-keys', keysFile])));
+    try {
+      const refused = await Promise.all(
+        inst.map(async (p, i) => {
+          const c = new Conversation(p.wsUrl, { headers: { authorization: 'Bearer sk-shared-123' } });
+          await c.start();
+          for (let t = 0; t < 40; t++) {
+            try {
+              await c.turn(`Tell me something, number ${i}-${t}.`, { temperature: 0.7, seed: t, max_tokens: 64 });
+            } catch (err) {
+              if (String(err).includes('WEFT_KEY_BUDGET')) return true;
+              throw err;
+            }
+          }
+          return false;
+        }),
+      );
+      expect(refused).toEqual([true, true, true]);
+      // every token charged, on all instances together: the budget and what was in flight when it ran out
+      const charged = (await Promise.all(inst.map((p) => metric(p.url, /^weft_key_tokens_total\{key="shared"\} (\S+)$/m)))).reduce((a, b) => a + b, 0);
+      expect(charged).toBeGreaterThan(250);
+      expect(charged).toBeLessThan(300 * 1.6); // three separate budgets would have allowed 900
+    } finally {
+      await Promise.all(inst.map((p) => p.kill()));
+    }
+  });
+
+  test("a resume token is good only with its session's key, on any instance", async () => {
+    const [x, y] = await Promise.all([instance('x1', ['--api-keys', keysFile]), instance('y1', ['--api-keys', keysFile])]);
+    try {
+      const c = new Conversation(x.wsUrl, { headers: { authorization: 'Bearer sk-other-1234' } });
+      await c.start();
+      await c.turn('Hello.', { max_tokens: 4 });
+      const token = c.token!;
+      await x.kill();
+      const wrong = await Client.open(`${y.wsUrl}?resume=${token}`, { headers: { authorization: 'Bearer sk-shared-123' } });
+      expect(await wrong.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
+      expect(await wrong.next()).toMatchObject({ type: 'session.created' });
+      wrong.ws.close();
+      expect(y.err).toContain('a resume token of key "other" was presented with key "shared"');
+      // its own key still can (the record was not given away)
+      const right = await Client.open(`${y.wsUrl}?resume=${token}`, { headers: { authorization: 'Bearer sk-other-1234' } });
+      expect(await right.next()).toMatchObject({ type: 'session.resumed' });
+      right.ws.close();
+      // a forged token naming another instance is unknown too
+      const forged = await Client.open(`${y.wsUrl}?resume=x1.${'A'.repeat(32)}`, { headers: { authorization: 'Bearer sk-other-1234' } });
+      expect(await forged.next()).toMatchObject({ type: 'error', code: 'WEFT_RESUME_UNKNOWN' });
+      forged.ws.close();
+    } finally {
+      await Promise.all([x.kill(), y.kill()]);
+    }
+  });
+
+  test('Redis down: instances serve their own sessions and say so; when it is back they write them again and takeover works', async () => {
+    const [a, b] = await Promise.all([instance('d1'), instance('d2')]);
+    try {
+      const c = new Conversation(a.wsUrl);
+      await c.start();
+      await c.turn('First.', { max_tokens: 8, temperature: 0 });
+      await redis.stop();
+      const t0 = Date.now();
+      const r = await c.turn('Second.', { max_tokens: 8, temperature: 0 });
+      expect(r.seqs.length).toBeGreaterThan(0);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      const ready = await fetch(`${a.url}/readyz`);
+      expect(ready.status).toBe(200);
+      expect(await ready.text()).toContain('redis: down');
+      expect(await metric(a.url, /^weft_redis_up (\S+)$/m)).toBe(0);
+      // Redis comes back empty (no persistence): the instance writes its sessions again
+      await redis.run();
+      const end = Date.now() + 20_000;
+      while (!a.err.includes("wrote this instance's") && Date.now() < end) await new Promise((res) => setTimeout(res, 50));
+      expect(a.err, a.err).toContain('redis: unavailable');
+      expect(a.err, a.err).toMatch(/wrote this instance's \d+ sessions again/);
+      expect(await (await fetch(`${a.url}/readyz`)).text()).toContain('redis: up');
+      // so that when a dies, b takes the session over
+      await a.kill();
+      const token = c.token!;
+      c.close();
+      const d = await Client.open(`${b.wsUrl}?resume=${token}`);
+      expect(await d.next()).toMatchObject({ type: 'session.resumed' });
+      d.ws.close();
+    } finally {
+      await Promise.all([a.kill(), b.kill()]);
+    }
+  });
+});

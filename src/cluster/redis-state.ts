@@ -137,6 +137,9 @@ export class ClusterState {
   /** Records that could not be written while Redis was down, written again when it is back (by token hash). */
   private readonly dirty = new Map<string, () => Promise<unknown>>();
   private closed = false;
+  private wasReady = false;
+  /** Called when Redis is back after an outage (the gateway writes its sessions again). */
+  onReconnect: (() => void) | null = null;
 
   constructor(
     url: string,
@@ -158,9 +161,16 @@ export class ClusterState {
     });
     this.redis.on('error', () => undefined); // reported through `up` and the log below
     this.redis.on('ready', () => {
+      const again = this.wasReady;
+      this.wasReady = true;
       if (!this.up) this.log(`redis: connected (${url.replace(/\/\/[^@]*@/, '//***@')})`);
       this.up = true;
-      void this.beat().then(() => this.rewriteDirty());
+      void this.beat()
+        .then(() => this.rewriteDirty())
+        .then(() => {
+          // a Redis that comes back may have lost what it held: the owner writes its sessions again
+          if (again) this.onReconnect?.();
+        });
     });
     this.redis.on('end', () => this.setDown('connection ended'));
     this.redis.on('close', () => this.setDown('connection closed'));

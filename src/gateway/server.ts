@@ -588,6 +588,10 @@ export class Gateway {
     if (this.options.instanceId === undefined) this.instanceId = defaultInstanceId(port);
     if (this.options.redis && !this.cluster) {
       this.cluster = new ClusterState(this.options.redis, this.instanceId, { log: this.log });
+      this.cluster.onReconnect = () => {
+        const runners = [...this.runners()].filter((r) => r.resumeToken && !r.busy);
+        void Promise.all(runners.map((r) => this.persist(r))).then(() => runners.length > 0 && this.log(`redis: wrote this instance's ${runners.length} sessions again`));
+      };
       this.cluster.start();
       this.metrics.watchCluster(this.cluster);
       if (this.keys) for (const t of this.keys.tenants) t.share(this.cluster);
