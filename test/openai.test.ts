@@ -236,9 +236,30 @@ describe.each(['ws', 'uws'] as const)('OpenAI-compatible HTTP over %s', (transpo
     expect((await r.json()).error.code).toBe('WEFT_NOT_FOUND');
     r = await fetch(`${base}/v1/chat/completions`);
     expect(r.status).toBe(405);
+    expect(r.headers.get('allow')).toBe('POST');
     expect((await r.json()).error.code).toBe('WEFT_METHOD_NOT_ALLOWED');
     // still serving
     expect((await client.models.list()).data).toHaveLength(1);
+  });
+
+  test('CORS: a browser origin the gateway allows gets its preflight and the headers; another gets none', async () => {
+    const g = new Gateway({ transport, port: 0, allowedOrigins: ['https://app.example'] });
+    g.attach(engine);
+    const b = (await g.listen()).url;
+    try {
+      const pre = await fetch(`${b}/v1/chat/completions`, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type, x-stainless-os' } });
+      expect(pre.status).toBe(204);
+      expect(pre.headers.get('access-control-allow-origin')).toBe('https://app.example');
+      expect(pre.headers.get('access-control-allow-headers')).toBe('authorization, content-type, x-stainless-os');
+      const r = await fetch(`${b}/v1/models`, { headers: { origin: 'https://app.example' } });
+      expect(r.headers.get('access-control-allow-origin')).toBe('https://app.example');
+      const evil = await fetch(`${b}/v1/chat/completions`, { method: 'OPTIONS', headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' } });
+      expect(evil.status).toBe(403);
+      expect(evil.headers.get('access-control-allow-origin')).toBeNull();
+      expect((await fetch(`${b}/v1/models`, { headers: { origin: 'https://evil.example' } })).headers.get('access-control-allow-origin')).toBeNull();
+    } finally {
+      await g.close();
+    }
   });
 
   test('a client that opens a stream and never reads is paused, then cut off; others never notice', async () => {
@@ -304,6 +325,8 @@ describe('API keys on the HTTP front', () => {
     const model = gw.modelName;
     try {
       expect(await mk('sk-wrong-000').models.list().catch((e: unknown) => e)).toBeInstanceOf(OpenAI.AuthenticationError);
+      // without a key even which routes exist is not told
+      expect((await fetch(`${base}/v1/embeddings`)).status).toBe(401);
       const noKey = await fetch(`${base}/v1/models`);
       expect(noKey.status).toBe(401);
       expect((await noKey.json()).error).toMatchObject({ code: 'WEFT_UNAUTHORIZED', type: 'authentication_error' });
@@ -324,6 +347,7 @@ describe('API keys on the HTTP front', () => {
       const rl = limited as InstanceType<typeof OpenAI.RateLimitError>;
       expect(rl.code).toBe('WEFT_KEY_BUDGET');
       expect(Number(rl.headers?.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect(Number(rl.headers?.get('x-ratelimit-limit-tokens'))).toBe(120);
 
       // max_concurrent 1: a second request while one streams is 429
       const one = mk('sk-one-12345');

@@ -492,7 +492,7 @@ export class Connection extends LinkedFront implements FrontConnection {
     if (this.closed) return;
     this.closed = true;
     this.gw.connections.delete(this);
-    this.gw.metrics.connections.set(this.gw.connections.size);
+    this.gw.metrics.connections.set(this.gw.connections.size + this.gw.realtime.size);
     this.releaseLease?.();
     if (this.resumeToken) this.gw.liveTokens.delete(this.resumeToken);
     const runner = this.runner;
@@ -512,7 +512,7 @@ export class Connection extends LinkedFront implements FrontConnection {
     this.closed = true;
     this.releaseLease?.();
     this.gw.connections.delete(this);
-    this.gw.metrics.connections.set(this.gw.connections.size);
+    this.gw.metrics.connections.set(this.gw.connections.size + this.gw.realtime.size);
   }
 
   private error(code: WeftErrorCode, message: string, eventId?: string): void {

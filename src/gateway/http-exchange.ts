@@ -75,6 +75,7 @@ export abstract class ExchangeBase {
 /** The reason phrases of the statuses weft sends. */
 export const STATUS_TEXT: Record<number, string> = {
   200: 'OK',
+  204: 'No Content',
   400: 'Bad Request',
   401: 'Unauthorized',
   403: 'Forbidden',

@@ -12,7 +12,7 @@ const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 export class GatewayMetrics {
   readonly registry = new Registry();
-  readonly ttft = new Histogram({ name: 'weft_time_to_first_token_seconds', help: 'Time from message.create to the first generated token.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly ttft = new Histogram({ name: 'weft_time_to_first_token_seconds', help: 'Time from a message (message.create, response.create, or an HTTP completion request) to its first generated token.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly interToken = new Histogram({ name: 'weft_inter_token_latency_seconds', help: 'Time between consecutive response.delta events of a response.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly queueWait = new Histogram({ name: 'weft_queue_wait_seconds', help: 'Time a turn waited in the scheduler admission queue.', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly stepDuration = new Histogram({ name: 'weft_step_duration_seconds', help: 'Duration of one engine step (one batch on one execution context).', buckets: LATENCY_BUCKETS, registers: [this.registry] });
@@ -20,7 +20,7 @@ export class GatewayMetrics {
   readonly batchTokens = new Histogram({ name: 'weft_batch_tokens', help: 'Tokens (decode tokens + prefill chunks) in one engine step.', buckets: [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096], registers: [this.registry] });
   readonly sessionsActive = new Gauge({ name: 'weft_sessions_active', help: 'Sessions open on the gateway.', registers: [this.registry] });
   readonly sessionsDetached = new Gauge({ name: 'weft_sessions_detached', help: 'Sessions whose connection is gone, waiting for a resume.', registers: [this.registry] });
-  readonly connections = new Gauge({ name: 'weft_open_connections', help: 'Open WebSocket connections.', registers: [this.registry] });
+  readonly connections = new Gauge({ name: 'weft_open_connections', help: 'Open WebSocket connections (protocol v1 and Realtime).', registers: [this.registry] });
   readonly promptTokens = new Counter({ name: 'weft_prompt_tokens_total', help: 'Prompt tokens of finished turns (cached included).', registers: [this.registry] });
   readonly cachedTokens = new Counter({ name: 'weft_cached_tokens_total', help: 'Prompt tokens served from a session KV cache instead of prefilled.', registers: [this.registry] });
   readonly generatedTokens = new Counter({ name: 'weft_generated_tokens_total', help: 'Generated (completion) tokens.', registers: [this.registry] });

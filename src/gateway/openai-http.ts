@@ -112,11 +112,14 @@ export class OpenAIHttp {
       this.fail(ex, err);
     };
     try {
-      const route = this.route(ex);
+      // a browser's CORS preflight (from an origin --allowed-origins lists): no key, no body
+      if (ex.method === 'OPTIONS' && ex.header('access-control-request-method')) return this.preflight(ex);
+      // the key first: without one, even which routes exist is not told
       if (this.gw.keys) {
         tenant = this.gw.keys.authenticate(presentedKey(ex.header('authorization')));
         if (!tenant) throw new WeftError('WEFT_UNAUTHORIZED', 'a valid API key is required: Authorization: Bearer KEY');
       }
+      const route = this.route(ex);
       if (route === 'models') return this.models(ex, null);
       if (typeof route === 'object') return this.models(ex, route.model);
       if (!this.gw.scheduler || !this.gw.format || !this.gw.engine) throw new WeftError('WEFT_NOT_READY', 'the model is still loading; retry when GET /readyz is 200');
@@ -151,7 +154,9 @@ export class OpenAIHttp {
   private route(ex: HttpExchange): 'models' | { model: string } | Kind {
     const p = ex.path.replace(/\/+$/, '');
     const allow = (method: string) => {
-      if (ex.method !== method && !(method === 'GET' && ex.method === 'HEAD')) throw new WeftError('WEFT_METHOD_NOT_ALLOWED', `${ex.method} ${p} is not allowed (use ${method})`);
+      if (ex.method !== method && !(method === 'GET' && ex.method === 'HEAD')) {
+        throw Object.assign(new WeftError('WEFT_METHOD_NOT_ALLOWED', `${ex.method} ${p} is not allowed (use ${method})`), { allow: method === 'GET' ? 'GET, HEAD' : method });
+      }
     };
     if (p === '/v1/models') return allow('GET'), 'models';
     if (p.startsWith('/v1/models/')) return allow('GET'), { model: decodeURIComponentSafe(p.slice('/v1/models/'.length)) };
@@ -169,7 +174,31 @@ export class OpenAIHttp {
 
   private json(ex: HttpExchange, status: number, body: unknown, headers: Record<string, string> = {}): void {
     this.gw.metrics.httpRequests.inc({ status: String(status) });
-    ex.respond(status, { ...headers, ...JSON_TYPE }, JSON.stringify(body));
+    ex.respond(status, { ...headers, ...this.cors(ex), ...JSON_TYPE }, JSON.stringify(body));
+  }
+
+  /**
+   * CORS for browsers calling the API from another origin: only origins the gateway allows
+   * (--allowed-origins; `*`: any). The server's own origin needs none.
+   */
+  private cors(ex: HttpExchange): Record<string, string> {
+    const origin = ex.header('origin');
+    if (!origin || !this.gw.origins.allows(origin)) return {};
+    return { 'access-control-allow-origin': origin, vary: 'Origin', 'access-control-expose-headers': 'retry-after, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens' };
+  }
+
+  private preflight(ex: HttpExchange): void {
+    const cors = this.cors(ex);
+    if (!cors['access-control-allow-origin']) return this.fail(ex, new WeftError('WEFT_ORIGIN_REFUSED', 'this origin may not call the API here (weft serve --allowed-origins)'));
+    const headers = ex.header('access-control-request-headers');
+    this.gw.metrics.httpRequests.inc({ status: '204' });
+    ex.respond(204, {
+      ...cors,
+      'access-control-allow-methods': 'GET, POST, OPTIONS',
+      // the openai SDK sends its x-stainless-* headers besides authorization and content-type
+      'access-control-allow-headers': headers && /^[\w\-, ]{1,2000}$/.test(headers) ? headers : 'authorization, content-type',
+      'access-control-max-age': '600',
+    }, '');
   }
 
   /** An error before a response started: OpenAI's error body with the status of its code. */
@@ -180,7 +209,15 @@ export class OpenAIHttp {
     const wait = (err as { retryAfterMs?: number })?.retryAfterMs;
     if (e.status === 429 || e.status === 503) headers['retry-after'] = String(Math.max(1, Math.ceil((wait ?? 1000) / 1000)));
     if (e.status === 401) headers['www-authenticate'] = 'Bearer';
+    const allowed = (err as { allow?: string })?.allow;
+    if (allowed) headers.allow = allowed;
+    if (e.code === 'WEFT_KEY_BUDGET' && this.tenantOf(ex)) Object.assign(headers, this.budgetHeaders(this.tenantOf(ex)));
     this.json(ex, e.status, openaiError(e, err instanceof ParamError ? err.param : null), headers);
+  }
+
+  /** The tenant of a request's key (for the rate-limit headers of its refusal). */
+  private tenantOf(ex: HttpExchange): Tenant | null {
+    return this.gw.keys?.authenticate(presentedKey(ex.header('authorization'))) ?? null;
   }
 
   /** Tokenizes, budgets and submits a checked request; its events are answered by `listen`. */
@@ -284,7 +321,7 @@ export class OpenAIHttp {
     job.request = request;
     job.tenant?.charge(prompt.length - cached);
     if (p.stream) {
-      job.ex.startStream(200, { ...SSE_HEADERS, ...this.budgetHeaders(job.tenant) });
+      job.ex.startStream(200, { ...SSE_HEADERS, ...this.budgetHeaders(job.tenant), ...this.cors(job.ex) });
       gw.metrics.httpRequests.inc({ status: '200' });
       if (job.kind === 'chat') this.sse(job, this.chunk(job, { role: 'assistant', content: '' }, null));
     }

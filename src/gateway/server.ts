@@ -578,7 +578,7 @@ export class Gateway {
   connect(sock: TransportSocket, resume?: { token?: string; lastSeq?: number; responseId?: string }, tenant: Tenant | null = null): Connection {
     const conn = new Connection(this, sock, resume?.token, resume?.lastSeq, resume?.responseId, tenant);
     this.connections.add(conn);
-    this.metrics.connections.set(this.connections.size);
+    this.metrics.connections.set(this.connections.size + this.realtime.size);
     return conn;
   }
 

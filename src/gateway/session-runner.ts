@@ -334,7 +334,11 @@ export class SessionRunner {
         (err) => {
           this.preparing = null;
           const e = toWeftError(err);
-          if (this.wire) this.error(e.code, e.message, ev.event_id);
+          const wait = (err as { retryAfterMs?: number })?.retryAfterMs;
+          if (!this.wire) return;
+          if (wait === undefined) return this.error(e.code, e.message, ev.event_id);
+          this.gw.metrics.errors.inc({ code: e.code });
+          this.send(withId({ type: 'error', code: e.code, message: e.message, retry_after_ms: wait }, ev.event_id));
         },
       );
   }
