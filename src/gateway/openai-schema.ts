@@ -193,9 +193,10 @@ export function chatParams(b: Body): ChatParams {
 /** POST /v1/completions. */
 export function textParams(b: Body, vocabSize: number): TextParams {
   const c = common(b, false);
-  if (b.echo === true) throw unsupported('echo', 'echo is not supported');
+  if (optBool(b, 'echo')) throw unsupported('echo', 'echo is not supported');
   if (b.suffix !== undefined && b.suffix !== null) throw unsupported('suffix', 'suffix (insertion) is not supported');
-  if (b.best_of !== undefined && b.best_of !== null && b.best_of !== 1) throw unsupported('best_of', 'best_of must be 1');
+  const bestOf = optInt(b, 'best_of', 1);
+  if (bestOf !== undefined && bestOf !== 1) throw unsupported('best_of', 'best_of must be 1');
   const lp = optInt(b, 'logprobs', 0, 5);
   let prompt: string | number[];
   const p = b.prompt;

@@ -259,7 +259,9 @@ class UwsExchange extends ExchangeBase implements HttpExchange {
     // a body left unread (refused early) closes the connection after the answer
     this.res.cork(() => {
       this.writeHead(status, headers);
-      this.res.end(body, !this.bodyComplete);
+      // HEAD: the headers a GET would get (its length included), no body
+      if (this.method === 'HEAD') this.res.endWithoutBody(Buffer.byteLength(body), !this.bodyComplete);
+      else this.res.end(body, !this.bodyComplete);
     });
   }
 
