@@ -106,6 +106,28 @@ describe('takeover', () => {
     r2.ws.close();
   });
 
+  test('an answer run again that differs from what the lost instance sent is said (WEFT_REPLAY_GAP with the text), never silent', async () => {
+    const [a, b] = await Promise.all([instance('va'), instance('vb')]);
+    const c = await Client.open(a.wsUrl);
+    const created = await c.next();
+    const part = await turn(c, 'Tell me about the sea.', 6);
+    await a.kill();
+    // what the lost instance had flushed, falsified: as if it had sampled other tokens (another backend or build)
+    const { createHash } = await import('node:crypto');
+    const { Redis } = await import('ioredis');
+    const r = new Redis(redis.url);
+    const key = `weft:prog:${createHash('sha256').update(created.resume_token).digest('hex')}`;
+    await r.set(key, JSON.stringify({ response_id: part.id, next_seq: 3, text: 'not what it said' }), 'PX', 60_000);
+    r.disconnect();
+    const c2 = await Client.open(`${b.wsUrl}?resume=${created.resume_token}&last_seq=${part.deltas.length - 1}&response_id=${part.id}`);
+    expect(await c2.next()).toMatchObject({ type: 'session.resumed' });
+    const gap = await c2.next((e) => e.type === 'error');
+    expect(gap).toMatchObject({ code: 'WEFT_REPLAY_GAP', response_id: part.id });
+    expect(typeof gap.text).toBe('string');
+    expect(b.err).toContain('differs from what the lost instance sent');
+    c2.ws.close();
+  });
+
   test('a live owner keeps its session: a resume that reaches another instance is WEFT_SESSION_ELSEWHERE naming the owner', async () => {
     const [a, b] = await Promise.all([instance('la'), instance('lb')]);
     const c = await Client.open(a.wsUrl);

@@ -125,3 +125,21 @@ test('Redis down: calls fail fast and say so; records saved meanwhile are writte
   expect(logs.some((l) => l.includes('d: redis: unavailable'))).toBe(true);
   expect(logs.some((l) => l.includes('wrote 1 session records again'))).toBe(true);
 });
+
+test('a Redis that answers slowly: calls give up after the command timeout, the instance says so and goes on', async () => {
+  const a = await instance('s');
+  const { Redis } = await import('ioredis');
+  const blocker = new Redis(redis.url);
+  await blocker.ping();
+  void blocker.call('DEBUG', 'SLEEP', '2').catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 100));
+  const t0 = Date.now();
+  expect(await a.load(hashOf(9))).toBeNull();
+  expect(Date.now() - t0).toBeLessThan(1800);
+  expect(a.up).toBe(false);
+  expect(logs.some((l) => l.startsWith('s: redis: unavailable'))).toBe(true);
+  blocker.disconnect();
+  const end = Date.now() + 10_000;
+  while (!(await a.isAlive('s')) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  expect(await a.isAlive('s')).toBe(true);
+});

@@ -418,6 +418,7 @@ export class Connection extends LinkedFront implements FrontConnection {
     const pending = record.pending ?? null;
     const last = record.last ?? null;
     runner.lastAnswer = last;
+    const progress = pending ? await cluster.loadProgress(hash) : null;
     // written under the new token before the old one goes: a death now loses nothing
     await gw.persist(runner, pending ? { pending, conversation: record.conversation } : undefined);
     await cluster.remove(hash);
@@ -429,7 +430,7 @@ export class Connection extends LinkedFront implements FrontConnection {
       resume_token: fresh,
       response: pending ? { response_id: pending.response_id, status: 'in_progress', next_seq: (this.responseId === pending.response_id ? (this.lastSeq ?? -1) : -1) + 1 } : last ? { response_id: last.response_id, status: 'done', next_seq: last.next_seq } : null,
     });
-    if (pending) return runner.regenerate(pending, this.lastSeq ?? -1, this.responseId);
+    if (pending) return runner.regenerate(pending, this.lastSeq ?? -1, this.responseId, progress);
     if (last && this.responseId === last.response_id && (this.lastSeq ?? -1) + 1 < last.next_seq + 1) {
       // the answer ended on the lost instance after the client's last delta: its text, then its end
       gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });

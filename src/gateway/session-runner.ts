@@ -12,7 +12,7 @@ import { toTurnSampling, toWireSampling, type ClientEvent, type WireSampling } f
 import type { Gateway } from './server.js';
 import { randomBytes, randomInt } from 'node:crypto';
 import { budgetTap, type Tenant } from './api-keys.js';
-import type { LastAnswer, PendingAnswer } from '../cluster/redis-state.js';
+import type { LastAnswer, PendingAnswer, Progress } from '../cluster/redis-state.js';
 import { hashToken } from '../session/state-store.js';
 
 /** What a connection gives its session's runner. */
@@ -257,9 +257,10 @@ export class SessionRunner {
    * sampling (seed included), so its tokens are the same; the client gets the deltas after
    * `lastSeq` of `clientResponseId` (when it is this answer; else response.created and every delta).
    */
-  regenerate(pending: PendingAnswer, lastSeq: number, clientResponseId: string | undefined): void {
+  regenerate(pending: PendingAnswer, lastSeq: number, clientResponseId: string | undefined, progress: Progress | null = null): void {
     const known = clientResponseId === pending.response_id;
-    this.create({ type: 'message.create', content: pending.content, sampling: pending.sampling as WireSampling }, { id: pending.response_id, skipThrough: known ? lastSeq : -1, announce: !known });
+    const expect = progress && progress.response_id === pending.response_id && progress.next_seq > 0 ? progress : null;
+    this.create({ type: 'message.create', content: pending.content, sampling: pending.sampling as WireSampling }, { id: pending.response_id, skipThrough: known ? lastSeq : -1, announce: !known, expect });
   }
 
   /** The last answer that ended (kept in Redis for a client that missed its end when its instance died). */
@@ -279,7 +280,7 @@ export class SessionRunner {
 
   private wasLost = false;
 
-  private create(ev: Create, regen?: { id: string; skipThrough: number; announce: boolean }): void {
+  private create(ev: Create, regen?: { id: string; skipThrough: number; announce: boolean; expect?: Progress | null }): void {
     const r = this.running;
     if (r && r.turn.request.cancelRequested && !this.queued) {
       this.queued = ev; // barge-in: the cancel settles within a step, then this message starts
@@ -344,7 +345,7 @@ export class SessionRunner {
   }
 
   /** A turn was submitted: response.created, then its events. `cancelId`: a cancel came while it was being prepared. */
-  private started(r: Response, eventId: string | undefined, cancelId: string | null | undefined, regen?: { skipThrough: number; announce: boolean }): void {
+  private started(r: Response, eventId: string | undefined, cancelId: string | null | undefined, regen?: { skipThrough: number; announce: boolean; expect?: Progress | null }): void {
     this.current = r;
     if (!regen || regen.announce) this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
     this.lastDeltaAt = 0;
@@ -358,9 +359,22 @@ export class SessionRunner {
         : r.log,
     );
     const sink = this.sink(r);
-    // an answer run again: the deltas the client already has are not sent twice
+    // an answer run again: the deltas the client already has are not sent twice, and the run is
+    // checked against the progress the lost instance flushed (another backend or build may sample
+    // other tokens: then the client is sent the text as it is now, never a silent divergence)
     const skip = regen?.skipThrough ?? -1;
-    r.log.attach(skip < 0 ? sink : { ...sink, delta: (seq, frame) => seq > skip && sink.delta(seq, frame) });
+    const expect = regen?.expect ?? null;
+    r.log.attach(
+      skip < 0 && !expect
+        ? sink
+        : {
+            ...sink,
+            delta: (seq, frame) => {
+              if (seq > skip) sink.delta(seq, frame);
+              if (expect && seq === expect.next_seq - 1 && r.log.text !== expect.text) this.diverged(r, expect);
+            },
+          },
+    );
     void r.turn.done.then((d) => this.observe(d), () => undefined);
     if (this.gw.cluster && this.resumeToken) this.flushProgress(r);
     if (this.progress) this.watch(r);
@@ -369,6 +383,13 @@ export class SessionRunner {
       r.turn.cancel();
     }
     if (!this.wire) r.log.detach();
+  }
+
+  /** An answer run again differs from what the lost instance had sent: the client gets the text as it is now (WEFT_REPLAY_GAP). */
+  private diverged(r: Response, expect: Progress): void {
+    this.gw.log(`session ${this.session.id}: answer ${r.id} run again differs from what the lost instance sent by seq ${expect.next_seq - 1} (another backend or build?); the client gets the whole text so far`);
+    this.gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
+    this.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: 'the answer run again on this instance differs from what the lost one had sent; its whole text so far follows', response_id: r.id, text: r.log.text, next_seq: r.log.nextSeq });
   }
 
   /** While `r` runs, its progress goes to Redis every 250 ms (the new owner checks its run again against it). */

@@ -23,7 +23,7 @@ export class RedisServer {
 
   /** Starts it (again, on the same port): nothing persisted, in memory only. */
   async run(): Promise<void> {
-    this.proc = spawn(this.bin, ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = spawn(this.bin, ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--enable-debug-command', 'yes'], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc.stdout!.on('data', (d) => (this.log = (this.log + d).slice(-20_000)));
     this.proc.stderr!.on('data', (d) => (this.log = (this.log + d).slice(-20_000)));
     const end = Date.now() + 10_000;
