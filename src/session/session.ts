@@ -1,7 +1,8 @@
 /**
  * A chat session: its conversation (messages, and every token so far as the model saw and
  * generated it: src/session/conversation.ts), its engine Sequence (the conversation's KV, kept
- * across turns), its sampling defaults and limits, and a state machine.
+ * across turns, and which of the tokens it holds), its defaults (src/session/session-options.ts),
+ * and a state machine.
  *
  * KV reuse: a follow-up turn's prompt is the conversation's tokens plus the tokens of what the
  * chat template adds after the last answer; the KV holds a prefix of those tokens (all of them
@@ -10,25 +11,28 @@
  * of the KV that still matches is kept. `cached_tokens` is the part of the prompt already in KV.
  * A turn equals a fresh sequence prefilled with the same prompt tokens (the sampler is reseeded).
  *
- * Context policy: `truncate` (default) drops the oldest exchanges (never the system prompt, never
- * the new message) until the prompt leaves room for the answer (max_tokens, at most a quarter of
- * the context) and, when there are turns enough, a quarter of the context more (so that the
- * re-prefill a drop costs buys several cached turns), and says so in the done event (`truncatedTurns`); `reject` (or a new message that
- * does not fit even alone) is WEFT_CONTEXT_OVERFLOW with the transcript unchanged. Generation
- * that reaches the context limit ends with finish reason `length`.
- * A `send` while a turn is running is rejected with WEFT_SEQUENCE_BUSY.
+ * Context policy: a prompt that does not fit the context drops the oldest exchanges (`truncate`,
+ * the default) or is WEFT_CONTEXT_OVERFLOW (`reject`): src/session/context-plan.ts plans it, and
+ * the session drops the exchanges once the turn begins. Generation that reaches the context limit
+ * ends with finish reason `length`. A `send` while a turn is running is WEFT_SEQUENCE_BUSY.
  *
  * Besides `send` (a user message and its answer), a front whose client builds the conversation
  * item by item (the Realtime front) adds, edits and removes messages with `splice` and asks for
  * an answer to the conversation as it stands with `respondAsync`; the KV is cut back to the
  * longest prefix that still matches when an edit changed what was already cached.
+ *
+ * Typing-ahead (`typeAhead`: src/session/typing-ahead.ts) prefills the KV with a message while it
+ * is still being typed; this file keeps the KV's bookkeeping (`cached`) for it as for a turn.
  */
 import { WeftError } from '../errors.js';
-import type { SamplingOptions, Sequence } from '../engine/engine.js';
+import type { Sequence } from '../engine/engine.js';
 import type { DoneEvent, ScheduledRequest, Scheduler } from '../scheduler/scheduler.js';
 import { ChatFormat, type ChatMessage } from './chat-format.js';
-import { Conversation, oldestExchange } from './conversation.js';
+import { type Content, type ContextPolicy, type ContextScope, draftPrompt, numKept, type Plan, planPrompt, promptLimit } from './context-plan.js';
+import { Conversation } from './conversation.js';
+import type { AsyncTurnOptions, SessionOptions, TurnOptions } from './session-options.js';
 import { Turn, type TurnDone } from './turn.js';
+import { stableTokens, TypingAhead } from './typing-ahead.js';
 
 export enum SessionState {
   /** No turn in progress; the conversation's KV is cached (possibly parked to host memory under KV pressure). */
@@ -45,68 +49,14 @@ export enum SessionState {
   Closed = 'closed',
 }
 
-export interface TurnOptions {
-  sampling?: SamplingOptions;
-  maxTokens?: number;
-  /** Stop strings (in addition to the chat template's turn terminator). */
-  stop?: string[];
-  /** Backpressure hook (see Scheduler SubmitOptions.isBlocked). */
-  isBlocked?: () => boolean;
-  /** The tenant (an API key's name) the turn is scheduled for, and its weight (see Scheduler SubmitOptions). */
-  tenant?: string;
-  weight?: number;
-  /**
-   * Called once the prompt is tokenized, right before the turn is submitted, with its number of
-   * tokens and how many of them the KV already holds: a throw refuses the turn (a key's budget),
-   * the transcript unchanged.
-   */
-  admit?: (numPromptTokens: number, numCachedTokens: number) => void;
-}
-
-export interface AsyncTurnOptions extends TurnOptions {
-  /** Gives up on the message while it is being tokenized (WEFT_CANCELLED; the transcript is unchanged). */
-  signal?: AbortSignal;
-}
-
-export type ContextPolicy = 'truncate' | 'reject';
-
 /** Where a session's KV is (src/session/kv-lifecycle.ts moves it). */
 export type KvState = 'resident' | 'parked' | 'dropped';
 
-export interface SessionOptions extends TurnOptions {
-  /** What a turn that does not fit the context does. Default `truncate`. */
-  contextPolicy?: ContextPolicy;
-  /** Most tokens the conversation may hold (prompt and answer), below the model's context. */
-  maxContextTokens?: number;
-  system?: string;
-  /** Prior messages (a transcript to continue). */
-  history?: ChatMessage[];
-  /** Shared by sessions of the same engine and tokenizer; built once when omitted. */
-  format?: ChatFormat;
-}
-
 export { Turn, type TurnDone, type TurnEvent, type TurnListener } from './turn.js';
+export type { ContextPolicy } from './context-plan.js';
+export type { AsyncTurnOptions, SessionOptions, TurnOptions } from './session-options.js';
 
 let nextSessionId = 1;
-
-/** Stands for the end of a message being typed, to find where it ends in the rendered prompt. */
-const TYPING_MARKER = '\u2063weft-typing\u2063';
-
-/** What a turn adds: a user message (`send`), or nothing (`respondAsync`: it answers the conversation as it stands). */
-type Content = string | null;
-
-/** A turn's prompt once tokenized: every token, and how many of the oldest exchanges it leaves out. */
-interface Plan {
-  prompt: number[];
-  skip: number;
-}
-
-/** A turn's prompt before tokenizing: kept tokens, the text to encode, the exchanges left out. */
-interface Draft {
-  prefix: number[];
-  text: string;
-  skip: number;
-}
 
 export class Session {
   readonly id = `sess_${nextSessionId++}`;
@@ -120,8 +70,7 @@ export class Session {
   private closed = false;
   private preparing = false;
   private activeAt = performance.now();
-  /** A typing-ahead prefill in flight (the sequence is in the scheduler meanwhile). */
-  private typing: Promise<number> | null = null;
+  private readonly typingAhead = new TypingAhead();
 
   constructor(
     readonly scheduler: Scheduler,
@@ -176,8 +125,8 @@ export class Session {
     const encode = (text: string) => this.format.tokenizer.encode(text, { addSpecialTokens: false });
     let plan: Plan | null = null;
     for (let skip = 0; plan === null; ) {
-      const d = this.draft(content, skip, opts);
-      plan = this.plan(d, opts, encode(d.text), content);
+      const d = draftPrompt(this.scope(opts), content, skip);
+      plan = planPrompt(this.scope(opts), d, encode(d.text), content);
       skip = d.skip + 1;
     }
     return this.begin(content, plan, opts);
@@ -210,19 +159,20 @@ export class Session {
    */
   splice(start: number, deleteCount: number, ...messages: ChatMessage[]): void {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
-    if (this.state !== SessionState.Idle || this.typing) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
+    if (this.state !== SessionState.Idle || this.typingAhead.busy) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
     this.conversation.splice(start, deleteCount, ...messages);
   }
 
   private async startAsync(content: Content, opts: AsyncTurnOptions): Promise<Turn> {
-    // a typing-ahead prefill settles first (within a step or two); its KV is the new prompt's prefix
-    while (this.typing) await this.typing.catch(() => undefined);
+    // a typing-ahead prefill settles first (within a step or two); its KV is the new prompt's prefix.
+    // Awaited only when one runs: with none, the session is Preparing before sendAsync returns
+    if (this.typingAhead.busy) await this.typingAhead.settled();
     this.preparing = true;
     let plan: Plan | null = null;
     try {
       for (let skip = 0; plan === null; ) {
-        const d = this.draft(content, skip, opts);
-        plan = this.plan(d, opts, await this.format.tokenizer.encodeAsync(d.text, { addSpecialTokens: false, signal: opts.signal }), content);
+        const d = draftPrompt(this.scope(opts), content, skip);
+        plan = planPrompt(this.scope(opts), d, await this.format.tokenizer.encodeAsync(d.text, { addSpecialTokens: false, signal: opts.signal }), content);
         skip = d.skip + 1;
       }
     } finally {
@@ -241,124 +191,46 @@ export class Session {
 
   /**
    * Typing-ahead: prefills the KV with the conversation and the part of a message still being
-   * typed that more text can no longer change (the last, unfinished word and two more tokens are
-   * held back: a BPE merge can cross them). The turn that sends the message then prefills only the
-   * rest; an edit that changed earlier text is cut back to the common prefix. Resolves with the
-   * tokens now in KV. A partial message that cannot fit is WEFT_CONTEXT_OVERFLOW.
+   * typed that more text can no longer change (src/session/typing-ahead.ts). The turn that sends
+   * the message then prefills only the rest; an edit that changed earlier text is cut back to the
+   * common prefix. Resolves with the tokens now in KV. A partial message that cannot fit is
+   * WEFT_CONTEXT_OVERFLOW.
    */
   typeAhead(partial: string): Promise<number> {
     if (this.closed || !this.seq) return Promise.reject(new WeftError('WEFT_DISPOSED', 'the session is closed'));
     if (this.state !== SessionState.Idle) return Promise.reject(new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session'));
-    const run = async (): Promise<number> => {
+    return this.typingAhead.enqueue(async () => {
       if (this.closed || !this.seq || this.state !== SessionState.Idle) return this.cached.length;
-      const word = /\S*$/.exec(partial)![0].length;
-      const d = this.conversation.next(partial.slice(0, partial.length - word) + TYPING_MARKER);
-      const text = d.text.slice(0, Math.max(0, d.text.indexOf(TYPING_MARKER)));
-      const limit = this.promptLimit({});
-      if (d.prefix.length + this.format.tokenizer.minTokens(text) > limit) throw new WeftError('WEFT_CONTEXT_OVERFLOW', 'the message being typed no longer fits the context');
-      const ids = [...d.prefix, ...(await this.format.tokenizer.encodeAsync(text, { addSpecialTokens: false }))];
-      const stable = ids.slice(0, Math.max(0, ids.length - 2));
-      if (stable.length > limit) throw new WeftError('WEFT_CONTEXT_OVERFLOW', 'the message being typed no longer fits the context');
+      const stable = await stableTokens(this.conversation, this.format, partial, promptLimit(this.scope({})));
       if (this.closed || !this.seq || this.state !== SessionState.Idle) return this.cached.length;
-      let keep = 0;
-      while (keep < Math.min(this.cached.length, stable.length) && this.cached[keep] === stable[keep]) keep++;
-      keep = this.cutKv(keep);
-      if (stable.length <= keep) return keep;
-      const prior = this.cached.slice(0, keep);
-      const request = this.scheduler.submit({ sequence: this.seq, tokens: stable.slice(keep), prefillOnly: true });
-      await request.done;
-      this.cached = [...prior, ...request.fed];
-      if (this.seq && !this.closed) this.scheduler.release(this.seq);
-      return this.cached.length;
-    };
-    const p = (this.typing ?? Promise.resolve(0)).then(run, run);
-    this.typing = p;
-    void p.finally(() => {
-      if (this.typing === p) this.typing = null;
-    }).catch(() => undefined);
-    return p;
+      return this.prefillAhead(stable);
+    });
   }
 
-  /** Most prompt tokens a turn may have: all but one (reject), or leaving room for the answer (truncate). */
+  /** Makes the KV hold `stable` (a typing-ahead's tokens): cut back to the common prefix, the rest prefilled. */
+  private async prefillAhead(stable: number[]): Promise<number> {
+    let keep = 0;
+    while (keep < Math.min(this.cached.length, stable.length) && this.cached[keep] === stable[keep]) keep++;
+    keep = this.cutKv(keep);
+    if (stable.length <= keep) return keep;
+    const prior = this.cached.slice(0, keep);
+    const request = this.scheduler.submit({ sequence: this.seq!, tokens: stable.slice(keep), prefillOnly: true });
+    await request.done;
+    this.cached = [...prior, ...request.fed];
+    if (this.seq && !this.closed) this.scheduler.release(this.seq);
+    return this.cached.length;
+  }
+
   /** The session's context: the model's, or less with `maxContextTokens`. */
   private get maxContext(): number {
     const model = this.scheduler.engine.stats().maxContext;
     return Math.min(model, this.defaults.maxContextTokens ?? model);
   }
 
-  private promptLimit(opts: TurnOptions): number {
-    const maxContext = this.maxContext;
-    if (this.contextPolicy === 'reject') return maxContext - 1;
-    const room = Math.min(opts.maxTokens ?? this.defaults.maxTokens ?? 256, Math.floor(maxContext / 4));
-    return maxContext - Math.max(1, room);
-  }
-
-  /**
-   * The text to encode for a turn that drops the `skip` oldest exchanges, after the checks that
-   * need no tokenizing: a draft that is certain not to fit by its byte count moves on to the next
-   * `skip` (truncate) or is WEFT_CONTEXT_OVERFLOW.
-   */
-  private draft(content: Content, skip: number, opts: TurnOptions): Draft {
-    const limit = this.promptLimit(opts);
-    const added: ChatMessage[] = content === null ? [] : [{ role: 'user', content }];
-    for (;;) {
-      const d = skip === 0 ? this.conversation.prompt(added) : { prefix: [], text: this.format.render([...this.withoutOldest(skip, content), ...added], true) };
-      const atLeast = d.prefix.length + this.format.tokenizer.minTokens(d.text);
-      if (atLeast <= limit) return { ...d, skip };
-      if (!this.canDrop(skip, content)) this.overflow(`at least ${atLeast}`, Buffer.byteLength(d.text));
-      skip++;
-    }
-  }
-
-  /**
-   * The prompt of a draft whose text encoded to `ids`, or null when it must drop one more exchange.
-   * Once turns are dropped, a quarter of the context more is freed when there are turns to drop:
-   * dropping changes the prefix (the next turn prefills the whole conversation again), so it
-   * should buy several turns of cache hits, not one.
-   */
-  private plan(d: Draft, opts: TurnOptions, ids: number[], content: Content): Plan | null {
-    const prompt = d.prefix.length > 0 ? [...d.prefix, ...ids] : ids;
-    const limit = this.promptLimit(opts);
-    const target = d.skip === 0 ? limit : limit - Math.floor(this.maxContext / 4);
-    if (prompt.length <= target || (prompt.length <= limit && !this.canDrop(d.skip, content))) return { prompt, skip: d.skip };
-    if (!this.canDrop(d.skip, content)) this.overflow(String(prompt.length));
-    return null;
-  }
-
-  /** Whether the truncate policy can leave out one more exchange than `skip`. */
-  private canDrop(skip: number, content: Content): boolean {
-    return this.contextPolicy === 'truncate' && this.withoutOldest(skip + 1, content).length < this.withoutOldest(skip, content).length;
-  }
-
-  /**
-   * Messages a turn never drops to fit the context: for `respondAsync` (content null) those after
-   * the last answer (the last message at least), which the answer is to; for `send`, none (its
-   * message is apart).
-   */
-  private numKept(content: Content): number {
-    if (content !== null) return 0;
-    const msgs = this.conversation.messages;
-    let n = 0;
-    while (n < msgs.length && msgs[msgs.length - 1 - n]!.role !== 'assistant') n++;
-    return Math.max(Math.min(1, msgs.length), n);
-  }
-
-  private overflow(tokens: string, bytes?: number): never {
-    const maxContext = this.maxContext;
-    const size = bytes === undefined ? `${tokens} tokens` : `${bytes} bytes: ${tokens} tokens`;
-    throw new WeftError('WEFT_CONTEXT_OVERFLOW', `the conversation (${size}) does not fit the context of ${maxContext} tokens${this.contextPolicy === 'truncate' ? ', even with only the system prompt and the new message' : ''}`);
-  }
-
-  /** The messages without the `skip` oldest exchanges (the system message stays, and those a turn keeps: numKept). */
-  private withoutOldest(skip: number, content: Content): ChatMessage[] {
-    const msgs = [...this.conversation.messages];
-    const keepLast = this.numKept(content);
-    for (let k = 0; k < skip; k++) {
-      const { first, count } = oldestExchange(msgs, keepLast);
-      if (count === 0) break;
-      msgs.splice(first, count);
-    }
-    return msgs;
+  /** What the context policy plans a turn's prompt with, read afresh at each step (contextPolicy may change). */
+  private scope(opts: TurnOptions): ContextScope {
+    const maxTokens = opts.maxTokens ?? this.defaults.maxTokens ?? 256;
+    return { conversation: this.conversation, format: this.format, policy: this.contextPolicy, maxContext: this.maxContext, maxTokens };
   }
 
   /** Submits the turn whose whole prompt is `plan.prompt`. */
@@ -390,7 +262,7 @@ export class Session {
       tenant: opts.tenant ?? this.defaults.tenant,
       weight: opts.weight ?? this.defaults.weight,
     });
-    const keepLast = this.numKept(content);
+    const keepLast = numKept(this.conversation.messages, content);
     for (let k = 0; k < plan.skip; k++) this.conversation.dropOldestTurn(keepLast);
     this.activeAt = performance.now();
     const done = request.done.then((ev) => this.settle(content, request, ev, stopStrings, prior, ids, plan.skip));
@@ -435,7 +307,7 @@ export class Session {
     if (this.closed || !this.seq) throw new WeftError('WEFT_DISPOSED', 'the session is closed');
     if (this.state !== SessionState.Idle) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a response is running in this session');
     // a typing-ahead prefill holds the sequence: refuse before anything changes (the caller waits: typingSettled)
-    if (this.typing) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a typing-ahead prefill is running in this session');
+    if (this.typingAhead.busy) throw new WeftError('WEFT_SEQUENCE_BUSY', 'a typing-ahead prefill is running in this session');
     const kept = this.conversation.trimLastAnswer(numTokens);
     if (kept === null) throw new WeftError('WEFT_NO_RESPONSE', 'the session has no answer to truncate');
     this.cutKv(Math.min(this.cached.length, kept.numTokens));
@@ -466,6 +338,7 @@ export class Session {
     if (ev.error) done.error = ev.error;
     return done;
   }
+
   /**
    * Parks the conversation's KV in host memory, returning its pages to the pool (an idle session
    * only; no-op otherwise). The next turn restores it (or re-prefills when the prefix changed).
@@ -482,7 +355,7 @@ export class Session {
    * prefills them again, computing what the kept KV would have held. An idle session only.
    */
   drop(): void {
-    if (this.closed || !this.seq || this.state !== SessionState.Idle || this.cached.length === 0 || this.typing) return;
+    if (this.closed || !this.seq || this.state !== SessionState.Idle || this.cached.length === 0 || this.typingAhead.busy) return;
     if (this.seq.info().busy) return; // in a step (a typing-ahead prefill): the next sweep
     this.scheduler.forget(this.seq);
     this.seq.free();
@@ -502,8 +375,8 @@ export class Session {
   }
 
   /** Resolves when no typing-ahead prefill is running. */
-  async typingSettled(): Promise<void> {
-    while (this.typing) await this.typing.catch(() => undefined);
+  typingSettled(): Promise<void> {
+    return this.typingAhead.settled();
   }
 
   /** When the session last started or ended a turn (performance.now()). */
