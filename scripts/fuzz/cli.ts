@@ -3,6 +3,9 @@ import { randomInt } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import { FrameGen, type WsItem } from './frames.js';
 import { fuzz } from './index.js';
+import { openaiItem } from './openai-gen.js';
+import { withHost } from './http-gen.js';
+import { requestBytes } from './openai-run.js';
 import { DEFAULTS, type FuzzOptions } from './options.js';
 import { formatReport, type FuzzReport } from './report.js';
 
@@ -10,6 +13,7 @@ const USAGE = `usage: node dist/scripts/fuzz/cli.js [options]
   --seed N            the seed (default 1; with --minutes, the first round's, then random ones)
   --frames N          WebSocket frames per transport (default 3000)
   --http N            HTTP requests per transport (default 300)
+  --openai N          requests to the OpenAI-compatible routes per transport (default 600)
   --transport T       ws, uws or both (default both)
   --connections N     WebSocket connections per transport (default 8)
   --timeout MS        how long a frame or request may wait for its answer (default 10000)
@@ -19,6 +23,10 @@ const USAGE = `usage: node dist/scripts/fuzz/cli.js [options]
                       parser rejects always is: docs/protocol.md)
   --max-restarts N    restarts of a dead server per transport before giving it up (default 6)
   --print-frame T:C:I print frame I of connection C over transport T for --seed (and --limit BYTES, default 1048576)
+  --print-request T:I write OpenAI request I over transport T for --seed as bytes (--body-limit BYTES,
+                      default 262144, and --model ID, default "default", as the run had them; --port N,
+                      default 8080, for its Host): node dist/scripts/fuzz/cli.js --print-request ws:26
+                      --port 8080 | curl's --data-binary, or nc 127.0.0.1 8080
 exit status: 0 when nothing failed, 1 otherwise.`;
 
 /** Writes to stdout and waits until it is handed over (process.exit would cut a pipe short). */
@@ -50,6 +58,14 @@ export async function cli(argv: string[]): Promise<number> {
     return n;
   };
   const seed = num('seed', 1) >>> 0;
+  const pr = flags.get('print-request');
+  if (pr) {
+    const [t, i] = pr.split(':');
+    const it = openaiItem(seed, t ?? 'ws', Number(i), { limit: num('body-limit', 262144), model: flags.get('model') ?? 'default' });
+    process.stderr.write(`${it.label}: ${it.log.join('; ')}${it.via === 'raw' ? ` [raw, ${it.framing}]` : ''}${it.reader !== 'read' ? ` [reader ${it.reader}]` : ''}\n`);
+    await out(withHost(requestBytes(it), num('port', 8080)));
+    return 0;
+  }
   const pf = flags.get('print-frame');
   if (pf) {
     const [t, c, i] = pf.split(':');
@@ -68,6 +84,7 @@ export async function cli(argv: string[]): Promise<number> {
   const base: Partial<FuzzOptions> = {
     frames: num('frames', DEFAULTS.frames),
     http: num('http', DEFAULTS.http),
+    openai: num('openai', DEFAULTS.openai),
     transports: t === 'both' ? ['ws', 'uws'] : [t as 'ws' | 'uws'],
     connections: Math.max(1, num('connections', DEFAULTS.connections)),
     answerTimeoutMs: num('timeout', DEFAULTS.answerTimeoutMs),
@@ -87,7 +104,7 @@ export async function cli(argv: string[]): Promise<number> {
     const rep = await fuzz({ ...base, seed: s, deadlineMs: left });
     reports.push(rep);
     if (!flags.has('json')) await out(formatReport(rep) + '\n');
-    if (!rep.ok) process.stderr.write(`FAILED: seed ${s} (rerun: node dist/scripts/fuzz/cli.js --seed ${s} --frames ${base.frames} --http ${base.http} --transport ${t})\n`);
+    if (!rep.ok) process.stderr.write(`FAILED: seed ${s} (rerun: node dist/scripts/fuzz/cli.js --seed ${s} --frames ${base.frames} --http ${base.http} --openai ${base.openai} --transport ${t})\n`);
     round++;
   } while (minutes > 0 && performance.now() < end);
   if (flags.has('json')) await out(JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2) + '\n');

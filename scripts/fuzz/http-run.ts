@@ -82,7 +82,11 @@ function sendHttp(port: number, it: HttpItem, timeoutMs: number, watchMs = 0): P
 /** How long the first unanswered request is kept open after its timeout, to see whether (when) the server closes it. */
 const WATCH_MS = 15_000;
 
-/** Sends the requests, `httpConcurrency` at a time, and checks that each gets a status line or a close in time. */
+/**
+ * Sends the requests, `httpConcurrency` at a time, and checks that each gets a status line or a
+ * close in time. The watch on the first unanswered one (when does the server close it?) goes on
+ * after it returns: `run.watching`.
+ */
 export async function httpPhase(run: Run, items: HttpItem[]): Promise<void> {
   let next = 0;
   let watching = 0;
@@ -145,5 +149,5 @@ export async function httpPhase(run: Run, items: HttpItem[]): Promise<void> {
   };
   await Promise.all(Array.from({ length: run.o.httpConcurrency }, worker));
   if (silent) run.note(`${run.transport}: ${silent} request(s) got neither a status line nor a close in time (${run.o.silentHttpOk ? 'silentHttpOk' : 'requests uWebSockets.js rejects: documented'})`);
-  await Promise.all(watchers);
+  run.watching.push(...watchers);
 }

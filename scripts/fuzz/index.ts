@@ -27,6 +27,20 @@
  *   line or a closed socket within a timeout; over uws a request its parser rejects (one that is
  *   not plainRequest) may go unanswered until its idle timeout closes it (docs/protocol.md), and
  *   `silentHttpOk` lets every request go unanswered.
+ * - OpenAI part (openai-body.ts, openai-gen.ts, openai-wire.ts, openai-run.ts): requests to the
+ *   OpenAI-compatible routes, valid chat and completions bodies (a small max_tokens: a 200 is
+ *   cheap) mutated at the JSON level (wrong types and out-of-range values of each known field,
+ *   NaN-like strings, unknown fields, unicode, long strings and arrays near and past the body
+ *   limit, deep nesting, roles and content parts weft does not take, stream / stream_options /
+ *   logprobs / n combinations) and at the byte level (truncated, not UTF-8, Content-Type wrong or
+ *   missing, chunked, a body on a GET, wrong methods and paths), sent over a keep-alive agent or,
+ *   where the framing is the mutation (Content-Length lies, hand-made chunked bodies, pipelining,
+ *   HTTP/1.0, Expect), raw sockets; some streams are read late or dropped. The oracle
+ *   (openai-judge.ts, openai-answer.ts) says from the request alone whether a 200 is right and
+ *   which weft codes are, and checks the answer: a well-formed completion or SSE stream ending in
+ *   `data: [DONE]`, or OpenAI's error body with a catalog code, its status, the type of that
+ *   status and a `param` that names a field of the request. After each batch the server must
+ *   still answer /healthz and a valid chat completion.
  *
  * Throughout, /healthz must answer 200. Failures are collected into a report (report.ts: seed,
  * frame or request, what happened, grouped by signature); a dead server is restarted and the
@@ -37,16 +51,18 @@
  *
  * Frames depend only on (seed, transport, connection, index) and max_frame_bytes, never on the
  * server's answers (but for `resp_LATEST`, which stands for the latest response_id when sent):
- * `--print-frame T:C:I` prints a frame again from its coordinates in a report.
+ * `--print-frame T:C:I` prints a frame again from its coordinates in a report. OpenAI requests
+ * depend on (seed, transport, index), the body limit and the model's id: `--print-request T:I`.
  *
  * CLI (cli.ts, `--help`): node dist/scripts/fuzz/cli.js [--seed N] [--frames N] [--http N]
- *      [--transport ws|uws|both] [--minutes M] [--connections N] [--timeout MS] [--json]
- *      [--silent-http-ok] [--max-restarts N] [--print-frame T:C:I]
+ *      [--openai N] [--transport ws|uws|both] [--minutes M] [--connections N] [--timeout MS]
+ *      [--json] [--silent-http-ok] [--max-restarts N] [--print-frame T:C:I] [--print-request T:I]
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { genHttp } from './http-gen.js';
 import { httpPhase } from './http-run.js';
+import { openaiPhase } from './openai-run.js';
 import { DEFAULTS, repoRoot, type FuzzOptions } from './options.js';
 import type { Failure, FuzzReport, TransportStats } from './report.js';
 import { Run } from './run.js';
@@ -57,6 +73,11 @@ import { WsWorker } from './ws-run.js';
 
 export { FrameGen, type FrameItem, type ReconnectItem, type WsItem } from './frames.js';
 export { genHttp, type HttpItem } from './http-gen.js';
+export { checkAnswer, errorType, type OpenAIAnswer, type Problem } from './openai-answer.js';
+export { genOpenAI, openaiItem, type OpenAIGenOptions, type OpenAIItem } from './openai-gen.js';
+export { expectOpenAI, paramInRequest, type OpenAIExpectation } from './openai-judge.js';
+export { expectItem, requestBytes, showRequest } from './openai-run.js';
+export { parseAnswer } from './openai-wire.js';
 export { Obj, Raw, ser, type J } from './json.js';
 export { afterResumed, expectFor, judge, overStructureLimits, samplingRange, type AfterResumed, type AnswerKind, type Expectation, type Judgement, type ResumedResponse } from './oracle.js';
 export { DEFAULTS, SERVER_ENV, type FuzzOptions } from './options.js';
@@ -71,7 +92,7 @@ async function runTransport(o: FuzzOptions, transport: 'ws' | 'uws', sigCounts: 
     await run.server.start();
   } catch (err) {
     run.fail({ phase: 'server', kind: 'start', signature: `server:start: the ${transport} server did not start`, detail: (err as Error).message });
-    return { stats: { transport, frames: 0, responses: 0, http: 0, durationMs: performance.now() - t0, restarts: 0, stoppedByDeadline: false, answers: {} }, failures: run.failures };
+    return { stats: { transport, frames: 0, responses: 0, http: 0, openai: 0, durationMs: performance.now() - t0, restarts: 0, stoppedByDeadline: false, answers: {} }, failures: run.failures };
   }
   o.log(`${transport}: server on port ${run.port}`);
   // the frame limit sizes the generated frames: read it once
@@ -79,9 +100,10 @@ async function runTransport(o: FuzzOptions, transport: 'ws' | 'uws', sigCounts: 
     const probe = await WsClient.open(`ws://127.0.0.1:${run.port}/v1/ws`, o.answerTimeoutMs);
     const e = await probe.next(performance.now() + o.answerTimeoutMs);
     if (e.kind === 'message') {
-      const m = JSON.parse(e.text) as { session?: { limits?: { max_frame_bytes?: number; max_context?: number } } };
+      const m = JSON.parse(e.text) as { session?: { limits?: { max_frame_bytes?: number; max_context?: number; default_max_tokens?: number } } };
       if (typeof m.session?.limits?.max_frame_bytes === 'number') run.limit = m.session.limits.max_frame_bytes;
       if (typeof m.session?.limits?.max_context === 'number') run.maxContext = m.session.limits.max_context;
+      if (typeof m.session?.limits?.default_max_tokens === 'number') run.defaultMaxTokens = m.session.limits.default_max_tokens;
     }
     probe.ws.close(1000);
   } catch (err) {
@@ -110,6 +132,8 @@ async function runTransport(o: FuzzOptions, transport: 'ws' | 'uws', sigCounts: 
   await Promise.all(Array.from({ length: o.connections }, (_, i) => new WsWorker(run, i, budget).work()));
   await run.ready;
   await run.health('after the WebSocket frames');
+  const took = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  o.log(`${transport}: frames done at ${took()}`);
 
   run.phase = 'http';
   if (run.gaveUp && !run.server.alive) {
@@ -123,10 +147,18 @@ async function runTransport(o: FuzzOptions, transport: 'ws' | 'uws', sigCounts: 
   }
   await httpPhase(run, genHttp(o.seed, transport, o.http));
   await run.ready;
+  await run.health('after the HTTP requests');
+  o.log(`${transport}: HTTP requests done at ${took()}`);
+
+  run.phase = 'openai';
+  await openaiPhase(run, o.openai);
+  await run.ready;
   pinging = false;
   wakePinger();
   await pinger;
-  await run.health('after the HTTP requests');
+  await run.health('after the OpenAI requests');
+  o.log(`${transport}: OpenAI requests done at ${took()}`);
+  await Promise.all(run.watching);
 
   // leaks: every connection of this run is closed now
   if (run.server.alive) {
@@ -148,7 +180,7 @@ async function runTransport(o: FuzzOptions, transport: 'ws' | 'uws', sigCounts: 
   if (run.gaveUp) run.note(`${transport}: gave up after ${run.restarts} restart(s)`);
   for (const n of run.notes) notes.add(n);
   return {
-    stats: { transport, frames: run.frames, responses: run.responses, http: run.httpSent, durationMs: performance.now() - t0, restarts: run.restarts, stoppedByDeadline: run.stoppedByDeadline, answers: run.answers },
+    stats: { transport, frames: run.frames, responses: run.responses, http: run.httpSent, openai: run.openaiSent, durationMs: performance.now() - t0, restarts: run.restarts, stoppedByDeadline: run.stoppedByDeadline, answers: run.answers },
     failures: run.failures,
   };
 }

@@ -9,11 +9,15 @@ export interface FuzzOptions {
   frames: number;
   /** HTTP requests per transport. */
   http: number;
+  /** Requests to the OpenAI-compatible routes per transport (openai-run.ts). */
+  openai: number;
   transports: ('ws' | 'uws')[];
   /** WebSocket connections per transport. */
   connections: number;
   /** HTTP sockets at once. */
   httpConcurrency: number;
+  /** OpenAI requests at once (keep-alive connections). */
+  openaiConcurrency: number;
   /** How long a frame may wait for its answer. */
   answerTimeoutMs: number;
   /** How long a response may take from response.created to response.done. */
@@ -60,9 +64,11 @@ export const DEFAULTS: FuzzOptions = {
   seed: 1,
   frames: 3000,
   http: 300,
+  openai: 600,
   transports: ['ws', 'uws'],
   connections: 8,
   httpConcurrency: 16,
+  openaiConcurrency: 6,
   answerTimeoutMs: 10_000,
   responseTimeoutMs: 60_000,
   httpTimeoutMs: 5_000,
@@ -77,12 +83,13 @@ export const DEFAULTS: FuzzOptions = {
   silentHttpOk: false,
 };
 
-/** Settings of the fuzzed server: rate limits out of the way, short answers, short resume TTL. */
+/** Settings of the fuzzed server: rate limits out of the way, short answers, short resume TTL, a small body limit (cheap bodies past it). */
 export const SERVER_ENV: Record<string, string> = {
   WEFT_MAX_FRAMES_PER_SECOND: '1000000',
   WEFT_MAX_BYTES_PER_SECOND: '1000000000',
   WEFT_MAX_BYTES_PER_SECOND_PER_CLIENT: '1000000000',
   WEFT_MAX_TOKENS: '16',
+  WEFT_MAX_BODY_BYTES: '262144',
   WEFT_RESUME_TTL: '5',
   WEFT_CONTEXTS: '2',
   WEFT_THREADS: '1',

@@ -4,7 +4,7 @@ import { isValidUtf8 } from './util.js';
 export interface Failure {
   seed: number;
   transport: string;
-  phase: 'ws' | 'http' | 'server';
+  phase: 'ws' | 'http' | 'openai' | 'server';
   /** no-answer, closed, uncoded, accepted-invalid, rejected-valid, wrong-code, wrong-answer, no-echo, shape, stray, no-close, crash, health, ... */
   kind: string;
   /** Failures with the same signature are one distinct failure. */
@@ -23,6 +23,8 @@ export interface TransportStats {
   frames: number;
   responses: number;
   http: number;
+  /** Requests to the OpenAI-compatible routes. */
+  openai: number;
   durationMs: number;
   restarts: number;
   stoppedByDeadline: boolean;
@@ -63,7 +65,7 @@ export function formatReport(rep: FuzzReport): string {
   const lines: string[] = [];
   lines.push(`weft fuzz: seed ${rep.seed}: ${rep.ok ? 'OK' : `${rep.distinct.length} distinct failure(s), ${rep.distinct.reduce((a, d) => a + d.count, 0)} in all`}`);
   for (const s of rep.stats) {
-    lines.push(`  ${s.transport}: ${s.frames} frames (${s.responses} responses), ${s.http} HTTP requests, ${(s.durationMs / 1000).toFixed(1)} s, ${s.restarts} restart(s)${s.stoppedByDeadline ? ', stopped by the deadline' : ''}`);
+    lines.push(`  ${s.transport}: ${s.frames} frames (${s.responses} responses), ${s.http} HTTP requests, ${s.openai} OpenAI requests, ${(s.durationMs / 1000).toFixed(1)} s, ${s.restarts} restart(s)${s.stoppedByDeadline ? ', stopped by the deadline' : ''}`);
     const a = Object.entries(s.answers).sort((x, y) => y[1] - x[1]);
     if (a.length) lines.push(`    answers: ${a.map(([k, n]) => `${k} ${n}`).join(', ')}`);
   }
@@ -71,7 +73,8 @@ export function formatReport(rep: FuzzReport): string {
     const f = d.first;
     lines.push('');
     lines.push(`[${d.count}x] ${d.signature}`);
-    lines.push(`  seed ${f.seed}, transport ${f.transport}${f.conn !== undefined ? `, frame ${f.transport}:${f.conn}:${f.index} (--print-frame)` : f.index !== undefined ? `, request #${f.index}` : ''}`);
+    const where = f.conn !== undefined ? `, frame ${f.transport}:${f.conn}:${f.index} (--print-frame)` : f.index === undefined ? '' : f.phase === 'openai' ? `, OpenAI request ${f.transport}:${f.index} (--print-request)` : `, request #${f.index}`;
+    lines.push(`  seed ${f.seed}, transport ${f.transport}${where}`);
     lines.push(`  ${f.detail.split('\n').join('\n  ')}`);
     if (f.input) lines.push(`  input: ${f.input}`);
     if (f.log?.length) lines.push(`  made by: ${f.log.join('; ')}`);

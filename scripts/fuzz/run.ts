@@ -5,6 +5,13 @@ import { showFrame, type Failure } from './report.js';
 import { ServerProc, httpGet } from './server.js';
 import { sleep } from './util.js';
 
+/** A size or count from the environment (`262144`, `256k`, `4MiB`), or `otherwise`. */
+function sizeOf(v: string | undefined, otherwise: number): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmg])?i?b?\s*$/i.exec(v ?? '');
+  if (!m) return otherwise;
+  return Math.floor(Number(m[1]) * 1024 ** ' kmg'.indexOf((m[2] ?? ' ').toLowerCase()));
+}
+
 /** Something sent to the server, kept to be blamed (and replayed) if the server dies. */
 export interface Suspect {
   what: string;
@@ -33,7 +40,7 @@ export class Run {
   ready: Promise<void> = Promise.resolve();
   restarts = 0;
   gaveUp = false;
-  phase: 'ws' | 'http' = 'ws';
+  phase: 'ws' | 'http' | 'openai' = 'ws';
   frames = 0;
   responses = 0;
   readonly answers: Record<string, number> = {};
@@ -52,6 +59,9 @@ export class Run {
     this.answers[what] = (this.answers[what] ?? 0) + 1;
   }
   httpSent = 0;
+  openaiSent = 0;
+  /** Watches that outlive their phase (an unanswered request kept open to see when the server closes it). */
+  readonly watching: Promise<void>[] = [];
   stoppedByDeadline = false;
   /** What was sent lately (for the blame when the server dies). */
   readonly recent: Suspect[] = [];
@@ -60,6 +70,9 @@ export class Run {
   private crashSeen = new Set<string>();
   limit = 1 << 20;
   maxContext = 512;
+  /** The server's HTTP body limit and default max_tokens (from its environment). */
+  readonly bodyLimit: number;
+  defaultMaxTokens: number;
 
   constructor(
     readonly o: FuzzOptions,
@@ -71,6 +84,8 @@ export class Run {
     delete env['WEFT_PORT'];
     delete env['WEFT_TRANSPORT'];
     delete env['WEFT_HOST'];
+    this.bodyLimit = sizeOf(env['WEFT_MAX_BODY_BYTES'], 4 << 20);
+    this.defaultMaxTokens = sizeOf(env['WEFT_MAX_TOKENS'], 256);
     this.server = new ServerProc(o.cli, transport, env, o.startTimeoutMs);
     this.server.onCrash = (code, signal, stderr) => this.crashed(code, signal, stderr);
   }
@@ -80,7 +95,9 @@ export class Run {
   }
 
   overDeadline(): boolean {
-    const budget = this.phase === 'ws' ? 0.7 * this.o.deadlineMs : this.o.deadlineMs;
+    // with an OpenAI phase after them, the frames and the raw requests leave it 30% of the time
+    const share = this.o.openai > 0 ? { ws: 0.6, http: 0.7, openai: 1 } : { ws: 0.7, http: 1, openai: 1 };
+    const budget = share[this.phase] * this.o.deadlineMs;
     if (this.o.deadlineMs > 0 && performance.now() - this.startedAt > budget) {
       this.stoppedByDeadline = true;
       return true;

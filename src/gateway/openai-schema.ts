@@ -98,7 +98,9 @@ function common(b: Body, chat: boolean): Omit<CompletionParams, 'logprobs' | 'to
   if (so !== undefined && so !== null) {
     if (typeof so !== 'object' || Array.isArray(so)) throw bad('stream_options', 'an object', so);
     if (!stream) throw new ParamError('WEFT_BAD_ARGUMENT', 'stream_options is only allowed when stream is true', 'stream_options');
-    includeUsage = optBool(so as Body, 'include_usage') ?? false;
+    const iu = (so as Body).include_usage;
+    if (iu !== undefined && iu !== null && typeof iu !== 'boolean') throw bad('stream_options.include_usage', 'true or false', iu);
+    includeUsage = iu === true;
   }
   const n = optInt(b, 'n', 1);
   if (n !== undefined && n !== 1) throw unsupported('n', `n must be 1: weft returns one choice per request (got ${n}); send several requests instead`);
@@ -108,7 +110,8 @@ function common(b: Body, chat: boolean): Omit<CompletionParams, 'logprobs' | 'to
   const temperature = optNumber(b, 'temperature', 0, 2);
   if (temperature !== undefined) sampling.temperature = temperature;
   const topP = optNumber(b, 'top_p', 0, 1);
-  if (topP !== undefined) sampling.topP = topP === 0 ? Number.MIN_VALUE : topP;
+  // top_p 0 (OpenAI: the most likely token only) as the smallest float32 normal (the engine's range is (0, 1])
+  if (topP !== undefined) sampling.topP = Math.max(topP, 2 ** -126);
   const presence = optNumber(b, 'presence_penalty', -2, 2);
   if (presence !== undefined) sampling.presencePenalty = presence;
   const frequency = optNumber(b, 'frequency_penalty', -2, 2);
@@ -138,6 +141,7 @@ function common(b: Body, chat: boolean): Omit<CompletionParams, 'logprobs' | 'to
     if (!Array.isArray(b.modalities) || b.modalities.some((m) => m !== 'text')) throw unsupported('modalities', 'weft generates text only: modalities must be ["text"]');
   }
   if (b.audio !== undefined && b.audio !== null) throw unsupported('audio', 'weft generates text only (no audio output)');
+  if (b.tools !== undefined && b.tools !== null && !Array.isArray(b.tools)) throw bad('tools', 'an array of tools', b.tools);
   if (Array.isArray(b.tools) && b.tools.length > 0) throw unsupported('tools', 'weft does not call tools');
   if (b.response_format !== undefined && b.response_format !== null) {
     const t = (b.response_format as Body)?.type;

@@ -6,7 +6,7 @@
 import type * as RT from 'openai/resources/realtime/realtime';
 import { WeftError, toWeftError } from '../errors.js';
 import type { Turn, TurnDone } from '../session/session.js';
-import { openaiError } from './openai-http.js';
+import { openaiError } from './openai-shapes.js';
 
 /** One response: being prepared (its prompt tokenized: turn null), running, or ended. */
 export interface Response {

@@ -1,185 +1,54 @@
 /**
  * The gateway: HTTP and WebSocket on one port. `GET /healthz` (process up), `GET /readyz` (model
- * loaded, accepting sessions), `GET /metrics` (Prometheus text), and protocol v1 at `/v1/ws`
- * (docs/protocol.md), through the `ws` transport (node:http + ws) or uWebSockets.js.
+ * loaded, accepting sessions), `GET /metrics` (Prometheus text), the OpenAI-compatible routes,
+ * protocol v1 at `/v1/ws` (docs/protocol.md) and the Realtime front at `/v1/realtime`, through
+ * the `ws` transport (node:http + ws) or uWebSockets.js. The Gateway holds what the fronts share:
+ * the engine and scheduler, the sessions (connected, and detached ones waiting for a resume), the
+ * limits, and the lifecycle (listen, drain, close). Apart: its options (gateway-options.ts), the
+ * plain HTTP routes (http-routes.ts), the upgrade admission (admission.ts), the client address
+ * behind proxies (trusted-proxies.ts), and the sessions saved to the state dir and Redis
+ * (saved-sessions.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { BlockList, isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
-import type { Engine, SamplingOptions } from '../engine/engine.js';
-import { Scheduler, type SchedulerOptions } from '../scheduler/scheduler.js';
+import type { Engine } from '../engine/engine.js';
+import { Scheduler } from '../scheduler/scheduler.js';
 import { ChatFormat } from '../session/chat-format.js';
 import { WeftError } from '../errors.js';
-import { ApiKeys, chooseProtocol, presentedKey, type Tenant } from './api-keys.js';
-import { ADDRESS_RATE_LIMITED, ORIGIN_REFUSED, resumeParams } from './http-request.js';
+import { ApiKeys, type Tenant } from './api-keys.js';
+import { admitUpgrade, type UpgradeDecision, type UpgradeRequest } from './admission.js';
+import type { GatewayOptions } from './gateway-options.js';
 import { RealtimeConnection } from './realtime.js';
 import { OpenAIHttp } from './openai-http.js';
 import type { HttpExchange } from './http-exchange.js';
-import { Connection, type FrontConnection, type TransportSocket } from './connection.js';
+import { HttpRoutes } from './http-routes.js';
+import { Connection } from './connection.js';
+import type { FrontConnection, TransportSocket } from './socket-link.js';
 import { GatewayMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
 import { AddressRateLimiter, type RateLimits } from './rate-limit.js';
 import { ResumePool } from './resume-pool.js';
 import { KvLifecycle } from '../session/kv-lifecycle.js';
-import { Session } from '../session/session.js';
-import { StateStore, hashToken, type SessionRecord } from '../session/state-store.js';
+import type { Session } from '../session/session.js';
+import { StateStore, type SessionRecord } from '../session/state-store.js';
 import type { ConversationData } from '../session/conversation.js';
 import { ClusterState, type LastAnswer, type PendingAnswer } from '../cluster/redis-state.js';
-import { SessionRunner } from './session-runner.js';
-import { StaticFiles } from './static.js';
-import { WsTransport, WS_PATH, REALTIME_PATH, type Transport } from './transport-ws.js';
+import { SavedSessions } from './saved-sessions.js';
+import type { SessionRunner } from './session-runner.js';
+import { TrustedProxies } from './trusted-proxies.js';
+import { WsTransport, WS_PATH, type Transport } from './transport-ws.js';
 import { UwsTransport } from './transport-uws.js';
 
-export interface GatewayOptions {
-  host?: string;
-  /** 0 picks a free port. Default 8080. */
-  port?: number;
-  /** Most connected sessions at once (sessions waiting for a resume are counted apart). Default 1024. */
-  maxSessions?: number;
-  /** Most sessions waiting for a resume; beyond it the oldest is ended. Default: maxSessions. */
-  maxDetachedSessions?: number;
-  /** Most sessions waiting for a resume from one client address; beyond it that address's oldest is ended. Default 16. */
-  maxDetachedPerClient?: number;
-  /** Frames per second one connection may send (a burst of twice as many). Default 100. */
-  maxFramesPerSecond?: number;
-  /** Bytes per second one connection may send (a burst of at least two max-size frames). Default 1 MiB. */
-  maxBytesPerSecond?: number;
-  /** Bytes per second all connections of one client address may send together (a burst of at least two max-size frames). Default 4 MiB. */
-  maxBytesPerSecondPerClient?: number;
-  /** A client that sends a frame while the server holds more than this for it, unread, is disconnected (1008). Default 16 MiB. */
-  maxBufferedBytes?: number;
-  /**
-   * Browser origins allowed to open a WebSocket besides the server's own (`*`: any). Clients that
-   * send no Origin (non-browser ones) are always allowed. Default: none.
-   */
-  allowedOrigins?: string[];
-  /** Bytes of a response's latest deltas kept for replay after a reconnect; a disconnected response pauses when they fill up. Default 256 KiB. */
-  replayBytes?: number;
-  /**
-   * The server pings every connection this often (ms); one that has not answered by the next ping
-   * is closed (its session kept for resume). 0 disables. Default 30000. (uWebSockets.js: its idle
-   * timeout, in whole multiples of 4 s, with automatic pings.)
-   */
-  heartbeatMs?: number;
-  /** Park an idle session's KV in host memory after this many ms (0: only under KV pressure). Default 0. */
-  parkAfterMs?: number;
-  /** Drop an idle session's KV (keep its tokens; the next turn prefills them) after this many ms (0: never by age). Default 0. */
-  dropAfterMs?: number;
-  /** Most bytes of parked KV; beyond, the least recently active parked sessions are dropped. Default: no limit. */
-  parkedMemoryBytes?: number;
-  /** Most tokens one session's conversation may hold (below the model's context); the context policy applies. */
-  maxSessionTokens?: number;
-  /**
-   * A directory where sessions are saved (at the end of every turn and at drain) so that a
-   * restarted weft resumes them (src/session/state-store.ts). Default: none.
-   */
-  stateDir?: string;
-  /** Where the gateway logs what an operator should see (state files skipped, writes that failed). Default: stderr. */
-  log?: (line: string) => void;
-  /** How long a drain (SIGTERM) lets running answers finish before ending them, in ms. Default 10000. */
-  drainTimeoutMs?: number;
-  /** Another instance's base URL (ws:// or wss://) that draining clients are told to resume on. */
-  drainTarget?: string;
-  /** Largest client frame in bytes. Default 1 MiB. */
-  maxFrameBytes?: number;
-  /** A session whose socket has more than this many bytes buffered is skipped by the scheduler until it drains. Default 256 KiB. */
-  backpressureBytes?: number;
-  /** max_tokens when a message does not set one. Default 256. */
-  defaultMaxTokens?: number;
-  /**
-   * How long a disconnected session waits (its KV parked in host memory) for a reconnect with its
-   * resume_token, in ms. 0 disables resume: a disconnect frees the session. Default 60000.
-   */
-  resumeTtlMs?: number;
-  /** `ws` (the ws package on node:http, default) or `uws` (uWebSockets.js): same protocol, same port layout. */
-  transport?: 'ws' | 'uws';
-  /** Server-side sampling defaults of every session (a client's sampling overrides them field by field). */
-  sessionSampling?: SamplingOptions;
-  /** A message that does not fit the context: `truncate` (drop the oldest turns, the default) or `reject`. Per session in session.update. */
-  contextPolicy?: 'truncate' | 'reject';
-  scheduler?: SchedulerOptions;
-  /** TLS: PEM files of the certificate chain and its private key. HTTPS and wss:// on the same port, both transports. Default: plain HTTP. */
-  tls?: { certFile: string; keyFile: string };
-  /**
-   * API keys (src/gateway/api-keys.ts): a JSON file, or the parsed keys. With keys every route but
-   * /healthz and /readyz needs one. Default: none (open; weft says so at start).
-   */
-  apiKeys?: string | ApiKeys;
-  /** Largest HTTP request body (OpenAI-compatible routes) in bytes; over it: 413. Default 4 MiB. */
-  maxBodyBytes?: number;
-  /**
-   * Redis URL (redis:// or rediss://) of the state shared by several instances (docs/scale-out.md):
-   * session records, the running answer of each, ownership, API-key budgets. Default: none (one
-   * instance).
-   */
-  redis?: string;
-  /**
-   * Addresses (or CIDR ranges) of reverse proxies in front of weft (NGINX): for a connection from
-   * one, the client's address for per-address limits is the last address of X-Forwarded-For that
-   * is not a trusted proxy. Default: none (the peer's address is the client's).
-   */
-  trustedProxies?: string[];
-  /**
-   * This instance's id among several behind a proxy (docs/scale-out.md): resume tokens begin with
-   * it (`ID.random`), so that the proxy routes a resume to the instance that holds the session.
-   * Letters, digits, `_` and `-`, at most 64. Default: the hostname and the port.
-   */
-  instanceId?: string;
-  /**
-   * Finished sequences of stateless HTTP requests kept for KV reuse (a follow-up whose prompt
-   * extends one reuses its KV). 0 disables. Default 64.
-   */
-  prefixCacheEntries?: number;
-}
+export type { GatewayOptions };
 
 const INSTANCE_ID = /^[A-Za-z0-9_-]{1,64}$/;
-
-/** The trusted proxies as a BlockList (WEFT_BAD_ARGUMENT naming an entry that is neither an address nor a CIDR range). */
-function trustList(entries: string[]): BlockList {
-  const list = new BlockList();
-  for (const raw of entries) {
-    const e = raw.trim();
-    const [addr, bits] = e.split('/', 2) as [string, string | undefined];
-    const family = isIP(addr);
-    const prefix = bits === undefined ? undefined : Number(bits);
-    if (family === 0 || (bits !== undefined && (!/^\d{1,3}$/.test(bits) || prefix! > (family === 4 ? 32 : 128)))) {
-      throw new WeftError('WEFT_BAD_ARGUMENT', `trustedProxies: ${JSON.stringify(e)} is not an IP address or a CIDR range (such as 10.0.0.0/8)`);
-    }
-    const type = family === 4 ? 'ipv4' : 'ipv6';
-    if (prefix === undefined) list.addAddress(addr, type);
-    else list.addSubnet(addr, prefix, type);
-  }
-  return list;
-}
-
-function isTrusted(list: BlockList, address: string): boolean {
-  const a = address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
-  const family = isIP(a);
-  return family !== 0 && list.check(a, family === 4 ? 'ipv4' : 'ipv6');
-}
 
 /** The default instance id: the hostname (its first label, characters outside the id's set as `-`) and the port. */
 export function defaultInstanceId(port: number): string {
   const host = (hostname().split('.')[0] ?? '').replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 50) || 'weft';
   return `${host}-${port}`;
 }
-
-/** What a transport reads of a WebSocket upgrade request, for `Gateway.admitUpgrade`. */
-export interface UpgradeRequest {
-  path: string;
-  query: string;
-  origin: string | undefined;
-  authorization: string | undefined;
-  /** The Sec-WebSocket-Protocol entries. */
-  protocols: string[];
-  remoteAddress: string;
-}
-
-/** An upgrade refused with an HTTP answer, or accepted with the subprotocol to answer and the connection to open. */
-export type UpgradeDecision =
-  | { refuse: { status: number; body: string; headers?: Record<string, string> } }
-  | { accept: { protocol: string | undefined; open: (sock: TransportSocket) => FrontConnection } };
 
 export class Gateway {
   engine: Engine | null = null;
@@ -209,9 +78,10 @@ export class Gateway {
   readonly replayBytes: number;
   readonly heartbeatMs: number;
   kv: KvLifecycle | null = null;
+  /** The state dir's store (null: none). */
   readonly store: StateStore | null;
-  /** Sessions read from the state dir, by token hash, until resumed or expired. */
-  private restorable = new Map<string, SessionRecord>();
+  /** Sessions saved to the state dir and Redis, and made live again (src/gateway/saved-sessions.ts). */
+  private readonly saved: SavedSessions;
   readonly origins: OriginPolicy;
   private readonly detached: ResumePool<SessionRunner>;
   readonly transportName: 'ws' | 'uws';
@@ -220,8 +90,8 @@ export class Gateway {
   /** Shutting down: no new connections or responses; running ones finish (drain). */
   draining = false;
   private drained: Promise<void> | null = null;
-  /** The chat page and the SDK's browser build (src/gateway/static.ts), read once at startup. */
-  private readonly statics = new StaticFiles();
+  /** The plain HTTP routes (src/gateway/http-routes.ts). */
+  private readonly routes: HttpRoutes;
 
   constructor(readonly options: GatewayOptions = {}) {
     const pos = (v: number | undefined, name: string, fallback: number) => {
@@ -252,8 +122,9 @@ export class Gateway {
     this.origins = new OriginPolicy(options.allowedOrigins ?? []);
     const log = (this.log = options.log ?? ((line: string) => process.stderr.write(`weft: ${line}\n`)));
     if (options.redis !== undefined && !/^rediss?:\/\/./.test(options.redis)) throw new WeftError('WEFT_BAD_ARGUMENT', `redis must be a redis:// or rediss:// URL (got ${JSON.stringify(String(options.redis).slice(0, 100))})`);
-    for (const dir of this.statics.missing) log(`the chat page (GET /) is incomplete: ${dir} is missing`);
+    this.routes = new HttpRoutes(this, () => this.closing);
     this.store = options.stateDir ? new StateStore(options.stateDir, log) : null;
+    this.saved = new SavedSessions(this, this.store);
     this.detached = new ResumePool<SessionRunner>(
       {
         ttlMs: ttl,
@@ -270,7 +141,7 @@ export class Gateway {
     }
     this.transportName = options.transport ?? 'ws';
     if (this.transportName !== 'ws' && this.transportName !== 'uws') throw new WeftError('WEFT_BAD_ARGUMENT', `transport must be ws or uws (got ${String(this.transportName)})`);
-    this.trusted = options.trustedProxies && options.trustedProxies.length > 0 ? trustList(options.trustedProxies) : null;
+    this.proxies = TrustedProxies.from(options.trustedProxies);
     if (options.instanceId !== undefined && !INSTANCE_ID.test(options.instanceId)) {
       throw new WeftError('WEFT_BAD_ARGUMENT', `instanceId must be 1-64 letters, digits, _ or - (got ${JSON.stringify(String(options.instanceId).slice(0, 80))})`);
     }
@@ -295,18 +166,12 @@ export class Gateway {
     this.openai.cancelForShutdown();
   }
 
-  private readonly trusted: BlockList | null;
+  /** The reverse proxies in front of weft (null: none). */
+  private readonly proxies: TrustedProxies | null;
 
   /** The client's address: the peer's, or behind a trusted proxy the last untrusted X-Forwarded-For entry. */
   clientAddress(peer: string, forwardedFor: string | undefined): string {
-    if (!this.trusted || !forwardedFor || !isTrusted(this.trusted, peer)) return peer;
-    const hops = forwardedFor.split(',').map((h) => h.trim()).filter((h) => h !== '');
-    for (let i = hops.length - 1; i >= 0; i--) {
-      const h = hops[i]!;
-      if (isIP(h) === 0) return peer; // not an address: the header was not written by a proxy we trust
-      if (!isTrusted(this.trusted, h)) return h;
-    }
-    return hops[0] ?? peer;
+    return this.proxies?.clientAddress(peer, forwardedFor) ?? peer;
   }
 
   /** The state shared with other instances (null: one instance; set by listen). */
@@ -327,30 +192,10 @@ export class Gateway {
   /**
    * Whether a WebSocket upgrade is taken, decided before any WebSocket exists: the path, the
    * Origin, the client address's byte budget, and with API keys the key (401) and its concurrency
-   * (429). Both transports ask this.
+   * (429). Both transports ask this (src/gateway/admission.ts).
    */
   admitUpgrade(u: UpgradeRequest): UpgradeDecision {
-    const refuse = (status: number, body: string, retryAfterMs?: number): UpgradeDecision => ({
-      refuse: { status, body, headers: retryAfterMs === undefined ? undefined : { 'retry-after': String(Math.max(1, Math.ceil(retryAfterMs / 1000))) } },
-    });
-    if (u.path !== WS_PATH && u.path !== REALTIME_PATH) return refuse(404, 'not found\n');
-    if (!this.origins.allows(u.origin)) return refuse(403, ORIGIN_REFUSED);
-    const wait = this.addressLimiter.refusesFor(u.remoteAddress);
-    if (wait > 0) return refuse(429, ADDRESS_RATE_LIMITED, wait);
-    // behind a proxy with other instances, a draining one answers 503 before the upgrade: the proxy tries the next
-    if (this.draining && this.cluster) return refuse(503, 'WEFT_DRAINING: this instance is shutting down; another one takes its sessions over\n', 1000);
-    let tenant: Tenant | null = null;
-    if (this.keys) {
-      tenant = this.keys.authenticate(presentedKey(u.authorization, u.protocols));
-      if (!tenant) return refuse(401, 'WEFT_UNAUTHORIZED: a valid API key is required (Authorization: Bearer KEY, or the WebSocket subprotocol openai-insecure-api-key.KEY)\n');
-      const max = tenant.limits.maxConcurrent;
-      if (max !== null && tenant.active >= max) return refuse(429, `WEFT_KEY_CONCURRENCY: the API key "${tenant.name}" holds its maximum of ${max} concurrent sessions and requests\n`, 1000);
-    }
-    const protocol = chooseProtocol(u.protocols);
-    if (u.path === REALTIME_PATH) {
-      return { accept: { protocol, open: (sock) => this.connectRealtime(sock, u.query, tenant) } };
-    }
-    return { accept: { protocol, open: (sock) => this.connect(sock, resumeParams(u.query), tenant) } };
+    return admitUpgrade(this, u);
   }
 
   /** A transport's new socket on /v1/realtime. */
@@ -367,44 +212,9 @@ export class Gateway {
     this.metrics.connections.set(this.connections.size + this.realtime.size);
   }
 
-  /**
-   * Every plain HTTP request of both transports: `/healthz` and `/readyz` (always open), `/metrics`
-   * (with API keys: any key, or the file's metrics_key), the OpenAI-compatible routes under `/v1/`
-   * (src/gateway/openai-http.ts), and the chat page's static files (public: they hold no data,
-   * and the WebSocket they open needs a key).
-   */
+  /** Every plain HTTP request of both transports: probes, /metrics, OpenAI routes, the chat page (src/gateway/http-routes.ts). */
   handleHttp(ex: HttpExchange): void {
-    const text = (status: number, body: string, type = 'text/plain; charset=utf-8', headers: Record<string, string> = {}) =>
-      ex.respond(status, { ...headers, 'content-type': type }, ex.method === 'HEAD' ? '' : body);
-    const path = ex.path;
-    if (path.startsWith('/v1/') && path !== WS_PATH && path !== REALTIME_PATH) return this.openai.handle(ex);
-    if (ex.method !== 'GET' && ex.method !== 'HEAD') return text(405, 'method not allowed\n');
-    if (path === '/healthz') return text(200, 'ok\n');
-    if (path === '/readyz') {
-      if (this.closing || this.draining) return text(503, 'draining\n');
-      if (!this.scheduler) return text(503, 'loading\n');
-      // Redis down: this instance still serves its own sessions (ready), and says what it cannot do
-      const redis = this.cluster ? (this.cluster.up ? 'redis: up\n' : 'redis: down (serving this instance\'s sessions; no takeover, no shared budgets)\n') : '';
-      return text(200, `ready\n${redis}`);
-    }
-    if (path === '/metrics') {
-      if (this.keys && !this.keys.allowsMetrics(presentedKey(ex.header('authorization')))) {
-        return text(401, 'WEFT_UNAUTHORIZED: /metrics needs an API key or the metrics key (Authorization: Bearer KEY)\n', undefined, { 'www-authenticate': 'Bearer' });
-      }
-      this.metrics.registry.metrics().then(
-        (body) => text(200, body, this.metrics.registry.contentType),
-        (err: unknown) => text(500, `${(err as Error).message}\n`),
-      );
-      return;
-    }
-    if (path === WS_PATH || path === REALTIME_PATH) {
-      // with API keys a plain GET says whether the key would pass (a browser sees a refused upgrade only as a close)
-      if (this.keys && !this.keys.authenticate(presentedKey(ex.header('authorization')))) return text(401, 'WEFT_UNAUTHORIZED: a valid API key is required\n', undefined, { 'www-authenticate': 'Bearer' });
-      return text(426, 'upgrade to WebSocket\n');
-    }
-    const file = this.statics.get(path);
-    if (file) return ex.respond(file.status, { ...file.headers, 'content-type': file.type }, ex.method === 'HEAD' ? '' : file.body);
-    return text(404, 'not found\n');
+    this.routes.handle(ex);
   }
 
   /** Makes the gateway ready: sessions are served by this engine (the caller keeps ownership of it). */
@@ -443,84 +253,33 @@ export class Gateway {
   }
 
   /** Reads the sessions saved in the state dir (after attach): they can be resumed with their tokens. Returns how many. */
-  async loadState(): Promise<number> {
-    if (!this.store || !this.engine) return 0;
-    this.restorable = await this.store.load(this.engine.config.vocabSize);
-    return this.restorable.size;
+  loadState(): Promise<number> {
+    return this.saved.load();
   }
 
   /** Whether the state dir holds a session for this token that `key` (an API key's name, null without keys) may resume. */
   hasSaved(token: string, key: string | null = null): boolean {
-    const r = this.restorable.get(hashToken(token));
-    return r !== undefined && (r.key ?? null) === key;
+    return this.saved.has(token, key);
   }
 
   /** A session saved in the state dir for this resume token, made live again (its KV is rebuilt by the next turn), or undefined. */
   restoreSession(token: string, tenant: Tenant | null = null): SessionRunner | undefined {
-    const hash = hashToken(token);
-    const r = this.restorable.get(hash);
-    if (!r || !this.scheduler || !this.format) return undefined;
-    if ((r.key ?? null) !== (tenant?.name ?? null)) return undefined; // another key's session: unknown to this one
-    this.restorable.delete(hash);
-    if (r.expires_at <= Date.now()) {
-      void this.store?.remove(hash);
-      return undefined;
-    }
-    return this.revive(token, r, tenant);
+    return this.saved.restore(token, tenant);
   }
 
   /** A session made live from its record (the state dir's, or another instance's in Redis). */
   revive(token: string, r: SessionRecord, tenant: Tenant | null): SessionRunner {
-    const session = new Session(this.scheduler!, {
-      format: this.format!,
-      maxTokens: this.defaultMaxTokens,
-      sampling: this.options.sessionSampling,
-      contextPolicy: r.context_policy,
-      maxContextTokens: this.options.maxSessionTokens,
-    });
-    session.conversation.restore(r.conversation);
-    const runner = new SessionRunner(this, session);
-    runner.sampling = r.sampling;
-    runner.system = r.system ?? undefined;
-    runner.resumeToken = token;
-    runner.tenant = tenant;
-    this.sessions.add(session);
-    this.metrics.sessionsActive.set(this.sessions.size);
-    return runner;
+    return this.saved.revive(token, r, tenant);
   }
 
-  /**
-   * Saves a session: to the state dir, and to Redis (with the answer running now, `pending`, and
-   * the conversation as it was before it, so that another instance can run it again). No-op
-   * without either, or without a resume token. A Redis write refused because another instance
-   * owns the session now ends it here.
-   */
-  async persist(runner: SessionRunner, running?: { pending: PendingAnswer; conversation: ConversationData }, last?: LastAnswer): Promise<void> {
-    const token = runner.resumeToken;
-    if ((!this.store && !this.cluster) || !token) return;
-    const record: SessionRecord = {
-      weft_session: 1,
-      session_id: runner.session.id,
-      token_hash: hashToken(token),
-      expires_at: Date.now() + this.resumeTtlMs,
-      system: runner.system ?? null,
-      sampling: { ...runner.sampling },
-      context_policy: runner.session.contextPolicy,
-      conversation: running?.conversation ?? runner.session.conversation.toJSON(),
-      key: runner.tenant?.name ?? null,
-    };
-    const saved = this.store && !running ? this.store.save(record) : Promise.resolve();
-    if (this.cluster) {
-      const r = await this.cluster.save({ ...record, pending: running?.pending ?? null, last: last ?? runner.lastAnswer ?? null }, this.resumeTtlMs);
-      if (r === 'lost') runner.lost();
-    }
-    await saved;
+  /** Saves a session to the state dir and Redis, with the answer running now (SavedSessions.persist says when it is a no-op). */
+  persist(runner: SessionRunner, running?: { pending: PendingAnswer; conversation: ConversationData }, last?: LastAnswer): Promise<void> {
+    return this.saved.persist(runner, running, last);
   }
 
   /** Forgets a saved session (it ended, or its token was rotated). */
   forgetSaved(token: string | null): void {
-    if (this.store && token) void this.store.remove(hashToken(token));
-    if (this.cluster && token) void this.cluster.remove(hashToken(token));
+    this.saved.forget(token);
   }
 
   /** Every session runner: connected ones and those waiting for a resume. */

@@ -4,16 +4,22 @@
  * outlives a connection: when the socket drops the runner is detached (a running response goes
  * on into its log, paused once the log's window is full), and a resumed connection attaches it
  * again and gets what it missed.
+ *
+ * A response's events are built in response-frames.ts, typing-ahead runs in typing-ahead.ts, and
+ * the session's side in a cluster (records for a takeover, an answer run again) in
+ * runner-cluster.ts.
  */
 import { WeftError, toWeftError, type WeftErrorCode } from '../errors.js';
-import { ResponseLog, type FrameBuilder, type ResponseSink } from '../session/response-log.js';
-import type { Session, Turn, TurnDone } from '../session/session.js';
+import { ResponseLog, type ResponseSink } from '../session/response-log.js';
+import type { Session, TurnDone } from '../session/session.js';
 import { toTurnSampling, toWireSampling, type ClientEvent, type WireSampling } from './protocol.js';
 import type { Gateway } from './server.js';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { budgetTap, type Tenant } from './api-keys.js';
 import type { LastAnswer, PendingAnswer, Progress } from '../cluster/redis-state.js';
-import { hashToken } from '../session/state-store.js';
+import { deltaFrameBuilder, doneFrame, kvOf, trimAnswer, watchProgress, type RunnerResponse } from './response-frames.js';
+import { RunnerCluster, type Rerun } from './runner-cluster.js';
+import { TypingAhead } from './typing-ahead.js';
 
 /** What a connection gives its session's runner. */
 export interface Wire {
@@ -23,25 +29,7 @@ export interface Wire {
   blocked(): boolean;
 }
 
-interface Response {
-  id: string;
-  turn: Turn;
-  log: ResponseLog;
-  cancelEventId?: string;
-  /** Ended by a drain: a cancelled finish is reported as `shutdown`. */
-  shutdown?: boolean;
-  /** Barge-in: keep the tokens of deltas 0..truncateAt when the cancel settles. */
-  truncateAt?: number;
-  /** Ended because the API key's budget ran out. */
-  budgetSpent?: boolean;
-  /** Its response.done, built once when it ended. */
-  doneFrame?: Record<string, unknown>;
-  /** The response.done was sent to a connection. */
-  delivered?: boolean;
-}
-
 type Create = Extract<ClientEvent, { type: 'message.create' }>;
-
 
 export class SessionRunner {
   sampling: WireSampling = {};
@@ -54,28 +42,31 @@ export class SessionRunner {
   tenant: Tenant | null = null;
   private wire: Wire | null = null;
   /** The running response, or the last one (kept for replay and response.truncate). */
-  private current: Response | null = null;
+  private current: RunnerResponse | null = null;
   /** A message.create being tokenized (sendAsync). */
   private preparing: { abort: AbortController; cancelled: boolean; cancelEventId?: string } | null = null;
   /** A message.create that came while a cancel was settling (barge-in): started when it has. */
   private queued: Create | null = null;
   private lastDeltaAt = 0;
-  /** The message being typed (input.append), and whether a typing-ahead prefill runs / is due. */
-  private input = '';
-  private typing = false;
-  private typingDue = false;
+  /** The message being typed (input.append) and its prefill. */
+  private readonly typing: TypingAhead;
+  /** The session's side in a cluster. */
+  private readonly clusterSide: RunnerCluster;
 
   constructor(
     private readonly gw: Gateway,
     readonly session: Session,
-  ) {}
+  ) {
+    this.typing = new TypingAhead(gw, session, () => !this.busy && !this.queued, (code, message, eventId) => this.error(code, message, eventId));
+    this.clusterSide = new RunnerCluster(gw, this, (ev) => this.send(ev));
+  }
 
   /** Whether a response is running or being prepared. */
   get busy(): boolean {
     return this.running !== null || this.preparing !== null;
   }
 
-  private get running(): Response | null {
+  private get running(): RunnerResponse | null {
     return this.current && !this.current.log.result ? this.current : null;
   }
 
@@ -133,10 +124,9 @@ export class SessionRunner {
       case 'message.create':
         return this.create(ev);
       case 'input.append':
-        return this.append(ev.text, ev.event_id);
+        return this.typing.append(ev.text, ev.event_id);
       case 'input.clear':
-        this.input = '';
-        return;
+        return this.typing.clear();
       case 'response.cancel':
         return this.cancel(ev.event_id, ev.truncate_at_seq);
       case 'response.truncate':
@@ -165,13 +155,8 @@ export class SessionRunner {
     if (ev.session.context_policy !== undefined) this.session.contextPolicy = ev.session.context_policy;
     if (ev.session.progress !== undefined) this.progress = ev.session.progress;
     void this.gw.persist(this);
-    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy, progress: this.progress, kv: this.kv() };
+    const session = { id: this.session.id, system: this.system ?? null, sampling: this.sampling, effective_sampling: this.effectiveSampling(), context_policy: this.session.contextPolicy, progress: this.progress, kv: kvOf(this.session) };
     this.send(withId({ type: 'session.updated', session, ...updated }, ev.event_id));
-  }
-
-  /** Where the session's KV is and how many tokens it holds. */
-  private kv(): { state: string; tokens: number } {
-    return { state: this.session.kvState, tokens: this.session.cachedTokens };
   }
 
   /** What a message.create without sampling would use: the server's defaults, then the session's. */
@@ -204,50 +189,12 @@ export class SessionRunner {
     void this.session.typingSettled().then(() => {
       try {
         if (this.busy || this.current !== c) throw new WeftError('WEFT_RESPONSE_IN_PROGRESS', 'a response started before the truncate could run');
-        const kept = this.trim(c, seq);
+        const kept = trimAnswer(this.session, c, seq);
         this.send(withId({ type: 'response.truncated', response_id: c.id, seq, text: kept }, eventId));
       } catch (err) {
         const e = toWeftError(err);
         this.error(e.code, e.message, eventId);
       }
-    });
-  }
-
-  /** Trims the session's last answer (and KV) to the tokens of deltas 0..seq; the kept text. */
-  private trim(c: Response, seq: number): string {
-    if (!Number.isInteger(seq) || seq < -1 || seq >= c.log.nextSeq) throw new WeftError('WEFT_BAD_ARGUMENT', `seq ${seq} is not a delta of ${c.id} (0..${c.log.nextSeq - 1}, or -1 for none)`);
-    return this.session.truncateLastAnswer(Math.min(seq + 1, c.turn.request.generated.length));
-  }
-
-  /** Typing-ahead: the message grows; what can no longer change is prefilled while the user types. */
-  private append(text: string, eventId: string | undefined): void {
-    const next = this.input + text;
-    const tok = this.session.format.tokenizer;
-    if (Buffer.byteLength(next) > this.gw.maxFrameBytes || tok.minTokens(next) >= this.gw.limits().max_context) {
-      return this.error('WEFT_CONTEXT_OVERFLOW', 'the message being typed no longer fits (the context, or the frame size limit); it is kept as it was', eventId);
-    }
-    this.input = next;
-    this.kickTyping();
-  }
-
-  /** Starts a typing-ahead prefill of the current input when the session is idle (one at a time; the newest input wins). */
-  private kickTyping(): void {
-    if (this.typing) {
-      this.typingDue = true;
-      return;
-    }
-    if (this.input === '' || this.busy || this.queued) return;
-    this.typing = true;
-    this.typingDue = false;
-    this.session.typeAhead(this.input).then(
-      () => undefined,
-      (err) => {
-        const e = toWeftError(err);
-        if (e.code !== 'WEFT_SEQUENCE_BUSY') this.error(e.code, `typing-ahead: ${e.message}`);
-      },
-    ).finally(() => {
-      this.typing = false;
-      if (this.typingDue) this.kickTyping();
     });
   }
 
@@ -271,16 +218,10 @@ export class SessionRunner {
 
   /** This instance lost the session to another (a fenced write was refused): its answer stops here, and the client is sent to the owner. */
   lost(): void {
-    if (this.wasLost) return;
-    this.wasLost = true;
-    this.gw.metrics.errors.inc({ code: 'WEFT_SESSION_ELSEWHERE' });
-    this.cancelAll();
-    this.onLost?.();
+    this.clusterSide.lost();
   }
 
-  private wasLost = false;
-
-  private create(ev: Create, regen?: { id: string; skipThrough: number; announce: boolean; expect?: Progress | null }): void {
+  private create(ev: Create, regen?: Rerun): void {
     const r = this.running;
     if (r && r.turn.request.cancelRequested && !this.queued) {
       this.queued = ev; // barge-in: the cancel settles within a step, then this message starts
@@ -290,22 +231,15 @@ export class SessionRunner {
     if (this.gw.draining) return this.error('WEFT_DRAINING', 'the server is shutting down and starts no new responses', ev.event_id);
     if (ev.commit) {
       // the typed message is sent (and cleared) only once the message is accepted
-      ev = { ...ev, content: this.input };
+      ev = { ...ev, content: this.typing.take() };
       delete ev.commit;
-      this.input = '';
     }
     const wire: WireSampling = { ...this.sampling, ...ev.sampling };
-    // an answer another instance may have to run again token for token gets its seed now
-    const cluster = this.gw.cluster;
-    if (cluster && wire.seed === undefined) wire.seed = randomInt(2 ** 47);
+    const id = regen?.id ?? `resp_${randomBytes(9).toString('base64url')}`;
+    this.clusterSide.beforeStart(id, ev.content, wire); // with a cluster: its seed (in wire), its pending record
     const opts = toTurnSampling(wire);
     const tenant = regen ? null : this.tenant; // an answer run again was paid for
-    const id = regen?.id ?? `resp_${randomBytes(9).toString('base64url')}`;
-    if (cluster && this.resumeToken) {
-      // before it starts: the conversation as it stands, and what to run again, for whoever takes over
-      void this.gw.persist(this, { pending: { response_id: id, content: ev.content, sampling: { ...wire } }, conversation: this.session.conversation.toJSON() });
-    }
-    const log = new ResponseLog(id, this.gw.replayBytes, this.frameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1));
+    const log = new ResponseLog(id, this.gw.replayBytes, deltaFrameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1, this.session.format.tokenizer));
     const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
     this.session
       .sendAsync(ev.content, {
@@ -345,7 +279,7 @@ export class SessionRunner {
   }
 
   /** A turn was submitted: response.created, then its events. `cancelId`: a cancel came while it was being prepared. */
-  private started(r: Response, eventId: string | undefined, cancelId: string | null | undefined, regen?: { skipThrough: number; announce: boolean; expect?: Progress | null }): void {
+  private started(r: RunnerResponse, eventId: string | undefined, cancelId: string | null | undefined, regen?: Rerun): void {
     this.current = r;
     if (!regen || regen.announce) this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
     this.lastDeltaAt = 0;
@@ -358,26 +292,10 @@ export class SessionRunner {
           })
         : r.log,
     );
-    const sink = this.sink(r);
-    // an answer run again: the deltas the client already has are not sent twice, and the run is
-    // checked against the progress the lost instance flushed (another backend or build may sample
-    // other tokens: then the client is sent the text as it is now, never a silent divergence)
-    const skip = regen?.skipThrough ?? -1;
-    const expect = regen?.expect ?? null;
-    r.log.attach(
-      skip < 0 && !expect
-        ? sink
-        : {
-            ...sink,
-            delta: (seq, frame) => {
-              if (seq > skip) sink.delta(seq, frame);
-              if (expect && seq === expect.next_seq - 1 && r.log.text !== expect.text) this.diverged(r, expect);
-            },
-          },
-    );
+    r.log.attach(regen ? this.clusterSide.rerunSink(regen, r.log, this.sink(r)) : this.sink(r));
     void r.turn.done.then((d) => this.observe(d), () => undefined);
-    if (this.gw.cluster && this.resumeToken) this.flushProgress(r);
-    if (this.progress) this.watch(r);
+    this.clusterSide.started(r.id, r.log);
+    if (this.progress) watchProgress(r, this.gw.scheduler!, () => this.wire !== null, (ev) => this.send(ev));
     if (cancelId !== undefined) {
       r.cancelEventId = cancelId ?? undefined;
       r.turn.cancel();
@@ -385,50 +303,7 @@ export class SessionRunner {
     if (!this.wire) r.log.detach();
   }
 
-  /** An answer run again differs from what the lost instance had sent: the client gets the text as it is now (WEFT_REPLAY_GAP). */
-  private diverged(r: Response, expect: Progress): void {
-    this.gw.log(`session ${this.session.id}: answer ${r.id} run again differs from what the lost instance sent by seq ${expect.next_seq - 1} (another backend or build?); the client gets the whole text so far`);
-    this.gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
-    this.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: 'the answer run again on this instance differs from what the lost one had sent; its whole text so far follows', response_id: r.id, text: r.log.text, next_seq: r.log.nextSeq });
-  }
-
-  /** While `r` runs, its progress goes to Redis every 250 ms (the new owner checks its run again against it). */
-  private flushProgress(r: Response): void {
-    const cluster = this.gw.cluster!;
-    const hash = hashToken(this.resumeToken!);
-    let sent = -1;
-    const timer = setInterval(() => {
-      if (r.log.result || this.wasLost) return clearInterval(timer);
-      if (r.log.nextSeq === sent) return;
-      sent = r.log.nextSeq;
-      void cluster.progress(hash, { response_id: r.id, next_seq: r.log.nextSeq, text: r.log.text }, this.gw.resumeTtlMs);
-    }, 250);
-    timer.unref();
-  }
-
-  /**
-   * A response's delta frames, built by concatenation (no object or JSON.stringify of the whole
-   * event per token). `topLogprobs` -1: no log-probabilities; else the sampled token's and that
-   * many alternatives.
-   */
-  private frameBuilder(id: string, topLogprobs: number): FrameBuilder {
-    const prefix = `{"type":"response.delta","response_id":${JSON.stringify(id)},"seq":`;
-    const tok = this.session.format.tokenizer;
-    const num = (x: number) => (Number.isFinite(x) ? String(x) : '-9999');
-    return (seq, text, info) => {
-      let f = prefix + seq + ',"text":' + JSON.stringify(text);
-      if (topLogprobs >= 0 && info && info.token >= 0 && info.logprob !== undefined) {
-        f += ',"token":' + info.token + ',"logprob":' + num(info.logprob);
-        if (topLogprobs > 0) {
-          const top = (info.top ?? []).slice(0, topLogprobs).map((t) => `{"token":${t.token},"text":${JSON.stringify(tok.decode([t.token]))},"logprob":${num(t.logprob)}}`);
-          f += ',"top_logprobs":[' + top.join(',') + ']';
-        }
-      }
-      return f + '}';
-    };
-  }
-
-  private sink(r: Response): ResponseSink {
+  private sink(r: RunnerResponse): ResponseSink {
     return {
       delta: (_seq, frame) => {
         const now = performance.now();
@@ -443,9 +318,9 @@ export class SessionRunner {
   }
 
   /** The response ended (or a resume finds it ended): response.done to the connection, then a queued message. */
-  private finish(r: Response): void {
+  private finish(r: RunnerResponse): void {
     if (!r.doneFrame) {
-      r.doneFrame = this.doneFrame(r);
+      r.doneFrame = doneFrame(r, this.session, this.tenant, this.gw.metrics);
       if (this.gw.cluster) this.lastAnswer = { response_id: r.id, text: r.log.text, next_seq: r.log.nextSeq, done: r.doneFrame };
       void this.gw.persist(this); // the conversation as it stands after this answer
     }
@@ -456,76 +331,7 @@ export class SessionRunner {
     const next = this.queued;
     this.queued = null;
     if (next) this.create(next);
-    else this.kickTyping(); // typed while the answer streamed
-  }
-
-  /** The response.done of an ended response, after its barge-in trim. */
-  private doneFrame(r: Response): Record<string, unknown> {
-    const result = r.log.result!;
-    let done: Record<string, unknown>;
-    if ('error' in result) {
-      const e = toWeftError(result.error);
-      // an internal failure: usage and timing from the request, as far as it got
-      const q = r.turn.request;
-      const now = performance.now();
-      done = {
-        type: 'response.done', response_id: r.id, finish_reason: 'error', error: { code: e.code, message: e.message },
-        usage: { prompt_tokens: r.turn.prompt.length, cached_tokens: q.cachedAtStart, completion_tokens: q.generated.length },
-        timing: { queue_ms: (q.admittedAt || now) - q.submittedAt, ttft_ms: q.firstTokenAt ? q.firstTokenAt - q.submittedAt : 0, duration_ms: now - q.submittedAt },
-        truncated_turns: 0,
-      };
-      this.gw.metrics.errors.inc({ code: e.code });
-    } else {
-      const ev = result.done;
-      done = { type: 'response.done', response_id: r.id, finish_reason: ev.finishReason, usage: ev.usage, timing: ev.timing, truncated_turns: ev.truncatedTurns, kv: this.kv() };
-      if (ev.error) {
-        done.error = ev.error;
-        this.gw.metrics.errors.inc({ code: ev.error.code });
-      }
-      if (r.shutdown && ev.finishReason === 'cancelled') done.finish_reason = 'shutdown';
-      if (r.budgetSpent && ev.finishReason === 'cancelled') {
-        done.finish_reason = 'budget';
-        done.error = { code: 'WEFT_KEY_BUDGET', message: `the API key "${this.tenant?.name}" spent its tokens per minute during this answer` };
-        this.gw.metrics.errors.inc({ code: 'WEFT_KEY_BUDGET' });
-      }
-      if (r.truncateAt !== undefined) {
-        try {
-          done.truncated_at_seq = r.truncateAt;
-          done.text = this.trim(r, r.truncateAt);
-        } catch (err) {
-          done.truncate_error = { code: toWeftError(err).code, message: toWeftError(err).message };
-        }
-      }
-    }
-    return done;
-  }
-
-  /**
-   * response.progress while `r` runs, checked every 100 ms and sent when it changed: `queued`
-   * (position: 1 for the next one admitted; ahead: requests before it), `prefilling` (tokens done
-   * of total), `generating`, `paused` (the consumer is not reading: backpressure, or no
-   * connection and a full replay window).
-   */
-  private watch(r: Response): void {
-    let last = '';
-    const check = () => {
-      if (r.log.result) return clearInterval(timer);
-      const q = r.turn.request;
-      let ev: Record<string, unknown>;
-      if (q.state === 'queued') {
-        const ahead = Math.max(0, this.gw.scheduler!.queuePosition(q));
-        ev = { state: 'queued', position: ahead + 1, ahead };
-      } else if (q.state === 'prefilling') ev = { state: 'prefilling', done: q.offset, total: q.opts.tokens.length };
-      else if (r.log.blocked()) ev = { state: 'paused', reason: this.wire ? 'backpressure' : 'disconnected' };
-      else ev = { state: 'generating', tokens: q.generated.length };
-      const key = JSON.stringify({ ...ev, tokens: undefined });
-      if (key === last) return;
-      last = key;
-      this.send({ type: 'response.progress', response_id: r.id, ...ev });
-    };
-    const timer = setInterval(check, 100);
-    timer.unref();
-    check();
+    else this.typing.kick(); // typed while the answer streamed
   }
 
   private observe(d: TurnDone): void {

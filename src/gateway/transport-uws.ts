@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import type * as UWS from '@trufflesuite/uws-js-unofficial';
 import { WeftError } from '../errors.js';
 import { parseProtocols } from './api-keys.js';
-import type { FrontConnection, TransportSocket } from './connection.js';
+import type { FrontConnection, TransportSocket } from './socket-link.js';
 import { bodyTooLarge, ExchangeBase, STATUS_TEXT, type HttpExchange } from './http-exchange.js';
 import { parseTarget } from './http-request.js';
 import type { Gateway } from './server.js';
@@ -259,8 +259,9 @@ class UwsExchange extends ExchangeBase implements HttpExchange {
     // a body left unread (refused early) closes the connection after the answer
     this.res.cork(() => {
       this.writeHead(status, headers);
-      // HEAD: the headers a GET would get (its length included), no body
-      if (this.method === 'HEAD') this.res.endWithoutBody(Buffer.byteLength(body), !this.bodyComplete);
+      // HEAD: no body (uWS 20 leaves a response whose reported length is not 0 unfinished, and the
+      // keep-alive connection then drops the next request: the length is reported as 0)
+      if (this.method === 'HEAD') this.res.endWithoutBody(0, !this.bodyComplete);
       else this.res.end(body, !this.bodyComplete);
     });
   }

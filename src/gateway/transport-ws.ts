@@ -10,7 +10,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { WeftError } from '../errors.js';
 import { parseProtocols } from './api-keys.js';
-import type { FrontConnection, TransportSocket } from './connection.js';
+import type { FrontConnection, TransportSocket } from './socket-link.js';
 import { bodyTooLarge, ExchangeBase, STATUS_TEXT, type HttpExchange } from './http-exchange.js';
 import { parseTarget } from './http-request.js';
 import type { Gateway } from './server.js';
@@ -233,7 +233,9 @@ class NodeExchange extends ExchangeBase implements HttpExchange {
     if (this.done || this.aborted || this.res.headersSent) return;
     this.done = true;
     // a body left unread (refused early: too large, no key) is not drained: the connection closes
-    if (!this.req.complete) this.res.setHeader('connection', 'close');
+    // (a request without a body is not complete yet while its handler runs: it keeps its connection)
+    const announced = this.req.headers['transfer-encoding'] !== undefined || Number(this.req.headers['content-length'] ?? 0) > 0;
+    if (announced && !this.req.complete) this.res.setHeader('connection', 'close');
     this.res.writeHead(status, headers);
     this.res.end(body);
   }
