@@ -128,6 +128,34 @@ describe('takeover', () => {
     c2.ws.close();
   });
 
+  test('split brain: an owner presumed dead (frozen) that comes back loses the session at its next write; it is never served by both', async () => {
+    const [a, b] = await Promise.all([instance('sa'), instance('sb')]);
+    const c1 = await Client.open(a.wsUrl);
+    const created = await c1.next();
+    await turn(c1, 'Hello.');
+    a.signal('SIGSTOP'); // its heartbeat stops: after its TTL it counts as dead
+    try {
+      await new Promise((r) => setTimeout(r, 1300));
+      const c2 = await Client.open(`${b.wsUrl}?resume=${created.resume_token}`);
+      const resumed = await c2.next();
+      expect(resumed).toMatchObject({ type: 'session.resumed' });
+      expect(resumed.resume_token).toMatch(/^sb\./);
+      a.signal('SIGCONT');
+      // the old owner's client sends a message: the old owner's fenced write is refused, it stops serving the session
+      c1.send({ type: 'message.create', content: 'Still there?', sampling: SAMPLING });
+      const ev = await c1.next((e) => e.type === 'error' || e.type === 'response.delta');
+      expect(ev).toMatchObject({ type: 'error', code: 'WEFT_SESSION_ELSEWHERE' });
+      await c1.waitClosed();
+      expect(a.err).toContain('another instance owns it now');
+      // the new owner serves it
+      const t = await turn(c2, 'Still there?');
+      expect(t.done).toMatchObject({ type: 'response.done' });
+      c2.ws.close();
+    } finally {
+      a.signal('SIGCONT');
+    }
+  });
+
   test('a live owner keeps its session: a resume that reaches another instance is WEFT_SESSION_ELSEWHERE naming the owner', async () => {
     const [a, b] = await Promise.all([instance('la'), instance('lb')]);
     const c = await Client.open(a.wsUrl);

@@ -54,15 +54,41 @@ export interface Progress {
   text: string;
 }
 
-export type ClaimResult = { ok: true; previous: string | null } | { ok: false; owner: string };
+/** A claim: won (and from whom), lost to a live owner, or about a session Redis does not hold (`unknown`). */
+export type ClaimResult = { ok: true; previous: string | null } | { ok: false; owner: string; unknown?: undefined } | { ok: false; unknown: true; owner?: undefined };
 
 const CLAIM = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2, ''} end
 local o = redis.call('GET', KEYS[1])
 if (not o) or o == ARGV[1] or redis.call('EXISTS', 'weft:inst:' .. o) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return {1, o or ''}
 end
 return {0, o}`;
+
+const UNCLAIM = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+
+/** After a takeover under a new token: the old record goes, its owner key stays (naming the new owner) so that a presumed-dead old owner's next write is refused. */
+const RETIRE = `
+local o = redis.call('GET', KEYS[1])
+if o ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1`;
+
+/** Keeps the records of sessions this instance serves from expiring while they are connected (only those it owns). */
+const TOUCH = `
+local n = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+    n = n + 1
+  end
+end
+return n`;
 
 const FENCED_SET = `
 local o = redis.call('GET', KEYS[1])
@@ -77,10 +103,11 @@ if o and o ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return 1`;
 
-/** Token bucket: KEYS[1] tpm hash; ARGV: capacity, now ms, tokens to take, min needed (0: always take). Returns {ok, left, waitMs}. */
+/** Token bucket: KEYS[1] tpm hash; ARGV: capacity, (unused), tokens to take, min needed (0: always take). Redis's clock, not the instances' (which may disagree). Returns {ok, left, waitMs}. */
 const TAKE_TOKENS = `
 local cap = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
+local t0 = redis.call('TIME')
+local now = tonumber(t0[1]) * 1000 + math.floor(tonumber(t0[2]) / 1000)
 local n = tonumber(ARGV[3])
 local need = tonumber(ARGV[4])
 local t = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -135,7 +162,7 @@ export class ClusterState {
   readonly instanceTtlMs: number;
   private readonly log: (line: string) => void;
   /** Records that could not be written while Redis was down, written again when it is back (by token hash). */
-  private readonly dirty = new Map<string, () => Promise<unknown>>();
+  private readonly dirty = new Map<string, { write: () => Promise<number>; onLost?: () => void }>();
   private closed = false;
   private wasReady = false;
   /** Called when Redis is back after an outage (the gateway writes its sessions again). */
@@ -177,10 +204,27 @@ export class ClusterState {
   }
 
   /** Connects (without waiting for Redis: weft serves its own sessions while Redis is down) and starts the heartbeat. */
-  start(): void {
+  /** Connects to Redis (without the heartbeat: an instance says it lives once it can serve, `beginHeartbeat`). */
+  connect(): void {
+    if (this.connecting) return;
+    this.connecting = true;
     this.redis.connect().catch((err: Error) => this.setDown(err.message));
+  }
+
+  private connecting = false;
+
+  /** Starts saying this instance lives (every heartbeatMs): others no longer take its sessions over. */
+  beginHeartbeat(): void {
+    this.connect();
+    if (this.heartbeat || this.leaving) return;
     this.heartbeat = setInterval(() => void this.beat(), this.heartbeatMs);
     this.heartbeat.unref();
+    void this.beat();
+  }
+
+  /** connect, then the heartbeat. */
+  start(): void {
+    this.beginHeartbeat();
   }
 
   private setDown(why: string): void {
@@ -203,7 +247,7 @@ export class ClusterState {
   }
 
   private async beat(): Promise<void> {
-    if (this.closed || this.leaving || this.redis.status !== 'ready') return;
+    if (this.closed || this.leaving || !this.heartbeat || this.redis.status !== 'ready') return;
     await this.call('heartbeat', () => this.redis.set(`weft:inst:${this.instanceId}`, '1', 'PX', this.instanceTtlMs), null);
   }
 
@@ -217,13 +261,13 @@ export class ClusterState {
    * when another instance owns it now (this one lost it) or Redis is down (the record is written
    * again when it is back).
    */
-  async save(record: ClusterRecord, ttlMs: number): Promise<'saved' | 'lost' | 'down'> {
+  async save(record: ClusterRecord, ttlMs: number, onLost?: () => void): Promise<'saved' | 'lost' | 'down'> {
     const h = record.token_hash;
     const write = () =>
       this.redis.eval(FENCED_SET, 2, `weft:own:${h}`, `weft:sess:${h}`, this.instanceId, JSON.stringify({ ...record, owner: this.instanceId }), String(Math.max(1000, Math.round(ttlMs)))) as Promise<number>;
     const r = await this.call('save', write, -1);
     if (r === -1) {
-      this.dirty.set(h, write);
+      this.dirty.set(h, { write, onLost });
       return 'down';
     }
     this.dirty.delete(h);
@@ -256,9 +300,29 @@ export class ClusterState {
 
   /** Takes a session over: this instance becomes its owner unless a live other instance owns it. */
   async claim(tokenHash: string, ttlMs: number): Promise<ClaimResult | null> {
-    const r = await this.call('claim', () => this.redis.eval(CLAIM, 1, `weft:own:${tokenHash}`, this.instanceId, String(Math.max(1000, Math.round(ttlMs)))) as Promise<[number, string]>, null);
+    const r = await this.call('claim', () => this.redis.eval(CLAIM, 2, `weft:own:${tokenHash}`, `weft:sess:${tokenHash}`, this.instanceId, String(Math.max(1000, Math.round(ttlMs)))) as Promise<[number, string]>, null);
     if (!r) return null;
+    if (r[0] === 2) return { ok: false, unknown: true };
     return r[0] === 1 ? { ok: true, previous: r[1] === '' ? null : r[1] } : { ok: false, owner: r[1] };
+  }
+
+  /** Gives a claim back (this instance took it but does not serve the session): its owner key goes if it names this instance. */
+  async unclaim(tokenHash: string): Promise<void> {
+    await this.call('unclaim', () => this.redis.eval(UNCLAIM, 1, `weft:own:${tokenHash}`, this.instanceId) as Promise<number>, 0);
+  }
+
+  /** Retires a session's old record after a takeover under a new token (its owner key stays, naming this instance, for `ttlMs`). */
+  async retire(tokenHash: string, ttlMs: number): Promise<void> {
+    this.dirty.delete(tokenHash);
+    await this.call('retire', () => this.redis.eval(RETIRE, 3, `weft:own:${tokenHash}`, `weft:sess:${tokenHash}`, `weft:prog:${tokenHash}`, this.instanceId, String(Math.max(1000, Math.round(ttlMs)))) as Promise<number>, 0);
+  }
+
+  /** Extends the records of these sessions (their token hashes) that this instance owns by `ttlMs`. */
+  async touch(tokenHashes: string[], ttlMs: number): Promise<void> {
+    for (let i = 0; i < tokenHashes.length; i += 500) {
+      const keys = tokenHashes.slice(i, i + 500).flatMap((h) => [`weft:own:${h}`, `weft:sess:${h}`]);
+      await this.call('touch', () => this.redis.eval(TOUCH, keys.length, ...keys, this.instanceId, String(Math.max(1000, Math.round(ttlMs)))) as Promise<number>, 0);
+    }
   }
 
   /** Who owns a session now (null: nobody, or Redis cannot say). */
@@ -301,10 +365,16 @@ export class ClusterState {
     const pending = [...this.dirty.entries()];
     if (pending.length === 0) return;
     let n = 0;
-    for (const [h, write] of pending) {
-      const r = await this.call('rewrite', write, -1);
+    for (const [h, d] of pending) {
+      const r = await this.call('rewrite', d.write, -1);
       if (r === -1) return; // down again
       this.dirty.delete(h);
+      if (r === 0) {
+        // taken over while Redis was unreachable from here: this instance no longer serves it
+        this.log(`redis: a session was taken over by another instance while Redis was unreachable; this one stops serving it`);
+        d.onLost?.();
+        continue;
+      }
       n++;
     }
     this.log(`redis: wrote ${n} session records again that were saved while it was down`);

@@ -39,6 +39,8 @@ export function admitUpgrade(gw: Gateway, u: UpgradeRequest): UpgradeDecision {
   if (wait > 0) return refuse(429, ADDRESS_RATE_LIMITED, wait);
   // behind a proxy with other instances, a draining one answers 503 before the upgrade: the proxy tries the next
   if (gw.draining && gw.cluster) return refuse(503, 'WEFT_DRAINING: this instance is shutting down; another one takes its sessions over\n', 1000);
+  // and one still loading its model (a restart) too: it does not say it lives before it can serve
+  if (!gw.scheduler && gw.cluster) return refuse(503, 'WEFT_NOT_READY: this instance is loading its model\n', 1000);
   let tenant: Tenant | null = null;
   if (gw.keys) {
     tenant = gw.keys.authenticate(presentedKey(u.authorization, u.protocols));

@@ -17,6 +17,7 @@ import { SessionRunner, type Wire } from './session-runner.js';
 import type { Tenant } from './api-keys.js';
 import { LinkedFront, openFront, type FrontConnection, type TransportSocket } from './socket-link.js';
 import { takeOverSession } from './takeover.js';
+import { hashToken } from '../session/state-store.js';
 
 export class Connection extends LinkedFront implements FrontConnection {
   runner: SessionRunner | null = null;
@@ -35,7 +36,7 @@ export class Connection extends LinkedFront implements FrontConnection {
   constructor(
     gw: Gateway,
     sock: TransportSocket,
-    private readonly resume?: string,
+    private resume?: string,
     private readonly lastSeq?: number,
     private readonly responseId?: string,
     /** The API key's tenant (null: no API keys). */
@@ -88,8 +89,38 @@ export class Connection extends LinkedFront implements FrontConnection {
   }
 
   private start(): void {
-    const scheduler = this.gw.scheduler!;
     if (this.tenant) this.releaseLease = this.tenant.acquire(); // WEFT_KEY_CONCURRENCY: refused by open()
+    if (this.resume !== undefined && this.gw.cluster) {
+      // a token this instance took a session over from: the session lives under its new token
+      const moved = this.gw.movedTokens.get(hashToken(this.resume));
+      if (moved && moved.until > Date.now()) this.resume = moved.token;
+      // a takeover of this token in progress here (the client reconnected again meanwhile): wait for it
+      const inFlight = this.gw.takeoversInFlight.get(hashToken(this.resume));
+      if (inFlight) return this.afterTakeover(inFlight);
+    }
+    this.continueStart();
+  }
+
+  /** A second connection for a token whose takeover runs here: once it is done, a resume of the session under its new token. */
+  private afterTakeover(inFlight: Promise<string | null>): void {
+    this.held = [];
+    void inFlight.then((fresh) => {
+      if (this.closed) return;
+      const held = this.held ?? [];
+      this.held = null;
+      if (fresh) this.resume = fresh;
+      try {
+        this.continueStart();
+      } catch (err) {
+        const e = toWeftError(err);
+        this.refuse(e.code, e.message);
+      }
+      for (const f of held) this.onMessage(f.data, f.isBinary);
+    });
+  }
+
+  /** The session of this connection: a resume of one held here, restored from the state dir, taken over from another instance, or a new one. */
+  private continueStart(): void {
     // a resume token is good only with the key that created its session
     const ownKey = (r: SessionRunner | undefined) => (r?.tenant?.name ?? null) === (this.tenant?.name ?? null);
     const full = this.gw.numLiveSessions >= this.gw.maxSessions;
@@ -168,6 +199,14 @@ export class Connection extends LinkedFront implements FrontConnection {
       this.held = null;
       for (const f of held) this.onMessage(f.data, f.isBinary);
     };
+    const hash = hashToken(token);
+    let done!: (fresh: string | null) => void;
+    this.gw.takeoversInFlight.set(hash, new Promise((r) => (done = r)));
+    const settle = (fresh: string | null) => {
+      this.gw.takeoversInFlight.delete(hash);
+      if (fresh) this.gw.movedTokens.set(hash, { token: fresh, until: Date.now() + this.gw.resumeTtlMs });
+      done(fresh);
+    };
     takeOverSession(this.gw, token, {
       closed: () => this.closed,
       tenant: this.tenant,
@@ -179,11 +218,18 @@ export class Connection extends LinkedFront implements FrontConnection {
       send: (ev) => this.send(ev),
       sendText: (text) => this.sendText(text),
       closeElsewhere: () => this.closeElsewhere(),
-    }).then(release, (err: unknown) => {
-      const e = toWeftError(err);
-      this.gw.log(`takeover of a session failed: ${e.message}`);
-      if (!this.closed) this.refuse(e.code, e.message);
-    });
+    }).then(
+      (fresh) => {
+        settle(fresh);
+        release();
+      },
+      (err: unknown) => {
+        settle(null);
+        const e = toWeftError(err);
+        this.gw.log(`takeover of a session failed: ${e.message}`);
+        if (!this.closed) this.refuse(e.code, e.message);
+      },
+    );
   }
 
   /** Another instance took this session over (this one was presumed dead): the client is sent there. */

@@ -43,12 +43,12 @@ export class RunnerCluster {
    * token for token gets its seed now (in `wire`), and the conversation as it stands with what to
    * run again goes to Redis for whoever takes over.
    */
-  beforeStart(id: string, content: string, wire: WireSampling): void {
-    if (!this.gw.cluster) return;
+  beforeStart(id: string, content: string, wire: WireSampling): Promise<void> | null {
+    if (!this.gw.cluster) return null;
     if (wire.seed === undefined) wire.seed = randomInt(2 ** 47);
-    if (this.runner.resumeToken) {
-      void this.gw.persist(this.runner, { pending: { response_id: id, content, sampling: { ...wire } }, conversation: this.runner.session.conversation.toJSON() });
-    }
+    if (!this.runner.resumeToken) return null;
+    // at most Redis's command timeout (1 s); a Redis that is down does not hold the answer
+    return this.gw.persist(this.runner, { pending: { response_id: id, content, sampling: { ...wire } }, conversation: this.runner.session.conversation.toJSON() }).catch(() => undefined);
   }
 
   /** An answer started: while it runs, its progress goes to Redis every 250 ms (a new owner checks its run again against it). */

@@ -9,6 +9,7 @@
  * behind proxies (trusted-proxies.ts), and the sessions saved to the state dir and Redis
  * (saved-sessions.ts).
  */
+import { hashToken } from '../session/state-store.js';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
@@ -174,6 +175,13 @@ export class Gateway {
     return this.proxies?.clientAddress(peer, forwardedFor) ?? peer;
   }
 
+  private touchTimer: NodeJS.Timeout | null = null;
+
+  /** Tokens this instance took sessions over from (by hash): the session's new token, until the resume TTL runs out. */
+  readonly movedTokens = new Map<string, { token: string; until: number }>();
+  /** Takeovers running here (by the old token's hash): resolve with the new token (null: none). */
+  readonly takeoversInFlight = new Map<string, Promise<string | null>>();
+
   /** The state shared with other instances (null: one instance; set by listen). */
   cluster: ClusterState | null = null;
   readonly log: (line: string) => void;
@@ -222,6 +230,7 @@ export class Gateway {
     if (!engine.tokenizer) throw new WeftError('WEFT_TOKENIZER', `${engine.dir} has no tokenizer.json: the gateway needs one`);
     this.format = new ChatFormat(engine.tokenizer);
     this.scheduler = new Scheduler(engine, this.options.scheduler);
+    this.cluster?.beginHeartbeat();
     this.scheduler.onDelivered = () => {
       for (const c of this.corked) c.uncork();
       this.corked.length = 0;
@@ -351,7 +360,16 @@ export class Gateway {
         const runners = [...this.runners()].filter((r) => r.resumeToken && !r.busy);
         void Promise.all(runners.map((r) => this.persist(r))).then(() => runners.length > 0 && this.log(`redis: wrote this instance's ${runners.length} sessions again`));
       };
-      this.cluster.start();
+      // connected now; it says it lives once the model is loaded (attach): a loading instance's sessions stay takeable
+      this.cluster.connect();
+      if (this.scheduler) this.cluster.beginHeartbeat();
+      // the records of the sessions held here do not expire while they are held (they are written only per turn)
+      const every = Math.max(1000, Math.floor(this.resumeTtlMs / 3));
+      this.touchTimer = setInterval(() => {
+        const hashes = [...this.runners()].filter((r) => r.resumeToken).map((r) => hashToken(r.resumeToken!));
+        if (hashes.length > 0) void this.cluster?.touch(hashes, this.resumeTtlMs);
+      }, every);
+      this.touchTimer.unref();
       this.metrics.watchCluster(this.cluster);
       if (this.keys) for (const t of this.keys.tenants) t.share(this.cluster);
     }
@@ -404,6 +422,7 @@ export class Gateway {
     await Promise.allSettled([...this.sessions].map((s) => s.close()));
     this.openai.close();
     await this.scheduler?.close();
+    if (this.touchTimer) clearInterval(this.touchTimer);
     await this.cluster?.close();
     await this.transport.close();
   }

@@ -236,13 +236,15 @@ export class SessionRunner {
     }
     const wire: WireSampling = { ...this.sampling, ...ev.sampling };
     const id = regen?.id ?? `resp_${randomBytes(9).toString('base64url')}`;
-    this.clusterSide.beforeStart(id, ev.content, wire); // with a cluster: its seed (in wire), its pending record
+    // with a cluster: its seed (in wire), and its pending record written before the answer starts (so that no
+    // delta reaches the client before another instance could run the answer again)
+    const saved = this.clusterSide.beforeStart(id, ev.content, wire);
     const opts = toTurnSampling(wire);
-    const tenant = regen ? null : this.tenant; // an answer run again was paid for
+    // an answer run again keeps its key's cap, name and weight, but its prompt was paid for
+    const tenant = this.tenant;
     const log = new ResponseLog(id, this.gw.replayBytes, deltaFrameBuilder(id, opts.logprobs ? (opts.topLogprobs ?? 0) : -1, this.session.format.tokenizer));
     const preparing = (this.preparing = { abort: new AbortController(), cancelled: false as boolean, cancelEventId: undefined as string | undefined });
-    this.session
-      .sendAsync(ev.content, {
+    const send = () => this.session.sendAsync(ev.content, {
         sampling: opts.sampling,
         maxTokens: opts.maxTokens,
         stop: opts.stop,
@@ -254,13 +256,19 @@ export class SessionRunner {
               tenant: tenant.name,
               weight: tenant.limits.weight,
               // the key pays for what the engine computes: prompt tokens not in the KV, then each generated token
-              admit: (prompt: number, cached: number) => {
-                tenant.checkBudget(prompt - cached);
-                tenant.charge(prompt - cached);
-              },
+              ...(regen
+                ? {}
+                : {
+                    admit: (prompt: number, cached: number) => {
+                      tenant.checkBudget(prompt - cached);
+                      tenant.charge(prompt - cached);
+                    },
+                  }),
             }
           : {}),
-      })
+      });
+    // without a cluster the message starts now, as it always did (nothing to wait for)
+    (saved ? saved.then(send) : send())
       .then(
         (turn) => {
           this.preparing = null;
@@ -283,7 +291,7 @@ export class SessionRunner {
     this.current = r;
     if (!regen || regen.announce) this.send(withId({ type: 'response.created', response_id: r.id }, eventId));
     this.lastDeltaAt = 0;
-    const tenant = regen ? null : this.tenant;
+    const tenant = regen ? null : this.tenant; // the tokens of an answer run again are not charged twice
     r.turn.listen(
       tenant
         ? budgetTap(r.log, tenant, () => {

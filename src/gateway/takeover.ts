@@ -37,31 +37,54 @@ export interface TakeoverClient {
  * this instance, and runs again the answer that was running, sending the client the deltas after
  * its last_seq. The connection holds the frames that come meanwhile.
  */
-export async function takeOverSession(gw: Gateway, token: string, client: TakeoverClient): Promise<void> {
+export async function takeOverSession(gw: Gateway, token: string, client: TakeoverClient): Promise<string | null> {
   const cluster = gw.cluster!;
   const hash = hashToken(token);
   const outcome = (o: string) => gw.metrics.takeovers?.inc({ outcome: o });
   const deadline = performance.now() + cluster.instanceTtlMs + 1000;
   let claim = await cluster.claim(hash, gw.resumeTtlMs);
-  while (claim && !claim.ok && performance.now() < deadline && !client.closed()) {
+  while (claim && !claim.ok && !claim.unknown && performance.now() < deadline && !client.closed()) {
     await new Promise((r) => setTimeout(r, 100));
     claim = await cluster.claim(hash, gw.resumeTtlMs);
   }
-  if (client.closed()) return;
-  if (claim && !claim.ok) {
+  if (client.closed()) return null;
+  const named = token.includes('.') ? token.slice(0, Math.min(64, token.indexOf('.'))) : '?';
+  if (!claim) {
+    // Redis cannot say now: the token may well be good; the client retries (it is not told it is unknown)
+    outcome('refused');
+    client.refuse('WEFT_NOT_READY', 'the state shared by the instances cannot be read now (Redis); retry shortly: the session is not lost');
+    return null;
+  }
+  if (!claim.ok && claim.unknown) {
+    gw.log(`a resume token naming instance ${JSON.stringify(named)} is unknown to the shared state (forged, expired or ended; hash ${hash.slice(0, 12)}…)`);
+    client.startFresh(true);
+    return null;
+  }
+  if (!claim.ok) {
     outcome('refused');
     gw.metrics.errors.inc({ code: 'WEFT_SESSION_ELSEWHERE' });
     client.send({ type: 'error', code: 'WEFT_SESSION_ELSEWHERE', message: `the session is served by instance ${claim.owner}, which is alive; reconnect through the proxy`, instance: claim.owner });
-    return client.closeElsewhere();
+    client.closeElsewhere();
+    return null;
   }
-  const record = claim ? await cluster.load(hash) : null; // null claim: Redis cannot say now
-  if (client.closed()) return;
+  const record = await cluster.load(hash);
+  if (client.closed()) {
+    await cluster.unclaim(hash);
+    return null;
+  }
   const tenant = client.tenant;
   if (!record || record.expires_at <= Date.now() || (record.key ?? null) !== (tenant?.name ?? null)) {
     if (record && (record.key ?? null) !== (tenant?.name ?? null)) gw.log(`a resume token of key ${JSON.stringify(record.key)} was presented with ${tenant ? `key ${JSON.stringify(tenant.name)}` : 'no key'}: refused as unknown`);
-    return client.startFresh(true);
+    // the claim is given back: the session stays its key's to resume anywhere
+    await cluster.unclaim(hash);
+    client.startFresh(true);
+    return null;
   }
-  if (gw.numLiveSessions >= gw.maxSessions) return client.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${gw.maxSessions} connected sessions; the session stays resumable`);
+  if (gw.numLiveSessions >= gw.maxSessions) {
+    await cluster.unclaim(hash);
+    client.refuse('WEFT_TOO_MANY_SESSIONS', `the gateway serves its maximum of ${gw.maxSessions} connected sessions; the session stays resumable`);
+    return null;
+  }
   // the session lives here now, under a token that names this instance (the proxy routes its next resume here)
   const fresh = gw.newResumeToken();
   const runner = gw.revive(fresh, record, tenant);
@@ -72,7 +95,8 @@ export async function takeOverSession(gw: Gateway, token: string, client: Takeov
   const progress = pending ? await cluster.loadProgress(hash) : null;
   // written under the new token before the old one goes: a death now loses nothing
   await gw.persist(runner, pending ? { pending, conversation: record.conversation } : undefined);
-  await cluster.remove(hash);
+  // the old record goes; its owner key stays, naming this instance: a presumed-dead old owner's next write is refused
+  await cluster.retire(hash, gw.resumeTtlMs);
   gw.log(`session ${record.session_id}: taken over from ${claim?.previous ?? 'nobody'}${pending ? `; answer ${pending.response_id} runs again from its start` : ''}`);
   outcome(pending ? 'regenerated' : 'resumed');
   const lastSeq = client.lastSeq ?? -1;
@@ -82,11 +106,17 @@ export async function takeOverSession(gw: Gateway, token: string, client: Takeov
     resume_token: fresh,
     response: pending ? { response_id: pending.response_id, status: 'in_progress', next_seq: (client.responseId === pending.response_id ? lastSeq : -1) + 1 } : last ? { response_id: last.response_id, status: 'done', next_seq: last.next_seq } : null,
   });
-  if (pending) return runner.regenerate(pending, lastSeq, client.responseId, progress);
-  if (last && client.responseId === last.response_id && lastSeq + 1 < last.next_seq + 1) {
-    // the answer ended on the lost instance after the client's last delta: its text, then its end
-    gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
-    client.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: 'the instance that ran this answer is gone; its whole text follows', response_id: last.response_id, text: last.text, next_seq: last.next_seq });
+  if (pending) {
+    runner.regenerate(pending, lastSeq, client.responseId, progress);
+    return fresh;
+  }
+  if (last && client.responseId === last.response_id && lastSeq + 1 <= last.next_seq) {
+    // the answer ended on the lost instance after the client's last delta: its text if deltas are missing, then its end
+    if (lastSeq + 1 < last.next_seq) {
+      gw.metrics.errors.inc({ code: 'WEFT_REPLAY_GAP' });
+      client.send({ type: 'error', code: 'WEFT_REPLAY_GAP', message: 'the instance that ran this answer is gone; its whole text follows', response_id: last.response_id, text: last.text, next_seq: last.next_seq });
+    }
     client.sendText(JSON.stringify(last.done));
   }
+  return fresh;
 }

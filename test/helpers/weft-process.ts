@@ -25,6 +25,11 @@ export class WeftProcess {
     return `ws://127.0.0.1:${this.port}/v1/ws`;
   }
 
+  /** Sends a signal (SIGSTOP freezes it: its heartbeat stops as a dead instance's does; SIGCONT thaws it). */
+  signal(sig: NodeJS.Signals): void {
+    this.child?.kill(sig);
+  }
+
   get alive(): boolean {
     return this.child !== null && this.child.exitCode === null && this.child.signalCode === null;
   }
