@@ -144,7 +144,7 @@ export const SERVE_OPTIONS: Record<string, OptionKind> = {
   // sessions and answers
   'max-sessions': 'count', 'max-tokens': 'count', sampling: 'string', 'context-policy': 'string', 'max-session-tokens': 'count',
   'resume-ttl': 'int', 'max-detached-sessions': 'count', 'max-detached-per-client': 'count', 'replay-bytes': 'size',
-  'park-after': 'int', 'drop-after': 'int', 'parked-memory': 'size', 'state-dir': 'string', 'prefix-cache-entries': 'int',
+  'park-after': 'int', 'drop-after': 'int', 'parked-memory': 'size', 'state-dir': 'string', 'prefix-cache-entries': 'int', 'prefix-cache-tokens': 'count',
   // what clients may send, and how much the server holds for them
   'max-frame-bytes': 'size', 'max-body-bytes': 'size', 'max-frames-per-second': 'count', 'max-bytes-per-second': 'size',
   'max-bytes-per-second-per-client': 'size', 'max-buffered-bytes': 'size', 'backpressure-bytes': 'size', heartbeat: 'int',
@@ -228,6 +228,7 @@ export async function readServeOptions(argv: string[], env: NodeJS.ProcessEnv = 
     parkedMemoryBytes: n('parked-memory'),
     stateDir: str('state-dir'),
     prefixCacheEntries: n('prefix-cache-entries'),
+    prefixCacheTokens: n('prefix-cache-tokens'),
     maxFrameBytes: n('max-frame-bytes'),
     maxBodyBytes: n('max-body-bytes'),
     maxFramesPerSecond: n('max-frames-per-second'),

@@ -111,6 +111,7 @@ SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
                               restarted weft resumes them until the resume TTL runs out
   --prefix-cache-entries N    finished HTTP requests kept for KV reuse by a follow-up whose prompt
                               extends one (default 64; 0 disables)
+  --prefix-cache-tokens N     most tokens of KV those entries hold together (default 65536)
   what clients may send, and what the server holds for them:
   --max-frame-bytes SIZE      largest client frame (default 1MiB)
   --max-body-bytes SIZE       largest HTTP request body; over it: 413 (default 4MiB)

@@ -106,4 +106,9 @@ export interface GatewayOptions {
    * extends one reuses its KV). 0 disables. Default 64.
    */
   prefixCacheEntries?: number;
+  /**
+   * Most tokens of KV those entries hold together (resident or parked in host memory); beyond,
+   * the least recently used are freed. Default 65536.
+   */
+  prefixCacheTokens?: number;
 }

@@ -95,6 +95,22 @@ export class GatewayMetrics {
   /** Takeovers of sessions from other instances (set by watchCluster). */
   takeovers: Counter<'outcome'> | null = null;
 
+  /** The stateless KV reuse cache of the OpenAI front (entries, tokens, hits, misses, evictions). */
+  watchPrefixCache(get: () => { size: number; numTokens: number; counters: { hits: number; misses: number; hitTokens: number; evictions: number } } | null): void {
+    const reg = this.registry;
+    new Gauge({ name: 'weft_prefix_cache_entries', help: 'Finished HTTP requests whose KV is kept for reuse.', registers: [reg], collect() { this.set(get()?.size ?? 0); } });
+    new Gauge({ name: 'weft_prefix_cache_tokens', help: 'Tokens of KV the prefix cache holds.', registers: [reg], collect() { this.set(get()?.numTokens ?? 0); } });
+    for (const [name, key, help] of [
+      ['weft_prefix_cache_hits_total', 'hits', 'HTTP requests that reused an earlier request\'s KV.'],
+      ['weft_prefix_cache_misses_total', 'misses', 'HTTP requests that found no KV to reuse.'],
+      ['weft_prefix_cache_hit_tokens_total', 'hitTokens', 'Prompt tokens served from the prefix cache.'],
+      ['weft_prefix_cache_evictions_total', 'evictions', 'Prefix cache entries freed (limits, or refused).'],
+    ] as const) {
+      let last = 0;
+      new Counter({ name, help, registers: [reg], collect() { const v = get()?.counters[key] ?? 0; if (v > last) this.inc(v - last); last = v; } });
+    }
+  }
+
   /** Per-API-key series, labelled by the key's name (never the key): tokens charged, leases held, budget left, decode tokens scheduled. */
   watchKeys(tenants: readonly Tenant[], getScheduler: () => Scheduler | null): void {
     const reg = this.registry;

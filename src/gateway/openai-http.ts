@@ -44,7 +44,9 @@ export class OpenAIHttp {
 
   private prefixCacheFor(): PrefixCache | null {
     const entries = this.gw.options.prefixCacheEntries ?? 64;
-    if (!this.cache && this.gw.scheduler && entries > 0) this.cache = new PrefixCache(this.gw.scheduler, { maxEntries: entries });
+    if (!this.cache && this.gw.scheduler && entries > 0) {
+      this.cache = new PrefixCache(this.gw.scheduler, { maxEntries: entries, maxTokens: this.gw.options.prefixCacheTokens ?? 65536 });
+    }
     return this.cache;
   }
 

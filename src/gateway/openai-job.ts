@@ -45,6 +45,8 @@ export class OpenAIJob {
   private shutdown = false;
   /** Ended because the key's budget ran out. */
   private budgetSpent = false;
+  /** Cut off: the client stopped reading past the stall timeout. */
+  private cutOff = false;
   private stallTimer: NodeJS.Timeout | null = null;
   private corked = false;
 
@@ -149,8 +151,13 @@ export class OpenAIJob {
     }
     request.listen((ev) => {
       if (ev.type === 'token') return this.onToken(ev);
-      this.onDone(ev, prompt.length); // first: the answer's whole text is known then
-      kv.giveBack(ev.finishReason === 'error' ? null : request.fed, followUp);
+      try {
+        this.onDone(ev, prompt.length); // first: the answer's whole text is known then
+      } finally {
+        // whatever happened answering, the sequence goes back (or is freed) and the job ends
+        kv.giveBack(ev.finishReason === 'error' ? null : request.fed, followUp);
+        this.end();
+      }
     });
   }
 
@@ -180,7 +187,11 @@ export class OpenAIJob {
     let error: WeftError | null = null;
     if (ev.finishReason === 'error') error = new WeftError(ev.error?.code ?? 'WEFT_INTERNAL', ev.error?.message ?? 'the request failed');
     else if (ev.finishReason === 'cancelled' && this.shutdown) error = new WeftError('WEFT_DRAINING', 'the server shut down before the answer was complete');
-    else if (ev.finishReason === 'cancelled' && !this.budgetSpent) return this.end(); // the client went away
+    else if (ev.finishReason === 'cancelled' && !this.budgetSpent) {
+      if (this.ex.aborted || this.cutOff) return this.end(); // the client went away, or stopped reading
+      // cancelled by something else (the scheduler closing, a listener that failed): said, never a silent end
+      error = new WeftError('WEFT_INTERNAL', 'the server cancelled the request before its answer was complete');
+    }
     const finish = ev.finishReason === 'stop' ? 'stop' : 'length'; // a spent budget ends the answer like max_tokens
     if (!this.params.stream) {
       if (error) return this.fail(error);
@@ -224,6 +235,7 @@ export class OpenAIJob {
         this.stallTimer = null;
         if (ex.writable) return;
         this.gw.metrics.errors.inc({ code: 'WEFT_RATE_LIMITED' });
+        this.cutOff = true;
         this.request?.cancel();
         ex.destroy();
         this.end();

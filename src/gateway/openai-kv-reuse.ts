@@ -70,7 +70,13 @@ export class KvReuse {
           this.free(s);
         }
       },
-      () => cache.put(s, kv, this.owner),
+      () => {
+        try {
+          cache.put(s, kv, this.owner);
+        } catch {
+          this.free(s); // never an unhandled rejection: a sequence the cache cannot take is freed
+        }
+      },
     );
   }
 

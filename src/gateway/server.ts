@@ -151,6 +151,7 @@ export class Gateway {
     if (this.keys) this.metrics.watchKeys(this.keys.tenants, () => this.scheduler);
     this.maxBodyBytes = pos(options.maxBodyBytes, 'maxBodyBytes', 4 << 20);
     this.openai = new OpenAIHttp(this);
+    this.metrics.watchPrefixCache(() => this.openai.prefixCache);
     this.transport = this.transportName === 'uws' ? new UwsTransport(this) : new WsTransport(this);
   }
 
