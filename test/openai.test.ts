@@ -5,7 +5,9 @@
  * reuse for stateless follow-ups (cached = cold), abort, and each error class the SDK maps.
  */
 import { copyFileSync, existsSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
+import WebSocket from 'ws';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -13,6 +15,7 @@ import { Engine } from '../src/engine/engine.js';
 import { ApiKeys } from '../src/gateway/api-keys.js';
 import { Gateway } from '../src/gateway/server.js';
 import { TinyModels } from './helpers/models.js';
+import { makeTls } from './helpers/tls.js';
 
 let engine: Engine;
 /** A tiny random model with the default model's tokenizer and a 16k context. */
@@ -291,6 +294,43 @@ describe.each(['ws', 'uws'] as const)('OpenAI-compatible HTTP over %s', (transpo
       sock.destroy();
     } finally {
       await g.close();
+    }
+  });
+});
+
+describe.each(['ws', 'uws'] as const)('TLS over %s (--tls-cert/--tls-key): HTTPS, SSE and wss:// on one port', (transport) => {
+  test('a streamed chat completion over HTTPS, and protocol v1 over wss://, trusting only the throwaway CA', async () => {
+    const tls = makeTls();
+    const gw = new Gateway({ transport, port: 0, tls: { certFile: tls.certFile, keyFile: tls.keyFile } });
+    gw.attach(engine);
+    const { port } = await gw.listen();
+    try {
+      const body = JSON.stringify({ model: gw.modelName, messages: [{ role: 'user', content: 'Hello there.' }], max_tokens: 12, temperature: 0, stream: true });
+      const sse = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const req = httpsRequest({ host: '127.0.0.1', port, path: '/v1/chat/completions', method: 'POST', ca: tls.ca, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+          let text = '';
+          res.on('data', (d) => (text += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+      expect(sse.status).toBe(200);
+      expect(sse.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+      const streamed = sse.text.split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6)).choices[0]?.delta?.content ?? '').join('');
+      const want = await direct(gw, chatPrompt(gw, [{ role: 'user', content: 'Hello there.' }]), 12);
+      expect(streamed).toBe(want);
+      // a client that does not trust the CA is refused by TLS itself
+      await expect(fetch(`https://127.0.0.1:${port}/healthz`)).rejects.toThrow();
+      const ws = new WebSocket(`wss://127.0.0.1:${port}/v1/ws`, { ca: tls.ca });
+      const first = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        ws.once('message', (d) => resolve(JSON.parse(String(d))));
+        ws.once('error', reject);
+      });
+      expect(first.type).toBe('session.created');
+      ws.close();
+    } finally {
+      await gw.close();
     }
   });
 });
