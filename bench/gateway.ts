@@ -1,25 +1,29 @@
 /**
  * npm run bench:gateway — WebSocket sessions through the gateway vs the same workload on the
- * scheduler directly (no sockets), on the embedded default model; both transports.
+ * scheduler directly (no sockets), on the embedded default model; both transports. `--http` adds
+ * the OpenAI-compatible HTTP/SSE front (streamed POST /v1/chat/completions, bench/http-sse.ts) on
+ * each transport, and its ratio to the WebSocket front of the same transport.
  *
  *   npm run bench:gateway -- [--sessions 1,16,64,256] [--gen-tokens 128] [--threads 2]
- *                            [--transports ws,uws] [--repeats 3] [--idle 10000] [--client-procs 1]
+ *                            [--transports ws,uws] [--http] [--repeats 3] [--idle 10000] [--client-procs 1]
  *                            [--typing | --typing-only] [--k6-chat 1,8,32 [--k6-duration 20]]
  * Each session sends one prompt and streams gen-tokens tokens (EOS and the template's stop string
  * are ignored so that every answer has exactly gen-tokens tokens). Every configuration runs
  * `--repeats` times (more with fewer than 16 sessions: at least 16 TTFT samples per mode), the
- * modes interleaved (direct, ws, uws, direct, ...). Reports per mode the
+ * modes interleaved (direct, ws, [http/sse ws,] uws, [http/sse uws,] direct, ...). Reports per mode the
  * best aggregate tokens/s and the range over the repeats, the ratio of best to best direct and
  * the range of the per-round ratios, time to first token p50/p99 and inter-token latency p50/p99
  * over the samples of all repeats, as a markdown table and a JSON line. `--idle N` also connects
  * N idle sessions per transport and reports the server process's RSS growth per session.
  *
  * The direct run is in this process. In a gateway run the server is in this process and the
- * clients in `--client-procs` child processes (bench/gateway-client.ts) that report their
+ * clients in `--client-procs` child processes (bench/gateway-client.ts for protocol v1,
+ * bench/http-sse.ts for HTTP/SSE: node:http on keep-alive connections opened before) that report their
  * measurements back over IPC, so client sockets and parsing do not share the server's event
  * loop (they do share the machine's cores). Both modes time a response from the moment its
  * session's prompt is sent: in the direct run all prompts are sent in one synchronous loop, so
  * every session's clock starts before that loop, as the clients' prompts all leave at once.
+ * Over HTTP a response is timed from sending its POST to its first content chunk.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -37,7 +41,7 @@ import { benchTypingAhead, typingTable, type TypingResult } from './typing-ahead
 
 const f = parseFlags(process.argv.slice(2), {
   sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number', 'idle-server': 'string',
-  typing: 'boolean', 'typing-only': 'boolean', 'typing-model': 'string', dir: 'string', 'k6-chat': 'list', 'k6-duration': 'number',
+  http: 'boolean', typing: 'boolean', 'typing-only': 'boolean', 'typing-model': 'string', dir: 'string', 'k6-chat': 'list', 'k6-duration': 'number',
 });
 // --k6-chat 1,8,32: the scenario of k6/chat.js (bench/k6-chat.ts, the same turns, metrics and
 // checks) against a `weft serve` child process, so that its numbers compare with k6's
@@ -78,6 +82,7 @@ const transports = ((f.transports as string | undefined) ?? 'ws,uws').split(',')
 const repeats = (f.repeats as number | undefined) ?? 3;
 const idle = (f.idle as number | undefined) ?? 0;
 const clientProcs = (f['client-procs'] as number | undefined) ?? 1;
+const http = f.http === true;
 const maxN = Math.max(...sessionCounts);
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -167,9 +172,10 @@ interface ClientResult {
 class Clients {
   private constructor(private readonly procs: ChildProcess[]) {}
 
-  static async connect(url: string, n: number, numProcs: number): Promise<Clients> {
+  /** `script`: gateway-client.js (protocol v1 over WebSocket) or http-sse.js (HTTP/SSE). */
+  static async connect(url: string, n: number, numProcs: number, script = 'gateway-client.js'): Promise<Clients> {
     const k = Math.max(1, Math.min(numProcs, n));
-    const procs = Array.from({ length: k }, () => fork(join(import.meta.dirname, 'gateway-client.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+    const procs = Array.from({ length: k }, () => fork(join(import.meta.dirname, script), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
     const c = new Clients(procs);
     let offset = 0;
     await Promise.all(
@@ -233,11 +239,12 @@ function newGateway(engine: Engine, transport: 'ws' | 'uws', maxSessions: number
   return gw;
 }
 
-async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number): Promise<Sample> {
+/** `front`: protocol v1 over WebSocket, or streamed chat completions over HTTP/SSE. */
+async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number, front: 'ws' | 'http'): Promise<Sample> {
   const gw = newGateway(engine, transport, maxN + 16);
   const steps = countSteps(gw.scheduler!);
-  const url = (await gw.listen()).url.replace('http', 'ws') + '/v1/ws';
-  const clients = await Clients.connect(url, n, clientProcs);
+  const base = (await gw.listen()).url;
+  const clients = front === 'ws' ? await Clients.connect(base.replace('http', 'ws') + '/v1/ws', n, clientProcs) : await Clients.connect(base, n, clientProcs, 'http-sse.js');
   const cpu0 = process.cpuUsage();
   const elu0 = elu_();
   const r = await clients.run(genTokens);
@@ -245,7 +252,7 @@ async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number): P
   const elu = elu_(elu0).utilization;
   await clients.close();
   await gw.close();
-  if (r.bad > 0) throw new Error(`gateway ${transport}: ${r.bad} of ${n} responses did not match their deltas`);
+  if (r.bad > 0) throw new Error(`${front} ${transport}: ${r.bad} of ${n} responses were not whole (deltas or completion tokens other than asked, an error, no end)`);
   return { wallMs: r.wallMs, tokens: r.tokens, ttft: r.ttft, itl: r.itl, ...steps, serverCpuMs, clientCpuMs: r.cpuMs, elu };
 }
 
@@ -303,8 +310,13 @@ if (f['idle-server']) {
   process.exit(0);
 }
 const format = noStopFormat(new ChatFormat(engine.tokenizer!));
-const modes = ['direct', ...transports.map((t) => `gateway ${t}`)];
-const runOnce = (mode: string, n: number) => (mode === 'direct' ? direct(engine, format, n) : viaGateway(engine, mode.slice(8) as 'ws' | 'uws', n));
+const modes = ['direct', ...transports.flatMap((t) => (http ? [`gateway ${t}`, `http/sse ${t}`] : [`gateway ${t}`]))];
+async function runOnce(mode: string, n: number): Promise<Sample> {
+  const s = mode === 'direct' ? await direct(engine, format, n) : await viaGateway(engine, mode.split(' ')[1] as 'ws' | 'uws', n, mode.startsWith('http') ? 'http' : 'ws');
+  // every answer has exactly gen-tokens tokens, in every mode
+  if (s.tokens !== n * genTokens) throw new Error(`${mode}, ${n} sessions: ${s.tokens} tokens, ${n * genTokens} asked`);
+  return s;
+}
 
 // warm-up: every code path compiled before the first measurement
 for (const mode of modes) await runOnce(mode, 4);
@@ -317,6 +329,10 @@ interface Row {
   vs_direct: number;
   vs_direct_min: number;
   vs_direct_max: number;
+  /** HTTP/SSE rows: best over the best of the WebSocket front on the same transport, and the per-round range. */
+  vs_ws?: number;
+  vs_ws_min?: number;
+  vs_ws_max?: number;
   ttft_p50_ms: number;
   ttft_p99_ms: number;
   itl_p50_ms: number;
@@ -340,6 +356,8 @@ for (const n of sessionCounts) {
     const ratios = ss.map((s, i) => tps(s) / tps(directs[i]!));
     const best = ss.reduce((a, b) => (tps(b) > tps(a) ? b : a));
     const tokens = best.tokens;
+    const wss = mode.startsWith('http') ? samples.get(mode.replace('http/sse', 'gateway'))! : null;
+    const wsRatios = wss ? ss.map((s, i) => tps(s) / tps(wss[i]!)) : [];
     rows.push({
       mode,
       sessions: n,
@@ -348,6 +366,7 @@ for (const n of sessionCounts) {
       vs_direct: tps(best) / bestDirect,
       vs_direct_min: Math.min(...ratios),
       vs_direct_max: Math.max(...ratios),
+      ...(wss ? { vs_ws: tps(best) / Math.max(...wss.map(tps)), vs_ws_min: Math.min(...wsRatios), vs_ws_max: Math.max(...wsRatios) } : {}),
       ttft_p50_ms: pct(ss.flatMap((s) => s.ttft), 50),
       ttft_p99_ms: pct(ss.flatMap((s) => s.ttft), 99),
       itl_p50_ms: pct(ss.flatMap((s) => s.itl), 50),
@@ -360,14 +379,16 @@ for (const n of sessionCounts) {
   }
 }
 const pc = (x: number) => `${(x * 100).toFixed(1)}%`;
+const wsCol = http ? ' vs WebSocket best (per-round range) |' : '';
 const lines = [
-  '| sessions | mode | tokens/s best (min) | vs direct best (per-round range) | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | engine busy | event loop busy | CPU µs/token server + clients |',
-  '|---|---|---|---|---|---|---|---|---|---|---|',
+  `| sessions | mode | tokens/s best (min) | vs direct best (per-round range) |${wsCol} TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | engine busy | event loop busy | CPU µs/token server + clients |`,
+  '|---|---|---|---|---|---|---|---|---|---|---|' + (http ? '---|' : ''),
 ];
 for (const r of rows) {
   const ratio = r.mode === 'direct' ? '100%' : `${pc(r.vs_direct)} (${pc(r.vs_direct_min)}–${pc(r.vs_direct_max)})`;
+  const vsWs = !http ? '' : r.vs_ws === undefined ? ' |' : ` ${pc(r.vs_ws)} (${pc(r.vs_ws_min!)}–${pc(r.vs_ws_max!)}) |`;
   lines.push(
-    `| ${r.sessions} | ${r.mode} | ${r.tokens_per_s.toFixed(0)} (${r.tokens_per_s_min.toFixed(0)}) | ${ratio} | ${r.ttft_p50_ms.toFixed(2)} | ${r.ttft_p99_ms.toFixed(2)} | ` +
+    `| ${r.sessions} | ${r.mode} | ${r.tokens_per_s.toFixed(0)} (${r.tokens_per_s_min.toFixed(0)}) | ${ratio} |${vsWs} ${r.ttft_p50_ms.toFixed(2)} | ${r.ttft_p99_ms.toFixed(2)} | ` +
       `${r.itl_p50_ms.toFixed(2)} | ${r.itl_p99_ms.toFixed(2)} | ${pc(r.engine_busy)} | ${pc(r.event_loop)} | ${r.server_cpu_us_per_token.toFixed(0)} + ${r.client_cpu_us_per_token.toFixed(0)} |`,
   );
 }
