@@ -6,9 +6,9 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
+import { freePort } from './helpers/system.js';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
 import { Gateway } from '../src/gateway/server.js';
@@ -150,16 +150,6 @@ function findPrometheus(): { bin: string | null; why: string } {
 const prom = findPrometheus();
 const promtool = prom.bin ? join(dirname(prom.bin), 'promtool') : null;
 
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
-}
 
 /** deploy/prometheus/prometheus.yml with its target replaced by `target` and every interval 1 s. */
 function testConfig(target: string): string {

@@ -34,16 +34,9 @@ export interface KeyLimits {
   weight: number;
 }
 
-/** What a session.created (or an HTTP caller) is told of its key's budget. */
-export interface BudgetInfo {
-  key: string;
-  max_concurrent: number | null;
-  concurrent: number;
-  tokens_per_minute: number | null;
-  tokens_remaining: number | null;
-  max_tokens: number | null;
-  weight: number;
-}
+/** What a session.created (or an HTTP caller) is told of its key's budget: the wire type the SDK shares. */
+export type { BudgetInfo } from '../client/protocol.js';
+import type { BudgetInfo } from '../client/protocol.js';
 
 /** A tokens-per-minute bucket shared by instances (src/cluster/redis-state.ts); null: it cannot say now. */
 export interface SharedBudget {
