@@ -330,9 +330,9 @@ export async function exportGguf(
       data: async () => {
         let raw = await readRaw(src);
         if (permuteHeads !== undefined) {
-          raw = permuteRows(raw, src.shape[0], src.shape[1] * DTYPE_BYTES[src.dtype], permuteHeads);
+          raw = permuteRows(raw, src.shape[0], src.shape[1] * DTYPE_BYTES[src.dtype as SafeDType], permuteHeads);
         }
-        return encode(raw, src.dtype, type);
+        return encode(raw, src.dtype as SafeDType, type);
       },
     });
   };

@@ -70,7 +70,8 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
   opt_.kvMemoryBytes = uint64_t(mem);
   Napi::Value kd = o.Get("kvDtype");
   opt_.kvDtype = kd.IsString() ? parseDtype(kd.As<Napi::String>().Utf8Value(), "kvDtype") : DType::F32;
-  if (opt_.kvDtype == DType::BF16) throw WeftError(Err::UnsupportedDtype, "kvDtype: BF16 KV is not supported (F32, F16)");
+  if (opt_.kvDtype != DType::F32 && opt_.kvDtype != DType::F16)
+    throw WeftError(Err::UnsupportedDtype, std::string("kvDtype: ") + dtypeName(opt_.kvDtype) + " KV is not supported (F32, F16)");
 }
 
 // measureBandwidth(bytes, threads) -> {readBytesPerS}: best of several passes summing a buffer

@@ -57,9 +57,41 @@ struct HostBuffer {
   uint64_t size = 0;
 };
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+// Element types of weights and KV. F32/F16/BF16 are plain arrays; the others are ggml's block
+// formats (GGUF files): a row of K elements is K / blockElems(d) blocks of blockBytes(d) bytes.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7 };
+constexpr int kNumDTypes = 8;
 
+inline bool isQuant(DType d) { return int(d) >= int(DType::Q8_0); }
+// Bytes per element of a plain type (the quantized ones have no per-element size: use rowBytes).
 inline size_t dtypeSize(DType d) { return d == DType::F32 ? 4 : 2; }
+inline int64_t blockElems(DType d) {
+  switch (d) {
+    case DType::Q8_0: case DType::Q4_0: return 32;
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return 256;
+    default: return 1;
+  }
+}
+inline uint64_t blockBytes(DType d) {
+  switch (d) {
+    case DType::F32: return 4;
+    case DType::F16: case DType::BF16: return 2;
+    case DType::Q8_0: return 34;   // f16 d, 32 x int8
+    case DType::Q4_0: return 18;   // f16 d, 16 bytes of nibbles
+    case DType::Q4_K: return 144;  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles
+    case DType::Q5_K: return 176;  // as Q4_K + 32 bytes of high bits
+    case DType::Q6_K: return 210;  // 128 low nibbles, 64 high 2-bit, 16 int8 scales, f16 d
+  }
+  return 0;
+}
+// Bytes of a row of `cols` elements (cols must be a multiple of blockElems).
+inline uint64_t rowBytes(DType d, int64_t cols) { return uint64_t(cols / blockElems(d)) * blockBytes(d); }
+inline const char* dtypeName(DType d) {
+  static const char* names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"};
+  return names[int(d)];
+}
+// Element i of a quantized array (dequantizes its block; slow: for vectors and tests only).
+float quantElement(const void* p, DType d, size_t i);
 
 inline float bf16ToF32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
@@ -115,8 +147,8 @@ inline float loadScalar(const void* p, DType d, size_t i) {
     case DType::F32: return static_cast<const float*>(p)[i];
     case DType::F16: return f16ToF32(static_cast<const uint16_t*>(p)[i]);
     case DType::BF16: return bf16ToF32(static_cast<const uint16_t*>(p)[i]);
+    default: return quantElement(p, d, i);
   }
-  return 0.f;
 }
 
 }  // namespace weft

@@ -59,9 +59,13 @@ struct Resolver {
     }
     if (t.file < 0 || size_t(t.file) >= files.size()) throw WeftError(Err::ModelFormat, "tensor " + t.name + " names no file");
     const MappedFile& f = *files[t.file];
-    uint64_t elems = 1;
-    for (int64_t d : shape) elems *= uint64_t(d);
-    if (t.nbytes != elems * dtypeSize(t.dtype) || t.offset + t.nbytes > f.size() || t.offset + t.nbytes < t.offset)
+    uint64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); i++) rows *= uint64_t(shape[i]);
+    const int64_t cols = shape.empty() ? 1 : shape.back();
+    if (cols % blockElems(t.dtype) != 0)
+      throw WeftError(Err::TensorShape, "tensor " + t.name + ": " + std::to_string(cols) + " columns are not a whole number of " +
+                                            dtypeName(t.dtype) + " blocks (" + std::to_string(blockElems(t.dtype)) + ")");
+    if (t.nbytes != rows * rowBytes(t.dtype, cols) || t.offset + t.nbytes > f.size() || t.offset + t.nbytes < t.offset)
       throw WeftError(Err::ModelFormat, "tensor " + t.name + " lies outside " + f.path());
     return f.data() + t.offset;
   }
@@ -133,7 +137,7 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
   m->lmHead = r.byName.count("lm_head") ? r.matrix("lm_head", cfg.vocab, H) : m->embed;
   m->finalNorm = r.vector("norm", H);
   m->weightDtype = m->lmHead.dtype;
-  uint64_t bytes = uint64_t(m->lmHead.rows) * m->lmHead.cols * dtypeSize(m->lmHead.dtype);
+  uint64_t bytes = uint64_t(m->lmHead.rows) * rowBytes(m->lmHead.dtype, m->lmHead.cols);
   for (int l = 0; l < cfg.numLayers; l++) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights L;
@@ -152,7 +156,7 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
       L.vBias = r.vector(p + "v_bias", kvDim);
     }
     for (const auto* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
-      bytes += uint64_t(w->rows) * w->cols * dtypeSize(w->dtype);
+      bytes += uint64_t(w->rows) * rowBytes(w->dtype, w->cols);
     m->layers.push_back(std::move(L));
   }
   m->weightBytes = bytes;

@@ -7,6 +7,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { WeftError } from '../errors.js';
+import type { NativeEngineSpec } from './native.js';
 
 export type Architecture = 'llama' | 'mistral' | 'qwen2';
 
@@ -302,4 +303,14 @@ export async function loadModelConfig(dir: string): Promise<ModelConfig> {
     throw new WeftError('WEFT_MODEL_FORMAT', `${file}: invalid JSON (${(e as Error).message})`, { cause: e });
   }
   return parseModelConfig(json, file);
+}
+
+/** The native engine's view of a config (native/src/addon_spec.cpp reads it). */
+export function nativeConfig(config: ModelConfig): NativeEngineSpec['config'] {
+  return {
+    hiddenSize: config.hiddenSize, numLayers: config.numLayers, numHeads: config.numHeads, numKvHeads: config.numKvHeads,
+    headDim: config.headDim, intermediateSize: config.intermediateSize, vocabSize: config.vocabSize,
+    maxPositionEmbeddings: config.maxPositionEmbeddings, rmsNormEps: config.rmsNormEps, ropeTheta: config.ropeTheta,
+    attentionBias: config.attentionBias, ropeScaling: config.ropeScaling,
+  };
 }

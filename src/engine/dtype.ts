@@ -133,6 +133,9 @@ export async function readTensorBytes(t: TensorInfo): Promise<Uint8Array> {
 
 /** Reads a tensor's values as float64 (exact for F32/F16/BF16). */
 export async function readTensorF64(t: TensorInfo): Promise<Float64Array> {
+  if (t.dtype !== 'F32' && t.dtype !== 'F16' && t.dtype !== 'BF16') {
+    throw new WeftError('WEFT_UNSUPPORTED_DTYPE', `tensor "${t.name}" is ${t.dtype}: read it with the native dequantizer`);
+  }
   return decodeFloats(await readTensorBytes(t), t.dtype);
 }
 

@@ -8,11 +8,11 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { WeftError, toWeftError } from '../errors.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { loadModelConfig, type ModelConfig } from './config.js';
+import { loadModelConfig, nativeConfig, type ModelConfig } from './config.js';
 import { ContextPool, type ContextLease } from './contextPool.js';
-import { native, type NativeEngine, type NativeStats, type NativeTensorSpec } from './native.js';
+import { native, type NativeEngine, type NativeStats } from './native.js';
 import { readSafetensorsIndex, type TensorInfo } from './safetensors.js';
-import { resolveWeights } from './weights.js';
+import { resolveWeights, tensorSpecs } from './weights.js';
 
 export type BackendName = 'cpu' | 'cuda';
 
@@ -166,25 +166,7 @@ export class Engine {
     const config = await loadModelConfig(root);
     const tensors = await readSafetensorsIndex(root);
     const weights = resolveWeights(config, tensors);
-    const files: string[] = [];
-    const specs: NativeTensorSpec[] = [];
-    const add = (name: string, t: TensorInfo) => {
-      let file = files.indexOf(t.file);
-      if (file < 0) file = files.push(t.file) - 1;
-      specs.push({ name, file, offset: t.offset, nbytes: t.nbytes, dtype: t.dtype, shape: t.shape });
-    };
-    add('embed', weights.embed);
-    if (weights.lmHead !== weights.embed) add('lm_head', weights.lmHead);
-    add('norm', weights.norm);
-    weights.layers.forEach((L, i) => {
-      const p = `layers.${i}.`;
-      add(p + 'input_norm', L.inputNorm);
-      add(p + 'post_norm', L.postNorm);
-      for (const k of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) add(p + k, L[k]);
-      if (L.qBias) add(p + 'q_bias', L.qBias);
-      if (L.kBias) add(p + 'k_bias', L.kBias);
-      if (L.vBias) add(p + 'v_bias', L.vBias);
-    });
+    const { files, specs } = tensorSpecs(weights);
 
     const contexts = intOption(options.contexts, 'contexts', 1, 1);
     const threads = intOption(options.threads, 'threads', Math.max(1, Math.floor(availableParallelism() / contexts)), 1);
@@ -200,12 +182,7 @@ export class Engine {
     const engine = call(
       () =>
         new addon.NativeEngine({
-          config: {
-            hiddenSize: config.hiddenSize, numLayers: config.numLayers, numHeads: config.numHeads, numKvHeads: config.numKvHeads,
-            headDim: config.headDim, intermediateSize: config.intermediateSize, vocabSize: config.vocabSize,
-            maxPositionEmbeddings: config.maxPositionEmbeddings, rmsNormEps: config.rmsNormEps, ropeTheta: config.ropeTheta,
-            attentionBias: config.attentionBias, ropeScaling: config.ropeScaling,
-          },
+          config: nativeConfig(config),
           files,
           tensors: specs,
           options: {

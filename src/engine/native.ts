@@ -7,13 +7,14 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WeftError } from '../errors.js';
+import type { TensorDType } from './safetensors.js';
 
 export interface NativeTensorSpec {
   name: string;
   file: number;
   offset: number;
   nbytes: number;
-  dtype: 'F32' | 'F16' | 'BF16';
+  dtype: TensorDType;
   shape: number[];
 }
 

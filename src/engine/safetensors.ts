@@ -12,10 +12,13 @@ import { WeftError } from '../errors.js';
 
 export type DType = 'F32' | 'F16' | 'BF16';
 
+/** What a tensor of a model file may hold: plain floats, or ggml's block formats (GGUF files). */
+export type TensorDType = DType | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+
 export interface TensorInfo {
   name: string;
   file: string;
-  dtype: DType;
+  dtype: TensorDType;
   shape: number[];
   /** absolute byte offset in file (8 + header length + data_offsets[0]) */
   offset: number;

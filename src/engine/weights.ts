@@ -4,6 +4,7 @@
  */
 import { WeftError } from '../errors.js';
 import type { ModelConfig } from './config.js';
+import type { NativeTensorSpec } from './native.js';
 import type { TensorInfo } from './safetensors.js';
 
 export interface LayerWeights {
@@ -88,4 +89,28 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
     lmHead = get('lm_head.weight', [V, H]);
   }
   return { embed, layers, norm, lmHead };
+}
+
+/** The files to map and each tensor's place in them, under the native engine's names. */
+export function tensorSpecs(weights: ModelWeights): { files: string[]; specs: NativeTensorSpec[] } {
+  const files: string[] = [];
+  const specs: NativeTensorSpec[] = [];
+  const add = (name: string, t: TensorInfo) => {
+    let file = files.indexOf(t.file);
+    if (file < 0) file = files.push(t.file) - 1;
+    specs.push({ name, file, offset: t.offset, nbytes: t.nbytes, dtype: t.dtype, shape: t.shape });
+  };
+  add('embed', weights.embed);
+  if (weights.lmHead !== weights.embed) add('lm_head', weights.lmHead);
+  add('norm', weights.norm);
+  weights.layers.forEach((L, i) => {
+    const p = `layers.${i}.`;
+    add(p + 'input_norm', L.inputNorm);
+    add(p + 'post_norm', L.postNorm);
+    for (const k of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) add(p + k, L[k]);
+    if (L.qBias) add(p + 'q_bias', L.qBias);
+    if (L.kBias) add(p + 'k_bias', L.kBias);
+    if (L.vBias) add(p + 'v_bias', L.vBias);
+  });
+  return { files, specs };
 }
