@@ -350,6 +350,7 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", EngineWrap::Define(env));
   exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth));
+  registerQuant(env, exports);
 #ifdef WEFT_HAVE_CUDA
   exports.Set("cudaBuilt", true);
 #else

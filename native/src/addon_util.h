@@ -68,6 +68,9 @@ inline DType parseDtype(const std::string& s, const std::string& where) {
 void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg, EngineOptions& opt, std::vector<std::string>& files,
                      std::vector<TensorSpec>& tensors);
 
+// Sets exports.quant (addon_quant.cpp): ggml block (de)quantization and the quantized GEMM.
+void registerQuant(Napi::Env env, Napi::Object exports);
+
 // measureBandwidth(bytes, threads) -> {readBytesPerS, bytes, threads}
 Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info);
 

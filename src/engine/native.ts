@@ -85,6 +85,32 @@ export interface NativeAddon {
   cudaDeviceCount(): number;
   /** Device-to-device copy bandwidth in bytes/s (read + write), for benchmarks. */
   cudaCopyBandwidth(bytes?: number, device?: number): number;
+  /** ggml block formats (native/src/addon_quant.cpp). */
+  quant: NativeQuant;
+}
+
+/** A ggml tensor type name ('F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K'). */
+export type NativeQuantType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+
+/**
+ * ggml block (de)quantization and the quantized GEMM. Errors carry `code`: WEFT_UNSUPPORTED_DTYPE
+ * for an unknown type, WEFT_BAD_ARGUMENT for a count off the block size or a buffer too small.
+ */
+export interface NativeQuant {
+  /** Bytes of a row of `cols` values (cols a multiple of the type's block). */
+  rowBytes(type: NativeQuantType, cols: number): number;
+  /** The ggml encoding of `values` (length a multiple of the block); large inputs use every core. */
+  quantize(type: NativeQuantType, values: Float32Array): Uint8Array;
+  /** The first n values of `data`. */
+  dequantize(type: NativeQuantType, data: Uint8Array, n: number): Float32Array;
+  /**
+   * Y[t, n] = sum_k x[t, k] w[n, k] for n in [n0, n1) (others 0): [T, rows]. Activations are
+   * quantized per block as the engine does; `reference` runs the scalar dot products.
+   */
+  matmul(type: NativeQuantType, w: Uint8Array, rows: number, cols: number, x: Float32Array, T: number,
+    reference: boolean, n0?: number, n1?: number): Float32Array;
+  /** The SIMD path compiled in: 'avx512-vnni' | 'avx512bw' | 'avx-vnni' | 'avx2' | 'scalar'. */
+  kernel: string;
 }
 
 let addon: NativeAddon | undefined;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "quant.h"
 #include "simd.h"
 
 namespace weft::cpu {
@@ -97,6 +98,7 @@ static const MicroTable kMicro;
 // batch size.)
 void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
           float* Y, int64_t ldy, const float* bias, bool accumulate) {
+  if (isQuant(W.dtype)) return gemmQuant(X, T, ldx, W, n0, n1, Y, ldy, bias, accumulate);
   const int64_t K = W.cols;
   const size_t elt = dtypeSize(W.dtype);
   const auto& table = kMicro.fn[int(W.dtype)];
@@ -164,7 +166,8 @@ void siluMul(const float* g, const float* u, int64_t n, float* out) {
 }
 
 void loadRow(const WeightView& W, int64_t row, float* out) {
-  const uint8_t* src = static_cast<const uint8_t*>(W.data) + row * W.cols * dtypeSize(W.dtype);
+  const uint8_t* src = static_cast<const uint8_t*>(W.data) + row * rowBytes(W.dtype, W.cols);
+  if (isQuant(W.dtype)) return dequantizeRow(W.dtype, src, out, W.cols);
   convertRows(src, W.dtype, W.cols, out);
 }
 

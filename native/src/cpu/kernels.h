@@ -19,6 +19,7 @@ struct WeightView {
 constexpr int64_t kPanelRows = 16;  // weight rows per unit of work (threads split at this grain)
 
 // Y[t, n] = bias[n] + sum_k X[t, k] * W[n, k] (+ Y[t, n] when accumulate), for n in [n0, n1).
+// A quantized W (ggml blocks) goes to quant.h's gemmQuant: X is quantized per block on the fly.
 void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
           float* Y, int64_t ldy, const float* bias, bool accumulate);
 
@@ -31,7 +32,7 @@ void rope(float* x, int numHeads, int headDim, const float* cosv, const float* s
 // out[i] = silu(g[i]) * u[i]
 void siluMul(const float* g, const float* u, int64_t n, float* out);
 
-// Embedding row gather + conversion to f32.
+// Embedding row gather + conversion to f32 (dequantization for block types).
 void loadRow(const WeightView& W, int64_t row, float* out);
 
 // Stores/loads n floats to/from KV storage in f32 or f16.

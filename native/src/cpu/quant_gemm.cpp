@@ -1,0 +1,343 @@
+// GEMM over ggml-quantized weights: the activation rows are quantized once per call (Q8_0 or
+// Q8_K blocks), then integer multiply-accumulate within each block and a float scale per block.
+//
+// Accumulation order, fixed per output so a row's result never depends on T, the [n0, n1) split,
+// the micro-kernel shape or the thread count:
+//  - K-quants: each super-block's integer sums are exact; the float part is the same scalar
+//    sequence on every path (accumK), so the SIMD kernels equal the scalar reference bit for bit.
+//  - Q8_0/Q4_0: each block's integer sums are converted per vector lane and accumulated with an
+//    FMA per lane, lanes summed at the end (ggml's scheme). The scalar reference accumulates per
+//    block instead, so the two differ by float rounding only (~1e-6 relative).
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "quant.h"
+#include "quant_simd.h"
+
+namespace weft::cpu {
+
+// One super-block's contribution: d_x d_w isum - d_x dmin_w msum.
+static inline float accumK(float y, float dxw, float dxm, int32_t isum, int32_t msum) {
+  y = std::fma(dxw, float(isum), y);
+  return std::fma(-dxm, float(msum), y);
+}
+
+// ---- scalar reference ----
+
+static float referenceDot(DType type, const uint8_t* w, const QuantizedActs& a, int64_t t) {
+  const int8_t* x = a.qs.data() + t * a.ldq;
+  const float* dx = a.d.data() + t * a.ldd;
+  const int64_t K = a.K;
+  float y = 0;
+  if (type == DType::Q8_0 || type == DType::Q4_0) {
+    for (int64_t b = 0; b < K / 32; b++) {
+      const int8_t* xb = x + 32 * b;
+      int32_t isum = 0;
+      float dw;
+      if (type == DType::Q8_0) {
+        const auto& blk = reinterpret_cast<const BlockQ8_0*>(w)[b];
+        for (int j = 0; j < 32; j++) isum += blk.qs[j] * xb[j];
+        dw = f16ToF32(blk.d);
+      } else {
+        const auto& blk = reinterpret_cast<const BlockQ4_0*>(w)[b];
+        for (int j = 0; j < 16; j++) isum += ((blk.qs[j] & 0xF) - 8) * xb[j] + ((blk.qs[j] >> 4) - 8) * xb[j + 16];
+        dw = f16ToF32(blk.d);
+      }
+      y = std::fma(dw * dx[b], float(isum), y);
+    }
+    return y;
+  }
+  const int16_t* s16 = a.bsum16.data() + t * (K / 16);
+  const int16_t* s32 = a.bsum32.data() + t * (K / 32);
+  for (int64_t b = 0; b < K / kQK; b++) {
+    const int8_t* xb = x + kQK * b;
+    int32_t isum = 0, msum = 0;
+    float dw, dmin = 0;
+    if (type == DType::Q6_K) {
+      const auto& blk = reinterpret_cast<const BlockQ6_K*>(w)[b];
+      for (int s = 0; s < 16; s++) {
+        int32_t part = 0;
+        for (int l = 0; l < 16; l++) {
+          const int e = 16 * s + l, n = e / 128, k = (e % 128) / 32, j = e % 32;
+          const uint8_t lo = blk.ql[64 * n + 32 * (k & 1) + j];
+          part += ((k < 2 ? lo & 0xF : lo >> 4) | ((blk.qh[32 * n + j] >> (2 * k)) & 3) << 4) * xb[e];
+        }
+        isum += blk.scales[s] * (part - 32 * s16[16 * b + s]);
+      }
+      dw = f16ToF32(blk.d);
+    } else {
+      const bool q5 = type == DType::Q5_K;
+      const uint8_t* scales = q5 ? reinterpret_cast<const BlockQ5_K*>(w)[b].scales : reinterpret_cast<const BlockQ4_K*>(w)[b].scales;
+      const uint8_t* qs = q5 ? reinterpret_cast<const BlockQ5_K*>(w)[b].qs : reinterpret_cast<const BlockQ4_K*>(w)[b].qs;
+      const uint8_t* qh = q5 ? reinterpret_cast<const BlockQ5_K*>(w)[b].qh : nullptr;
+      const uint16_t* dd = q5 ? &reinterpret_cast<const BlockQ5_K*>(w)[b].d : &reinterpret_cast<const BlockQ4_K*>(w)[b].d;
+      uint8_t sm[16];
+      unpackScalesK4(scales, sm);
+      for (int g = 0; g < 8; g++) {
+        int32_t part = 0;
+        for (int l = 0; l < 32; l++) {
+          const uint8_t q = qs[32 * (g / 2) + l];
+          const int v = ((g & 1) ? q >> 4 : q & 0xF) + (qh && (qh[l] >> g & 1) ? 16 : 0);
+          part += v * xb[32 * g + l];
+        }
+        isum += sm[g] * part;
+        msum += sm[8 + g] * s32[8 * b + g];
+      }
+      dw = f16ToF32(dd[0]);
+      dmin = f16ToF32(dd[1]);
+    }
+    y = accumK(y, dx[b] * dw, dx[b] * dmin, isum, msum);
+  }
+  return y;
+}
+
+#if WEFT_QSIMD
+using namespace qsimd;
+
+// ---- Q8_0 / Q4_0: R activation rows x C weight rows, G blocks per vector ----
+template <class V, DType WT, int R, int C>
+static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out) {
+  constexpr int G = V::G;
+  constexpr uint64_t bb = WT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const int64_t nb = a.K / 32;
+  typename V::F acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = V::zeroF();
+  for (int64_t b = 0; b < nb; b += G) {
+    typename V::I w[C], aw[C];
+    float dw[C][G];
+    for (int c = 0; c < C; c++) {
+      __m256i grp[G];
+      for (int i = 0; i < G; i++) {
+        if (b + i >= nb) {  // the odd block of a 512-bit pair
+          grp[i] = _mm256_setzero_si256();
+          dw[c][i] = 0;
+          continue;
+        }
+        const uint8_t* blk = W + c * ldw + (b + i) * bb;
+        if constexpr (WT == DType::Q8_0) {
+          grp[i] = load32(reinterpret_cast<const BlockQ8_0*>(blk)->qs);
+          dw[c][i] = halfToFloat(reinterpret_cast<const BlockQ8_0*>(blk)->d);
+        } else {
+          grp[i] = blockQ4_0(*reinterpret_cast<const BlockQ4_0*>(blk));
+          dw[c][i] = halfToFloat(reinterpret_cast<const BlockQ4_0*>(blk)->d);
+        }
+      }
+      w[c] = V::join(grp);
+      aw[c] = V::absW(w[c]);
+    }
+    for (int r = 0; r < R; r++) {
+      const typename V::I x = V::loadX(a.qs.data() + (t0 + r) * a.ldq + 32 * b);
+      const float* dx = a.d.data() + (t0 + r) * a.ldd + b;
+      for (int c = 0; c < C; c++) {
+        float s[G];
+        for (int i = 0; i < G; i++) s[i] = dw[c][i] * dx[i];
+        const typename V::I isum = V::dotU8S8(V::zero(), aw[c], V::signX(x, w[c]));
+        acc[r][c] = V::fma(V::cvt(isum), V::scales(s), acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) out[r * C + c] = V::hsumF(acc[r][c]);
+}
+
+// ---- K-quants: per weight super-block, its groups' levels and scales once for R rows ----
+template <DType WT>
+struct KBlock {
+  const uint8_t* p;
+  uint8_t sm[16];  // Q4_K/Q5_K: scales, mins
+  __m256i s16;     // Q4_K/Q5_K: scales as int16
+  __m128i sc8;     // Q6_K: the 16 int8 scales
+  float d, dmin;
+  explicit KBlock(const uint8_t* blk) : p(blk) {
+    if constexpr (WT == DType::Q6_K) {
+      const auto* b = reinterpret_cast<const BlockQ6_K*>(blk);
+      sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b->scales));
+      d = halfToFloat(b->d);
+      dmin = 0;
+    } else {
+      const auto* b = reinterpret_cast<const BlockQ4_K*>(blk);  // Q5_K starts alike
+      unpackScalesK4Fast(b->scales, sm);
+      s16 = scalesK4(sm);
+      d = halfToFloat(b->d);
+      dmin = halfToFloat(b->dmin);
+    }
+  }
+  __m256i levels(int g) const {
+    if constexpr (WT == DType::Q4_K) return groupQ4K(reinterpret_cast<const BlockQ4_K*>(p)->qs, g);
+    else if constexpr (WT == DType::Q5_K) {
+      const auto* b = reinterpret_cast<const BlockQ5_K*>(p);
+      return groupQ5K(b->qs, b->qh, g);
+    } else {
+      const auto* b = reinterpret_cast<const BlockQ6_K*>(p);
+      return groupQ6K(b->ql, b->qh, g);
+    }
+  }
+  __m256i scale(int g) const {
+    if constexpr (WT == DType::Q6_K) return scaleQ6K(sc8, g);
+    else return scaleK4(s16, g);
+  }
+  // (isum correction, msum) from the activation row's block sums
+  void sums(const int16_t* bsum16, const int16_t* bsum32, int32_t& isum, int32_t& msum) const {
+    if constexpr (WT == DType::Q6_K) {
+      isum -= 32 * dotScales16(sc8, bsum16);
+      msum = 0;
+    } else {
+      msum = dotMins(sm + 8, bsum32);
+    }
+  }
+};
+
+template <class V, DType WT, int R, int C>
+static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out) {
+  constexpr int G = V::G;
+  const int64_t nb = a.K / kQK;
+  const uint64_t bb = blockBytes(WT);
+  float y[R][C] = {};
+  for (int64_t b = 0; b < nb; b++) {
+    for (int c = 0; c < C; c++) {
+      const KBlock<WT> kb(W + c * ldw + b * bb);
+      typename V::I acc[R];
+      for (int r = 0; r < R; r++) acc[r] = V::zero();
+#pragma GCC unroll 8
+      for (int g = 0; g < 8; g += G) {
+        __m256i lv[G], sc[G];
+        for (int i = 0; i < G; i++) {
+          lv[i] = kb.levels(g + i);
+          sc[i] = kb.scale(g + i);
+        }
+        const typename V::I wv = V::join(lv), sv = V::join(sc);
+        for (int r = 0; r < R; r++)
+          acc[r] = V::dotScaled(acc[r], wv, V::loadX(a.qs.data() + (t0 + r) * a.ldq + kQK * b + 32 * g), sv);
+      }
+      for (int r = 0; r < R; r++) {
+        const int64_t t = t0 + r;
+        int32_t isum = V::hsum(acc[r]), msum;
+        kb.sums(a.bsum16.data() + t * (a.K / 16) + 16 * b, a.bsum32.data() + t * (a.K / 32) + 8 * b, isum, msum);
+        const float dx = a.d[t * a.ldd + b];
+        y[r][c] = accumK(y[r][c], dx * kb.d, dx * kb.dmin, isum, msum);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) out[r * C + c] = y[r][c];
+}
+
+#if defined(WEFT_QUANT_EMU512)
+using VW = Emu512;
+#elif defined(__AVX512BW__)
+using VW = V512;
+#else
+using VW = V256;
+#endif
+
+// Micro-kernel shapes: rows of X x rows of W per call; a single row streams kWide weight rows.
+#if defined(__AVX512BW__)
+constexpr int kRows32 = 4, kCols32 = 4, kRowsK = 8, kColsK = 2;
+#else
+constexpr int kRows32 = 4, kCols32 = 2, kRowsK = 8, kColsK = 2;
+#endif
+constexpr int kWide = 4;
+constexpr int kMaxRows = std::max(kRows32, kRowsK), kMaxCols = std::max({kCols32, kColsK, kWide});
+
+using QuantFn = void (*)(const uint8_t*, uint64_t, const QuantizedActs&, int64_t, float*);
+
+struct QuantTable {
+  QuantFn fn[kMaxRows][kMaxCols] = {};
+  QuantFn wide = nullptr;
+  int rows = 0, cols = 0;
+};
+
+template <DType WT, int R, int... Cs>
+static void fillRow(QuantTable& t, std::integer_sequence<int, Cs...>) {
+  constexpr bool k = WT != DType::Q8_0 && WT != DType::Q4_0;
+  if constexpr (k) ((t.fn[R - 1][Cs] = &kernelK<VW, WT, R, Cs + 1>), ...);
+  else ((t.fn[R - 1][Cs] = &kernel32<VW, WT, R, Cs + 1>), ...);
+}
+template <DType WT, int NC, int... Rs>
+static QuantTable makeTable(std::integer_sequence<int, Rs...>) {
+  QuantTable t;
+  t.rows = sizeof...(Rs);
+  t.cols = NC;
+  (fillRow<WT, Rs + 1>(t, std::make_integer_sequence<int, NC>{}), ...);
+  if constexpr (WT == DType::Q8_0 || WT == DType::Q4_0) t.wide = &kernel32<VW, WT, 1, kWide>;
+  else t.wide = &kernelK<VW, WT, 1, kWide>;
+  return t;
+}
+
+static const QuantTable& table(DType type) {
+  static const QuantTable q8 = makeTable<DType::Q8_0, kCols32>(std::make_integer_sequence<int, kRows32>{});
+  static const QuantTable q4 = makeTable<DType::Q4_0, kCols32>(std::make_integer_sequence<int, kRows32>{});
+  static const QuantTable q4k = makeTable<DType::Q4_K, kColsK>(std::make_integer_sequence<int, kRowsK>{});
+  static const QuantTable q5k = makeTable<DType::Q5_K, kColsK>(std::make_integer_sequence<int, kRowsK>{});
+  static const QuantTable q6k = makeTable<DType::Q6_K, kColsK>(std::make_integer_sequence<int, kRowsK>{});
+  switch (type) {
+    case DType::Q8_0: return q8;
+    case DType::Q4_0: return q4;
+    case DType::Q4_K: return q4k;
+    case DType::Q5_K: return q5k;
+    default: return q6k;
+  }
+}
+#endif
+
+static inline void storeOut(float* y, const float* bias, int64_t n, float v, bool accumulate) {
+  if (bias) v += bias[n];
+  *y = accumulate ? *y + v : v;
+}
+
+void gemmQuant(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1, float* Y,
+               int64_t ldy, const float* bias, bool accumulate, bool reference) {
+  thread_local QuantizedActs acts;
+  quantizeActivations(W.dtype, X, T, ldx, W.cols, acts);
+  const uint64_t rb = rowBytes(W.dtype, W.cols);
+  const uint8_t* base = static_cast<const uint8_t*>(W.data);
+#if WEFT_QSIMD
+  if (!reference) {
+    const QuantTable& tab = table(W.dtype);
+    float out[kMaxRows * kMaxCols];
+    for (int64_t p = n0; p < n1; p += kPanelRows) {
+      const int64_t pc = std::min<int64_t>(kPanelRows, n1 - p);
+      for (int64_t t = 0; t < T; t += tab.rows) {
+        const int r = int(std::min<int64_t>(tab.rows, T - t));
+        for (int64_t c0 = 0; c0 < pc;) {
+          int c = int(std::min<int64_t>(tab.cols, pc - c0));
+          if (r == 1 && pc - c0 >= kWide) {
+            c = kWide;
+            tab.wide(base + (p + c0) * rb, rb, acts, t, out);
+          } else {
+            tab.fn[r - 1][c - 1](base + (p + c0) * rb, rb, acts, t, out);
+          }
+          for (int i = 0; i < r; i++)
+            for (int j = 0; j < c; j++) storeOut(Y + (t + i) * ldy + p + c0 + j, bias, p + c0 + j, out[i * c + j], accumulate);
+          c0 += c;
+        }
+      }
+    }
+    return;
+  }
+#endif
+  (void)reference;
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t n = n0; n < n1; n++)
+      storeOut(Y + t * ldy + n, bias, n, referenceDot(W.dtype, base + n * rb, acts, t), accumulate);
+}
+
+const char* quantKernelName() {
+#if defined(WEFT_QUANT_EMU512)
+  return "emu512";
+#elif defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  return "avx512-vnni";
+#elif defined(__AVX512BW__)
+  return "avx512bw";
+#elif WEFT_QSIMD && defined(__AVXVNNI__)
+  return "avx-vnni";
+#elif WEFT_QSIMD
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
+}  // namespace weft::cpu
