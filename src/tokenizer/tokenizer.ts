@@ -6,7 +6,8 @@
  *
  * Around the library (the edges where it differs from the Rust `tokenizers`):
  *  - decode never applies `clean_up_tokenization_spaces` (a transformers-level rewrite, not part of
- *    `tokenizers`), accepts an empty id list, drops ids that name no token and rejects out-of-range ids;
+ *    `tokenizers`), accepts an empty id list, drops ids that name no token and rejects out-of-range ids,
+ *    and keeps a U+FEFF that byte-fallback tokens spell (tokenizers.js' ByteFallback drops it);
  *  - tokenizer_config.json: bos/eos tokens, add_bos_token/add_eos_token, chat_template (plus
  *    chat_template.jinja and generation_config.json's eos_token_id when fromDir finds them);
  *  - encodeAsync runs texts above `asyncThresholdChars` in a worker thread (the event loop stays free);
@@ -74,6 +75,20 @@ function tokenContent(ref: TokenRef): string | null {
   if (typeof ref === 'string') return ref;
   if (isObject(ref) && typeof ref.content === 'string') return ref.content;
   return null;
+}
+
+/**
+ * tokenizers.js' ByteFallback decoder turns byte tokens into text with a TextDecoder that drops a
+ * leading U+FEFF (a byte order mark) from every run of byte tokens; `tokenizers` keeps it. Give
+ * such decoders one that keeps it.
+ */
+function keepByteOrderMarks(decoder: unknown): void {
+  // the library's decoders are callable objects (functions)
+  if (typeof decoder !== 'function' && !isObject(decoder)) return;
+  const d = decoder as { text_decoder?: unknown; decoders?: unknown };
+  const td = d.text_decoder;
+  if (td instanceof TextDecoder && !td.ignoreBOM) d.text_decoder = new TextDecoder(td.encoding, { fatal: td.fatal, ignoreBOM: true });
+  if (Array.isArray(d.decoders)) d.decoders.forEach(keepByteOrderMarks);
 }
 
 async function readJsonFile(path: string, required: boolean): Promise<unknown | undefined> {
@@ -183,6 +198,7 @@ export class Tokenizer {
     this.config = (config ?? {}) as TokenizerConfigJson;
     try {
       this.hf = new HFTokenizer(full, { ...this.config, clean_up_tokenization_spaces: false });
+      keepByteOrderMarks(this.hf.decoder);
     } catch (err) {
       throw new WeftError('WEFT_TOKENIZER', `${this.source}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
     }
