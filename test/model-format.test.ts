@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { WeftError, type WeftErrorCode } from '../src/errors.js';
-import { loadModelConfig, parseModelConfig, type ModelConfig } from '../src/engine/config.js';
+import { cudaUnsupported, loadModelConfig, parseModelConfig, type ModelConfig } from '../src/engine/config.js';
 import {
   encodeSafetensors,
   readSafetensorsHeader,
@@ -13,7 +13,7 @@ import {
   writeSafetensors,
   type TensorInfo,
 } from '../src/engine/safetensors.js';
-import { resolveWeights } from '../src/engine/weights.js';
+import { resolveWeights, tensorSpecs } from '../src/engine/weights.js';
 import {
   bf16ToF32,
   decodeFloats,
@@ -94,8 +94,23 @@ describe('config.json parsing', () => {
       rmsNormEps: 1e-5,
       ropeTheta: 500000,
       ropeScaling: null,
+      ropeLinearFactor: null,
+      longRope: null,
+      rotaryDim: 16,
+      ropeInterleaved: false,
+      ropeLocalTheta: null,
+      layerWindows: [0, 0],
       tieWordEmbeddings: false,
       attentionBias: false,
+      outputBias: false,
+      qkNorm: false,
+      activation: 'silu',
+      normOffset: 0,
+      sandwichNorms: false,
+      embedScale: false,
+      queryPreAttnScalar: 16,
+      attnLogitSoftcap: null,
+      finalLogitSoftcap: null,
       bosTokenId: 1,
       eosTokenIds: [2, 3],
     });
@@ -127,6 +142,7 @@ describe('config.json parsing', () => {
       expect(c.headDim).toBe(32);
       expect(c.eosTokenIds).toEqual([7]);
       expect(c.attentionBias).toBe(true);
+      expect(c.outputBias).toBe(true); // Llama's attention_bias covers o_proj too
     }
   });
 
@@ -182,7 +198,11 @@ describe('config.json parsing', () => {
     ['no architectures nor model_type', (j) => { delete j.architectures; delete j.model_type; }, 'WEFT_MODEL_FORMAT', 'architectures'],
     ['unsupported architecture', (j) => (j.architectures = ['GPT2LMHeadModel']), 'WEFT_UNSUPPORTED_ARCH', 'GPT2LMHeadModel'],
     ['unsupported model_type', (j) => { delete j.architectures; j.model_type = 'gemma'; }, 'WEFT_UNSUPPORTED_ARCH', 'model_type'],
-    ['linear rope scaling', (j) => (j.rope_scaling = { type: 'linear', factor: 2 }), 'WEFT_UNSUPPORTED_ARCH', 'rope_scaling'],
+    ['dynamic rope scaling', (j) => (j.rope_scaling = { type: 'dynamic', factor: 2 }), 'WEFT_UNSUPPORTED_ARCH', 'rope_scaling'],
+    ['linear rope scaling without a factor', (j) => (j.rope_scaling = { type: 'linear' }), 'WEFT_MODEL_FORMAT', 'rope_scaling.factor'],
+    ['partial rotary on llama', (j) => (j.partial_rotary_factor = 0.5), 'WEFT_UNSUPPORTED_ARCH', 'partial_rotary_factor'],
+    ['per-layer-type rope_parameters on llama', (j) => (j.rope_parameters = { full_attention: { rope_type: 'default' } }), 'WEFT_UNSUPPORTED_ARCH', 'rope_parameters'],
+    ['mlp_bias', (j) => (j.mlp_bias = true), 'WEFT_UNSUPPORTED_ARCH', 'mlp_bias'],
     ['yarn rope scaling', (j) => (j.rope_scaling = { rope_type: 'yarn', factor: 4 }), 'WEFT_UNSUPPORTED_ARCH', 'yarn'],
     ['rope_scaling not an object', (j) => (j.rope_scaling = 8), 'WEFT_MODEL_FORMAT', 'rope_scaling'],
     ['rope_scaling without a type', (j) => (j.rope_scaling = { factor: 8 }), 'WEFT_MODEL_FORMAT', 'rope_scaling.rope_type'],
@@ -223,6 +243,174 @@ describe('config.json parsing', () => {
     await expectWeft(() => loadModelConfig(d), 'WEFT_MODEL_FORMAT', 'config.json');
     await writeFile(path.join(d, 'config.json'), JSON.stringify(llamaCfg()));
     expect((await loadModelConfig(d)).hiddenSize).toBe(64);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// architectures beyond Llama (transformers 5.17's rules; the fixtures check them end to end)
+
+const qwen3Cfg = (): Record<string, unknown> => ({
+  ...llamaCfg(), architectures: ['Qwen3ForCausalLM'], model_type: 'qwen3', head_dim: 24, use_sliding_window: false, sliding_window: null, max_window_layers: 28,
+});
+/** As the Hub's gemma-3-1b config has it (transformers v4 fields). */
+const gemma3Cfg = (): Record<string, unknown> => ({
+  architectures: ['Gemma3ForCausalLM'], model_type: 'gemma3_text', hidden_size: 64, intermediate_size: 128, num_hidden_layers: 7,
+  num_attention_heads: 4, num_key_value_heads: 1, head_dim: 32, query_pre_attn_scalar: 32, vocab_size: 512,
+  max_position_embeddings: 32768, rms_norm_eps: 1e-6, rope_theta: 1000000, rope_local_base_freq: 10000, rope_scaling: null,
+  sliding_window: 512, sliding_window_pattern: 6, hidden_activation: 'gelu_pytorch_tanh', final_logit_softcapping: null,
+  attn_logit_softcapping: null, bos_token_id: 2, eos_token_id: [1, 106], tie_word_embeddings: true,
+});
+/** As the Hub's Phi-4-mini config has it (transformers v4 fields). */
+const phi3Cfg = (): Record<string, unknown> => ({
+  architectures: ['Phi3ForCausalLM'], model_type: 'phi3', hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2,
+  num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 512, max_position_embeddings: 131072,
+  original_max_position_embeddings: 4096, partial_rotary_factor: 0.75, rope_theta: 10000, rms_norm_eps: 1e-5,
+  rope_scaling: { type: 'longrope', short_factor: [1, 1.1, 1.2, 1.3, 1.4, 1.5], long_factor: [1, 2, 3, 4, 5, 6] },
+  sliding_window: 262144, hidden_act: 'silu', tie_word_embeddings: true,
+});
+
+describe('config.json: architectures beyond Llama', () => {
+  it('Qwen3: per-head q/k norms, head_dim from the config (128 when absent), attention_bias covers o_proj', () => {
+    const c = parseModelConfig(qwen3Cfg(), 'c');
+    expect(c).toMatchObject({ architecture: 'qwen3', headDim: 24, qkNorm: true, attentionBias: false, outputBias: false, layerWindows: [0, 0] });
+    const j = qwen3Cfg();
+    delete j.head_dim;
+    j.attention_bias = true;
+    expect(parseModelConfig(j, 'c')).toMatchObject({ headDim: 128, attentionBias: true, outputBias: true });
+  });
+
+  it('Gemma 3 (Hub form): (1 + w) norms, GeGLU, scaled embeddings, local and global layers with their own RoPE', () => {
+    const c = parseModelConfig(gemma3Cfg(), 'c');
+    expect(c).toMatchObject({
+      architecture: 'gemma3', headDim: 32, qkNorm: true, activation: 'gelu_tanh', normOffset: 1, sandwichNorms: true, embedScale: true,
+      queryPreAttnScalar: 32, ropeTheta: 1e6, ropeLocalTheta: 1e4, ropeLinearFactor: null, attnLogitSoftcap: null, finalLogitSoftcap: null,
+      tieWordEmbeddings: true, eosTokenIds: [1, 106],
+    });
+    // every sixth layer is global
+    expect(c.layerWindows).toEqual([512, 512, 512, 512, 512, 0, 512]);
+    // the 4b/12b/27b configs scale the global layers' RoPE linearly
+    const lin = parseModelConfig({ ...gemma3Cfg(), rope_scaling: { rope_type: 'linear', factor: 8 } }, 'c');
+    expect(lin.ropeLinearFactor).toBe(8);
+    expect(lin.ropeScaling).toBeNull();
+    // transformers keeps attn_logit_softcapping for Gemma 3 but never applies it
+    const capped = parseModelConfig({ ...gemma3Cfg(), attn_logit_softcapping: 50, final_logit_softcapping: 30 }, 'c');
+    expect(capped).toMatchObject({ attnLogitSoftcap: null, finalLogitSoftcap: 30 });
+  });
+
+  it('Gemma 3 as transformers v5 writes it (layer_types, per-layer-type rope_parameters) reads the same', () => {
+    const v4 = gemma3Cfg();
+    v4.rope_scaling = { rope_type: 'linear', factor: 8 };
+    const v5: Record<string, unknown> = { ...v4 };
+    for (const k of ['rope_theta', 'rope_local_base_freq', 'rope_scaling', 'sliding_window_pattern']) delete v5[k];
+    v5.layer_types = ['sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'full_attention', 'sliding_attention'];
+    v5.rope_parameters = {
+      full_attention: { rope_type: 'linear', factor: 8, rope_theta: 1e6 },
+      sliding_attention: { rope_type: 'default', rope_theta: 1e4 },
+    };
+    expect(parseModelConfig(v5, 'c')).toEqual(parseModelConfig(v4, 'c'));
+  });
+
+  it("Gemma3ForConditionalGeneration: its text_config, with transformers' defaults for what it leaves out", () => {
+    const c = parseModelConfig({
+      architectures: ['Gemma3ForConditionalGeneration'], model_type: 'gemma3', eos_token_id: [1, 106],
+      text_config: { hidden_size: 2560, intermediate_size: 10240, model_type: 'gemma3_text', num_attention_heads: 8, num_hidden_layers: 34, num_key_value_heads: 4, rope_scaling: { factor: 8.0, rope_type: 'linear' }, sliding_window: 1024 },
+      vision_config: { model_type: 'siglip_vision_model' },
+    }, 'c');
+    expect(c).toMatchObject({
+      architecture: 'gemma3', headDim: 256, queryPreAttnScalar: 256, vocabSize: 262208, maxPositionEmbeddings: 131072, rmsNormEps: 1e-6,
+      ropeTheta: 1e6, ropeLocalTheta: 1e4, ropeLinearFactor: 8, tieWordEmbeddings: true, eosTokenIds: [1, 106],
+    });
+    expect(c.layerWindows.filter((w) => w === 0).length).toBe(5); // layers 5, 11, 17, 23, 29
+    expect(c.layerWindows[5]).toBe(0);
+    expect(c.layerWindows[0]).toBe(1024);
+  });
+
+  it('Gemma 2: every other layer local, both soft-caps (50 and 30 by default), one RoPE', () => {
+    const j: Record<string, unknown> = { ...gemma3Cfg(), architectures: ['Gemma2ForCausalLM'], model_type: 'gemma2', rope_theta: 10000, num_hidden_layers: 4 };
+    for (const k of ['rope_local_base_freq', 'sliding_window_pattern', 'final_logit_softcapping', 'attn_logit_softcapping']) delete j[k];
+    const c = parseModelConfig(j, 'c');
+    expect(c).toMatchObject({ qkNorm: false, sandwichNorms: true, attnLogitSoftcap: 50, finalLogitSoftcap: 30, ropeLocalTheta: null, layerWindows: [512, 0, 512, 0] });
+    expect(parseModelConfig({ ...j, attn_logit_softcapping: null }, 'c').attnLogitSoftcap).toBeNull();
+  });
+
+  it('Phi-3 / Phi-4-mini (Hub form): partial rotary, LongRoPE with its attention factor; the v5 form reads the same', () => {
+    const c = parseModelConfig(phi3Cfg(), 'c');
+    expect(c.rotaryDim).toBe(12);
+    expect(c.longRope).toEqual({
+      type: 'longrope', shortFactor: [1, 1.1, 1.2, 1.3, 1.4, 1.5], longFactor: [1, 2, 3, 4, 5, 6], originalMaxPositionEmbeddings: 4096,
+      attentionFactor: Math.sqrt(1 + Math.log(32) / Math.log(4096)),
+    });
+    expect(c.layerWindows).toEqual([262144, 262144]);
+    const v5: Record<string, unknown> = { ...phi3Cfg() };
+    for (const k of ['rope_scaling', 'rope_theta', 'partial_rotary_factor']) delete v5[k];
+    v5.rope_parameters = {
+      rope_type: 'longrope', rope_theta: 10000, partial_rotary_factor: 0.75, original_max_position_embeddings: 4096,
+      short_factor: [1, 1.1, 1.2, 1.3, 1.4, 1.5], long_factor: [1, 2, 3, 4, 5, 6],
+    };
+    expect(parseModelConfig(v5, 'c')).toEqual(c);
+    // Phi3Config renames "su" to longrope; an explicit attention_factor wins
+    const su = parseModelConfig({ ...phi3Cfg(), rope_scaling: { ...(phi3Cfg().rope_scaling as object), type: 'su', attention_factor: 1.5 } }, 'c');
+    expect(su.longRope?.attentionFactor).toBe(1.5);
+  });
+
+  it("sliding windows by transformers' rules: Mistral all layers, Qwen2/3 only with use_sliding_window from max_window_layers", () => {
+    const mistral = { ...llamaCfg(), architectures: ['MistralForCausalLM'], model_type: 'mistral' };
+    expect(parseModelConfig({ ...mistral, sliding_window: 4096 }, 'c').layerWindows).toEqual([4096, 4096]);
+    expect(parseModelConfig({ ...mistral, sliding_window: null }, 'c').layerWindows).toEqual([0, 0]);
+    expect(parseModelConfig(mistral, 'c').layerWindows).toEqual([4096, 4096]); // MistralConfig's default
+    const qwen2 = { ...llamaCfg(), architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', num_hidden_layers: 3, sliding_window: 64, max_window_layers: 1 };
+    expect(parseModelConfig({ ...qwen2, use_sliding_window: false }, 'c').layerWindows).toEqual([0, 0, 0]);
+    expect(parseModelConfig({ ...qwen2, use_sliding_window: true }, 'c').layerWindows).toEqual([0, 64, 64]);
+    const types = ['sliding_attention', 'full_attention', 'sliding_attention'];
+    expect(parseModelConfig({ ...qwen2, use_sliding_window: true, layer_types: types }, 'c').layerWindows).toEqual([64, 0, 64]);
+    expect(parseModelConfig({ ...qwen2, use_sliding_window: false, layer_types: types }, 'c').layerWindows).toEqual([0, 0, 0]);
+  });
+
+  const bad: [string, Record<string, unknown>, WeftErrorCode, string][] = [
+    ['a zero window', { ...llamaCfg(), architectures: ['MistralForCausalLM'], sliding_window: 0 }, 'WEFT_MODEL_FORMAT', 'sliding_window'],
+    ['a negative window', { ...gemma3Cfg(), sliding_window: -4 }, 'WEFT_MODEL_FORMAT', 'sliding_window'],
+    ['a null window with local layers', { ...gemma3Cfg(), sliding_window: null }, 'WEFT_MODEL_FORMAT', 'sliding_window'],
+    ['a fractional window', { ...qwen3Cfg(), use_sliding_window: true, sliding_window: 2.5 }, 'WEFT_MODEL_FORMAT', 'sliding_window'],
+    ['layer_types of the wrong length', { ...gemma3Cfg(), layer_types: ['full_attention'] }, 'WEFT_MODEL_FORMAT', 'layer_types'],
+    ['an unknown layer type', { ...gemma3Cfg(), layer_types: Array(7).fill('chunked_attention') }, 'WEFT_UNSUPPORTED_ARCH', 'layer_types[0]'],
+    ['layer_types not an array', { ...qwen3Cfg(), use_sliding_window: true, layer_types: 'full' }, 'WEFT_MODEL_FORMAT', 'layer_types'],
+    ['a negative max_window_layers', { ...qwen3Cfg(), use_sliding_window: true, max_window_layers: -1 }, 'WEFT_MODEL_FORMAT', 'max_window_layers'],
+    ['a zero sliding_window_pattern', { ...gemma3Cfg(), sliding_window_pattern: 0 }, 'WEFT_MODEL_FORMAT', 'sliding_window_pattern'],
+    ['bidirectional Gemma', { ...gemma3Cfg(), use_bidirectional_attention: true }, 'WEFT_UNSUPPORTED_ARCH', 'use_bidirectional_attention'],
+    ['exact GELU', { ...gemma3Cfg(), hidden_activation: 'gelu' }, 'WEFT_UNSUPPORTED_ARCH', 'hidden_activation'],
+    ['a scaled local RoPE', { ...gemma3Cfg(), rope_parameters: { full_attention: { rope_type: 'default' }, sliding_attention: { rope_type: 'linear', factor: 2 } } }, 'WEFT_UNSUPPORTED_ARCH', 'rope_parameters.sliding_attention'],
+    ['a zero soft-cap', { ...gemma3Cfg(), final_logit_softcapping: 0 }, 'WEFT_MODEL_FORMAT', 'final_logit_softcapping'],
+    ['a missing query_pre_attn_scalar default is fine, a bad one is not', { ...gemma3Cfg(), query_pre_attn_scalar: -1 }, 'WEFT_MODEL_FORMAT', 'query_pre_attn_scalar'],
+    ['partial_rotary_factor 0', { ...phi3Cfg(), partial_rotary_factor: 0 }, 'WEFT_MODEL_FORMAT', 'partial_rotary_factor'],
+    ['partial_rotary_factor above 1', { ...phi3Cfg(), partial_rotary_factor: 1.5 }, 'WEFT_MODEL_FORMAT', 'partial_rotary_factor'],
+    ['partial_rotary_factor as a string', { ...phi3Cfg(), partial_rotary_factor: '0.75' }, 'WEFT_MODEL_FORMAT', 'partial_rotary_factor'],
+    ['an odd number of rotary dims', { ...phi3Cfg(), partial_rotary_factor: 0.2 }, 'WEFT_MODEL_FORMAT', 'partial_rotary_factor'],
+    ['LongRoPE factors of the wrong length', { ...phi3Cfg(), partial_rotary_factor: 1 }, 'WEFT_MODEL_FORMAT', 'rope_scaling.short_factor'],
+    ['a non-positive LongRoPE factor', { ...phi3Cfg(), rope_scaling: { type: 'longrope', short_factor: [1, 1, 1, 1, 1, 0], long_factor: [1, 1, 1, 1, 1, 1] } }, 'WEFT_MODEL_FORMAT', 'rope_scaling.short_factor[5]'],
+    ['LongRoPE without long_factor', { ...phi3Cfg(), rope_scaling: { type: 'longrope', short_factor: [1, 1, 1, 1, 1, 1] } }, 'WEFT_MODEL_FORMAT', 'rope_scaling.long_factor'],
+    ['yarn on Qwen3', { ...qwen3Cfg(), rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32768 } }, 'WEFT_UNSUPPORTED_ARCH', 'yarn'],
+    ['a multimodal Gemma 3 without text_config', { architectures: ['Gemma3ForConditionalGeneration'], model_type: 'gemma3' }, 'WEFT_MODEL_FORMAT', 'text_config'],
+  ];
+  for (const [label, json, code, field] of bad) {
+    it(`rejects ${label}`, async () => {
+      await expectWeft(() => parseModelConfig(json, '/models/x/config.json'), code, field, '/models/x/config.json');
+    });
+  }
+
+  it('cudaUnsupported names every feature the CUDA backend lacks, and nothing for Llama', () => {
+    expect(cudaUnsupported(parseModelConfig(llamaCfg(), 'c'))).toBeNull();
+    // a window as long as the context never bites
+    expect(cudaUnsupported(parseModelConfig({ ...llamaCfg(), architectures: ['MistralForCausalLM'], sliding_window: 256 }, 'c'))).toBeNull();
+    const sw = cudaUnsupported(parseModelConfig({ ...llamaCfg(), architectures: ['MistralForCausalLM'], sliding_window: 64 }, 'c'));
+    expect(sw?.code).toBe('WEFT_UNSUPPORTED_ARCH');
+    expect(sw?.message).toContain('sliding-window attention');
+    const g = cudaUnsupported(parseModelConfig(gemma3Cfg(), 'c'))!.message;
+    for (const f of ['q/k norms', 'Gemma norms', 'GeGLU', 'rope_local_base_freq', 'sliding-window']) expect(g).toContain(f);
+    const p = cudaUnsupported(parseModelConfig(phi3Cfg(), 'c'))!.message;
+    for (const f of ['partial rotary', 'LongRoPE']) expect(p).toContain(f);
+    expect(p).not.toContain('sliding');
+    expect(cudaUnsupported({ ...parseModelConfig(llamaCfg(), 'c'), ropeInterleaved: true })?.message).toContain('interleaved RoPE');
+    expect(cudaUnsupported(parseModelConfig(qwen3Cfg(), 'c'))?.message).toContain('q/k norms');
   });
 });
 
@@ -440,6 +628,46 @@ describe('weight resolution', () => {
     const cfg2 = await loadModelConfig(d2);
     const t2 = await readSafetensorsIndex(d2);
     await expectWeft(() => resolveWeights({ ...cfg2, tieWordEmbeddings: false }, t2), 'WEFT_TENSOR_MISSING', 'lm_head.weight');
+  });
+
+  it('Phi-3: q/k/v and gate/up are row ranges of the fused tensors (no copy), passed whole to the native side', async () => {
+    const dir = path.join(HF_FIXTURES, 'phi3');
+    const cfg = await loadModelConfig(dir);
+    const tensors = await readSafetensorsIndex(dir);
+    const w = resolveWeights(cfg, tensors);
+    const qkv = tensors.get('model.layers.1.self_attn.qkv_proj.weight')!;
+    const L = w.layers[1];
+    const row = qkv.nbytes / qkv.shape[0];
+    expect(L.qkv).toBe(qkv);
+    expect([L.q.offset, L.k.offset, L.v.offset]).toEqual([qkv.offset, qkv.offset + 64 * row, qkv.offset + 96 * row]);
+    expect([L.q.shape, L.k.shape, L.v.shape]).toEqual([[64, 64], [32, 64], [32, 64]]);
+    expect(L.up.offset - L.gate.offset).toBe(L.gate.nbytes);
+    const names = tensorSpecs(w).specs.map((t) => t.name);
+    expect(names).toContain('layers.1.qkv');
+    expect(names).toContain('layers.1.gate_up');
+    expect(names).not.toContain('layers.1.q');
+    const m = new Map(tensors);
+    m.delete('model.layers.0.mlp.gate_up_proj.weight');
+    await expectWeft(() => resolveWeights(cfg, m), 'WEFT_TENSOR_MISSING', 'gate_up_proj');
+  });
+
+  it("Qwen3's q/k norms and Gemma's four norms a layer are required", async () => {
+    for (const [name, missing] of [
+      ['qwen3', 'model.layers.1.self_attn.k_norm.weight'],
+      ['gemma3', 'model.layers.2.self_attn.q_norm.weight'],
+      ['gemma3', 'model.layers.0.post_feedforward_layernorm.weight'],
+      ['gemma3', 'model.layers.3.pre_feedforward_layernorm.weight'],
+      ['gemma2', 'model.layers.0.self_attn.o_proj.bias'],
+    ]) {
+      const dir = path.join(HF_FIXTURES, name!);
+      const cfg = await loadModelConfig(dir);
+      const tensors = await readSafetensorsIndex(dir);
+      const names = tensorSpecs(resolveWeights(cfg, tensors)).specs.map((t) => t.name);
+      if (name === 'gemma3') expect(names).toEqual(expect.arrayContaining(['layers.0.attn_out_norm', 'layers.0.ffn_out_norm', 'layers.0.q_norm']));
+      const m = new Map(tensors);
+      m.delete(missing!);
+      await expectWeft(() => resolveWeights(cfg, m), 'WEFT_TENSOR_MISSING', missing!);
+    }
   });
 
   it('a checkpoint file missing a tensor on disk', async () => {

@@ -8,6 +8,46 @@
 
 namespace weft {
 
+namespace {
+
+// An optional array of numbers (empty when absent).
+template <typename F>
+auto numbers(const Napi::Object& o, const char* key, F convert) -> std::vector<decltype(convert(0.0))> {
+  std::vector<decltype(convert(0.0))> out;
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return out;
+  if (!v.IsArray()) throw WeftError(Err::BadArgument, std::string("config.") + key + " must be an array of numbers");
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsNumber()) throw WeftError(Err::BadArgument, std::string("config.") + key + " must be an array of numbers");
+    out.push_back(convert(e.As<Napi::Number>().DoubleValue()));
+  }
+  return out;
+}
+
+// What the CUDA backend does not implement (src/engine/config.ts cudaUnsupported says the same).
+std::string cudaUnsupported(const ModelConfig& c) {
+  std::string out;
+  auto add = [&](bool used, const char* what) {
+    if (used) out += (out.empty() ? "" : ", ") + std::string(what);
+  };
+  add(c.qkNorm, "per-head q/k norms");
+  add(c.sandwichNorms || c.normOffset != 0 || c.embedScale, "Gemma norms and embedding scale");
+  add(c.activation != Activation::Silu, "GeGLU");
+  add(c.queryPreAttnScalar > 0 && c.queryPreAttnScalar != c.headDim, "query_pre_attn_scalar");
+  add(c.attnSoftcap > 0 || c.finalSoftcap > 0, "logit soft-capping");
+  add(c.rotaryDim > 0 && c.rotaryDim != c.headDim, "partial rotary");
+  add(c.ropeInterleaved, "interleaved RoPE");
+  add(c.ropeScaling == RopeScaling::LongRope, "LongRoPE");
+  add(c.ropeLocalTheta > 0, "per-layer RoPE bases");
+  add(std::any_of(c.layerWindow.begin(), c.layerWindow.end(), [&](int w) { return w > 0 && w < c.maxPositions; }), "sliding-window attention");
+  add(c.outputBias, "o_proj bias");
+  return out;
+}
+
+}  // namespace
+
 void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions& opt_, std::vector<std::string>& files_,
                    std::vector<TensorSpec>& tensors_) {
   Napi::Object c = spec.Get("config").As<Napi::Object>();
@@ -23,14 +63,45 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
   cfg_.rmsEps = float(num(c, "rmsNormEps", 1e-6, true));
   cfg_.ropeTheta = num(c, "ropeTheta", 10000, true);
   cfg_.attentionBias = c.Get("attentionBias").ToBoolean();
+  cfg_.outputBias = c.Get("outputBias").ToBoolean();
+  cfg_.qkNorm = c.Get("qkNorm").ToBoolean();
+  cfg_.sandwichNorms = c.Get("sandwichNorms").ToBoolean();
+  cfg_.embedScale = c.Get("embedScale").ToBoolean();
+  cfg_.ropeInterleaved = c.Get("ropeInterleaved").ToBoolean();
+  cfg_.normOffset = float(num(c, "normOffset", 0));
+  cfg_.rotaryDim = intField(c, "rotaryDim", 0);
+  cfg_.ropeLocalTheta = num(c, "ropeLocalTheta", 0);
+  cfg_.queryPreAttnScalar = num(c, "queryPreAttnScalar", 0);
+  cfg_.attnSoftcap = float(num(c, "attnLogitSoftcap", 0));
+  cfg_.finalSoftcap = float(num(c, "finalLogitSoftcap", 0));
+  Napi::Value act = c.Get("activation");
+  const std::string activation = act.IsString() ? act.As<Napi::String>().Utf8Value() : "silu";
+  if (activation != "silu" && activation != "gelu_tanh") throw WeftError(Err::BadArgument, "config.activation must be \"silu\" or \"gelu_tanh\"");
+  cfg_.activation = activation == "gelu_tanh" ? Activation::GeluTanh : Activation::Silu;
+  cfg_.layerWindow = numbers(c, "layerWindows", [](double w) { return int(w); });
   Napi::Value rs = c.Get("ropeScaling");
   if (rs.IsObject()) {
     Napi::Object r = rs.As<Napi::Object>();
-    cfg_.ropeLlama3 = true;
-    cfg_.ropeFactor = num(r, "factor", 1, true);
-    cfg_.ropeLowFreqFactor = num(r, "lowFreqFactor", 1, true);
-    cfg_.ropeHighFreqFactor = num(r, "highFreqFactor", 4, true);
-    cfg_.ropeOriginalMax = num(r, "originalMaxPositionEmbeddings", 8192, true);
+    Napi::Value tv = r.Get("type");
+    const std::string type = tv.IsString() ? tv.As<Napi::String>().Utf8Value() : "llama3";
+    if (type == "llama3") {
+      cfg_.ropeScaling = RopeScaling::Llama3;
+      cfg_.ropeFactor = num(r, "factor", 1, true);
+      cfg_.ropeLowFreqFactor = num(r, "lowFreqFactor", 1, true);
+      cfg_.ropeHighFreqFactor = num(r, "highFreqFactor", 4, true);
+      cfg_.ropeOriginalMax = num(r, "originalMaxPositionEmbeddings", 8192, true);
+    } else if (type == "linear") {
+      cfg_.ropeScaling = RopeScaling::Linear;
+      cfg_.ropeFactor = num(r, "factor", 1, true);
+    } else if (type == "longrope") {
+      cfg_.ropeScaling = RopeScaling::LongRope;
+      cfg_.ropeOriginalMax = num(r, "originalMaxPositionEmbeddings", 0, true);
+      cfg_.ropeAttnFactor = num(r, "attentionFactor", 1, true);
+      cfg_.ropeShortFactor = numbers(r, "shortFactor", [](double x) { return x; });
+      cfg_.ropeLongFactor = numbers(r, "longFactor", [](double x) { return x; });
+    } else {
+      throw WeftError(Err::UnsupportedArch, "rope scaling type \"" + type + "\" is not supported");
+    }
   }
   Napi::Value f = spec.Get("files");
   if (!f.IsArray()) throw WeftError(Err::BadArgument, "spec.files must be an array of paths");
@@ -57,6 +128,10 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
   const std::string backend = be.IsString() ? be.As<Napi::String>().Utf8Value() : "cpu";
   if (backend != "cpu" && backend != "cuda") throw WeftError(Err::BadArgument, "backend must be \"cpu\" or \"cuda\"");
   opt_.backend = backend == "cuda" ? BackendKind::Cuda : BackendKind::Cpu;
+  if (opt_.backend == BackendKind::Cuda) {
+    const std::string missing = cudaUnsupported(cfg_);
+    if (!missing.empty()) throw WeftError(Err::UnsupportedArch, "the CUDA backend does not implement " + missing + " (use the cpu backend)");
+  }
   opt_.cudaDevice = intField(o, "cudaDevice", 0);
   opt_.numContexts = intField(o, "contexts", 1);
   opt_.numThreads = intField(o, "threads", 1);

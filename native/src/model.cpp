@@ -9,6 +9,8 @@
 #include <cmath>
 #include <map>
 
+#include "cpu/ops.h"
+
 namespace weft {
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
@@ -93,18 +95,37 @@ void validateConfig(const ModelConfig& c) {
   if (c.headDim % 2 != 0) bad("head_dim must be even");
   if (!(c.rmsEps > 0) || !std::isfinite(c.rmsEps)) bad("rms_norm_eps must be positive");
   if (!(c.ropeTheta > 0) || !std::isfinite(c.ropeTheta)) bad("rope_theta must be positive");
+  if (!(c.ropeLocalTheta >= 0) || !std::isfinite(c.ropeLocalTheta)) bad("rope_local_base_freq must be positive");
+  if (c.rotaryDim < 0 || c.rotaryDim > c.headDim || c.rotaryDim % 2 != 0) bad("the rotary dimension must be even and at most head_dim");
+  if (!(c.ropeFactor > 0) || !std::isfinite(c.ropeFactor)) bad("rope scaling factor must be positive");
+  const size_t numFreq = size_t(c.rotaryDim > 0 ? c.rotaryDim : c.headDim) / 2;
+  if (c.ropeScaling == RopeScaling::LongRope && (c.ropeShortFactor.size() != numFreq || c.ropeLongFactor.size() != numFreq))
+    bad("LongRoPE short_factor and long_factor must have rotary_dim / 2 = " + std::to_string(numFreq) + " entries");
+  if (!c.layerWindow.empty() && c.layerWindow.size() != size_t(c.numLayers)) bad("one sliding window per layer");
+  for (int w : c.layerWindow)
+    if (w < 0) bad("sliding_window must be positive");
+  if (!(c.queryPreAttnScalar >= 0) || !(c.attnSoftcap >= 0) || !(c.finalSoftcap >= 0)) bad("query_pre_attn_scalar and soft-caps must be positive");
+  if (c.attnSoftcap > 0 && c.headDim > cpu::kMaxSoftcapHeadDim)
+    throw WeftError(Err::UnsupportedArch, "attention soft-capping supports head_dim up to " + std::to_string(cpu::kMaxSoftcapHeadDim));
 }
 
-// Hugging Face's inverse frequencies, with Llama-3 scaling: long wavelengths are divided by the
-// factor, short ones kept, and the band between interpolated smoothly.
-std::vector<double> ropeInvFreq(const ModelConfig& c) {
-  std::vector<double> inv(c.headDim / 2);
-  for (int i = 0; i < c.headDim / 2; i++) {
-    // computed in float32 as Hugging Face does, then widened
-    float f = 1.0f / std::pow(float(c.ropeTheta), float(2 * i) / float(c.headDim));
-    inv[i] = f;
+// Hugging Face's inverse frequencies for `dim` rotated dims of base `theta`, computed in float32
+// as it does, then widened. Scaling: Llama 3 (long wavelengths divided by the factor, short ones
+// kept, the band between interpolated), linear (all divided), LongRoPE (each by its own factor).
+std::vector<double> ropeInvFreq(const ModelConfig& c, double theta, RopeScaling scaling, const std::vector<double>* extFactors) {
+  const int dim = c.rotaryDim > 0 ? c.rotaryDim : c.headDim;
+  std::vector<double> inv(dim / 2);
+  for (int i = 0; i < dim / 2; i++) {
+    const float base = std::pow(float(theta), float(2 * i) / float(dim));
+    if (scaling == RopeScaling::LongRope) {
+      inv[i] = 1.0f / (float((*extFactors)[i]) * base);
+    } else if (scaling == RopeScaling::Linear) {
+      inv[i] = (1.0f / base) / float(c.ropeFactor);
+    } else {
+      inv[i] = 1.0f / base;
+    }
   }
-  if (c.ropeLlama3) {
+  if (scaling == RopeScaling::Llama3) {
     const double lowWavelen = c.ropeOriginalMax / c.ropeLowFreqFactor;
     const double highWavelen = c.ropeOriginalMax / c.ropeHighFreqFactor;
     for (double& f : inv) {
@@ -121,6 +142,18 @@ std::vector<double> ropeInvFreq(const ModelConfig& c) {
   return inv;
 }
 
+// Hugging Face multiplies the embeddings by sqrt(hidden) cast to the embedding dtype.
+float embeddingScale(int hidden, DType dtype) {
+  const float s = float(std::sqrt(double(hidden)));
+  if (dtype == DType::BF16) return cpu::roundToBf16(s);
+  if (dtype == DType::F16) return f16ToF32(f32ToF16(s));
+  return s;
+}
+
+cpu::WeightView rowRange(const cpu::WeightView& w, int64_t first, int64_t count) {
+  return cpu::WeightView{static_cast<const uint8_t*>(w.data) + uint64_t(first) * rowBytes(w.dtype, w.cols), w.dtype, count, w.cols};
+}
+
 }  // namespace
 
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
@@ -135,32 +168,64 @@ std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::
   const int64_t H = cfg.hidden, D = cfg.headDim, qDim = int64_t(cfg.numHeads) * D, kvDim = int64_t(cfg.numKvHeads) * D;
   m->embed = r.matrix("embed", cfg.vocab, H);
   m->lmHead = r.byName.count("lm_head") ? r.matrix("lm_head", cfg.vocab, H) : m->embed;
-  m->finalNorm = r.vector("norm", H);
+  // norm weights as f32, with Gemma's (1 + w) folded in
+  auto norm = [&](const std::string& name, int64_t n) {
+    std::vector<float> w = r.vector(name, n);
+    if (cfg.normOffset != 0)
+      for (float& x : w) x = cfg.normOffset + x;
+    return w;
+  };
+  m->finalNorm = norm("norm", H);
+  if (cfg.embedScale) m->embedScale = embeddingScale(cfg.hidden, m->embed.dtype);
   m->weightDtype = m->lmHead.dtype;
   uint64_t bytes = uint64_t(m->lmHead.rows) * rowBytes(m->lmHead.dtype, m->lmHead.cols);
   for (int l = 0; l < cfg.numLayers; l++) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights L;
-    L.q = r.matrix(p + "q", qDim, H);
-    L.k = r.matrix(p + "k", kvDim, H);
-    L.v = r.matrix(p + "v", kvDim, H);
+    if (r.byName.count(p + "qkv")) {  // fused: zero-copy row ranges of one tensor
+      const cpu::WeightView qkv = r.matrix(p + "qkv", qDim + 2 * kvDim, H);
+      L.q = rowRange(qkv, 0, qDim);
+      L.k = rowRange(qkv, qDim, kvDim);
+      L.v = rowRange(qkv, qDim + kvDim, kvDim);
+    } else {
+      L.q = r.matrix(p + "q", qDim, H);
+      L.k = r.matrix(p + "k", kvDim, H);
+      L.v = r.matrix(p + "v", kvDim, H);
+    }
     L.o = r.matrix(p + "o", H, qDim);
-    L.gate = r.matrix(p + "gate", cfg.ffn, H);
-    L.up = r.matrix(p + "up", cfg.ffn, H);
+    if (r.byName.count(p + "gate_up")) {
+      const cpu::WeightView gateUp = r.matrix(p + "gate_up", 2 * int64_t(cfg.ffn), H);
+      L.gate = rowRange(gateUp, 0, cfg.ffn);
+      L.up = rowRange(gateUp, cfg.ffn, cfg.ffn);
+    } else {
+      L.gate = r.matrix(p + "gate", cfg.ffn, H);
+      L.up = r.matrix(p + "up", cfg.ffn, H);
+    }
     L.down = r.matrix(p + "down", H, cfg.ffn);
-    L.inputNorm = r.vector(p + "input_norm", H);
-    L.postNorm = r.vector(p + "post_norm", H);
+    L.inputNorm = norm(p + "input_norm", H);
+    L.postNorm = norm(p + "post_norm", H);
     if (cfg.attentionBias) {
       L.qBias = r.vector(p + "q_bias", qDim);
       L.kBias = r.vector(p + "k_bias", kvDim);
       L.vBias = r.vector(p + "v_bias", kvDim);
+    }
+    if (cfg.outputBias) L.oBias = r.vector(p + "o_bias", H);
+    if (cfg.qkNorm) {
+      L.qNorm = norm(p + "q_norm", D);
+      L.kNorm = norm(p + "k_norm", D);
+    }
+    if (cfg.sandwichNorms) {
+      L.attnOutNorm = norm(p + "attn_out_norm", H);
+      L.ffnOutNorm = norm(p + "ffn_out_norm", H);
     }
     for (const auto* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
       bytes += uint64_t(w->rows) * rowBytes(w->dtype, w->cols);
     m->layers.push_back(std::move(L));
   }
   m->weightBytes = bytes;
-  m->invFreq = ropeInvFreq(cfg);
+  m->invFreq = ropeInvFreq(cfg, cfg.ropeTheta, cfg.ropeScaling, &cfg.ropeShortFactor);
+  if (cfg.ropeScaling == RopeScaling::LongRope) m->invFreqLong = ropeInvFreq(cfg, cfg.ropeTheta, cfg.ropeScaling, &cfg.ropeLongFactor);
+  if (cfg.ropeLocalTheta > 0) m->invFreqLocal = ropeInvFreq(cfg, cfg.ropeLocalTheta, RopeScaling::None, nullptr);
   return m;
 }
 

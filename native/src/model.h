@@ -11,14 +11,32 @@
 
 namespace weft {
 
+enum class Activation : uint8_t { Silu, GeluTanh };
+enum class RopeScaling : uint8_t { None, Llama3, Linear, LongRope };
+
 struct ModelConfig {
   int hidden = 0, numLayers = 0, numHeads = 0, numKvHeads = 0, headDim = 0, ffn = 0, vocab = 0;
   int maxPositions = 0;
   float rmsEps = 1e-6f;
+  // RoPE
   double ropeTheta = 10000.0;
-  bool ropeLlama3 = false;
+  RopeScaling ropeScaling = RopeScaling::None;
   double ropeFactor = 1, ropeLowFreqFactor = 1, ropeHighFreqFactor = 4, ropeOriginalMax = 8192;
-  bool attentionBias = false;
+  std::vector<double> ropeShortFactor, ropeLongFactor;  // LongRoPE: per-frequency divisors (rotaryDim / 2)
+  double ropeAttnFactor = 1;     // LongRoPE: cos and sin are scaled by it
+  int rotaryDim = 0;             // dims rotated per head (0: headDim)
+  bool ropeInterleaved = false;  // pairs (2i, 2i + 1) instead of (i, i + rotaryDim / 2)
+  double ropeLocalTheta = 0;     // sliding-window layers' own base, plain RoPE (Gemma 3); 0: the global table
+  // attention
+  std::vector<int> layerWindow;  // per layer: position p attends to (p - window, p]; 0 (or empty): all
+  double queryPreAttnScalar = 0; // scores scaled by its -1/2 power; 0: headDim
+  float attnSoftcap = 0, finalSoftcap = 0;  // tanh(x / c) * c on attention scores / logits; 0: none
+  bool attentionBias = false, outputBias = false, qkNorm = false;
+  // blocks
+  Activation activation = Activation::Silu;
+  float normOffset = 0;          // norms multiply by (normOffset + w): 1 for Gemma, folded in at load
+  bool sandwichNorms = false;    // Gemma: attention and MLP outputs normed before the residual add
+  bool embedScale = false;       // embeddings times sqrt(hidden), rounded to the embedding dtype
 };
 
 // Where the JS side found a tensor (it parsed and validated the safetensors headers).
@@ -44,9 +62,13 @@ class MappedFile {
   uint64_t size_ = 0;
 };
 
+// q/k/v and gate/up may be row ranges of one fused tensor (Phi-3's qkv_proj, gate_up_proj).
 struct LayerWeights {
   cpu::WeightView q, k, v, o, gate, up, down;
-  std::vector<float> inputNorm, postNorm, qBias, kBias, vBias;  // small: kept as f32
+  // small: kept as f32. postNorm is the one before the MLP (HF Llama's post_attention_layernorm).
+  std::vector<float> inputNorm, postNorm, qBias, kBias, vBias, oBias;
+  std::vector<float> qNorm, kNorm;               // per head (headDim), when qkNorm
+  std::vector<float> attnOutNorm, ffnOutNorm;    // when sandwichNorms
 };
 
 struct Model {
@@ -55,13 +77,16 @@ struct Model {
   cpu::WeightView embed, lmHead;
   std::vector<float> finalNorm;
   std::vector<LayerWeights> layers;
-  std::vector<double> invFreq;  // (headDim / 2) RoPE inverse frequencies, scaling applied
+  std::vector<double> invFreq;       // (rotaryDim / 2) RoPE inverse frequencies, scaling applied (LongRoPE: short)
+  std::vector<double> invFreqLong;   // LongRoPE's long factors (used when the context exceeds ropeOriginalMax)
+  std::vector<double> invFreqLocal;  // sliding layers' table when ropeLocalTheta is set
+  float embedScale = 1;
   DType weightDtype = DType::F32;
   uint64_t weightBytes = 0;     // bytes of the matrices read per step (embedding rows excluded)
 };
 
 // Maps the files and resolves every tensor; `tensors` maps names to specs (layer tensors named
-// "layers.{i}.q" ... and "embed", "lm_head", "norm").
+// "layers.{i}.q" ... (or "layers.{i}.qkv", "layers.{i}.gate_up" fused) and "embed", "lm_head", "norm").
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
                                  const std::vector<TensorSpec>& tensors);
 

@@ -22,8 +22,19 @@ export interface NativeEngineSpec {
   config: {
     hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; headDim: number;
     intermediateSize: number; vocabSize: number; maxPositionEmbeddings: number; rmsNormEps: number;
-    ropeTheta: number; attentionBias: boolean;
-    ropeScaling: null | { factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number };
+    ropeTheta: number; attentionBias: boolean; outputBias: boolean;
+    ropeScaling:
+      | null
+      | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number }
+      | { type: 'linear'; factor: number }
+      | { type: 'longrope'; shortFactor: number[]; longFactor: number[]; originalMaxPositionEmbeddings: number; attentionFactor: number };
+    /** dims rotated per head; RoPE pairs (2i, 2i+1) when ropeInterleaved; sliding layers' own base (0: none) */
+    rotaryDim: number; ropeInterleaved: boolean; ropeLocalTheta: number;
+    /** per layer: attend to the last N positions (0: all) */
+    layerWindows: number[];
+    qkNorm: boolean; activation: 'silu' | 'gelu_tanh'; normOffset: number; sandwichNorms: boolean; embedScale: boolean;
+    /** attention scale = queryPreAttnScalar^-0.5; soft-caps 0: none */
+    queryPreAttnScalar: number; attnLogitSoftcap: number; finalLogitSoftcap: number;
   };
   files: string[];
   tensors: NativeTensorSpec[];

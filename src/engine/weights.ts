@@ -9,6 +9,9 @@ import type { TensorInfo } from './safetensors.js';
 
 export interface LayerWeights {
   inputNorm: TensorInfo;
+  /** Phi-3's fused qkv_proj / gate_up_proj: q/k/v and gate/up are then row ranges of them. */
+  qkv?: TensorInfo;
+  gateUp?: TensorInfo;
   q: TensorInfo;
   k: TensorInfo;
   v: TensorInfo;
@@ -16,7 +19,15 @@ export interface LayerWeights {
   qBias?: TensorInfo;
   kBias?: TensorInfo;
   vBias?: TensorInfo;
+  oBias?: TensorInfo;
+  /** per-head q/k norms (Qwen3, Gemma 3) */
+  qNorm?: TensorInfo;
+  kNorm?: TensorInfo;
+  /** the norm before the MLP: Llama's post_attention_layernorm, Gemma's pre_feedforward_layernorm */
   postNorm: TensorInfo;
+  /** Gemma: post_attention_layernorm and post_feedforward_layernorm, on the block outputs */
+  attnOutNorm?: TensorInfo;
+  ffnOutNorm?: TensorInfo;
   gate: TensorInfo;
   up: TensorInfo;
   down: TensorInfo;
@@ -32,6 +43,24 @@ export interface ModelWeights {
 
 function shapeStr(s: readonly number[]): string {
   return `[${s.join(', ')}]`;
+}
+
+/** Rows [first, first + count) of a matrix: the same bytes, no copy. */
+function rowRange(t: TensorInfo, part: string, first: number, count: number): TensorInfo {
+  const rowBytes = t.nbytes / t.shape[0]!;
+  return { ...t, name: `${t.name}[${part}]`, shape: [count, ...t.shape.slice(1)], offset: t.offset + first * rowBytes, nbytes: count * rowBytes };
+}
+
+/** Where the text model's tensors are: "model." or, in a multimodal Gemma 3 checkpoint, its language model's. */
+function prefixes(tensors: Map<string, TensorInfo>): { model: string; lmHead: string } {
+  for (const [model, lmHead] of [
+    ['model.', 'lm_head.weight'],
+    ['model.language_model.', 'lm_head.weight'],
+    ['language_model.model.', 'language_model.lm_head.weight'],
+  ]) {
+    if (tensors.has(`${model}embed_tokens.weight`)) return { model: model!, lmHead: lmHead! };
+  }
+  return { model: 'model.', lmHead: 'lm_head.weight' };
 }
 
 /** Finds every tensor the architecture needs and checks its shape. Throws WeftError. */
@@ -54,40 +83,57 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
   };
 
   const H = config.hiddenSize;
-  const qDim = config.numHeads * config.headDim;
-  const kvDim = config.numKvHeads * config.headDim;
+  const D = config.headDim;
+  const qDim = config.numHeads * D;
+  const kvDim = config.numKvHeads * D;
   const F = config.intermediateSize;
   const V = config.vocabSize;
+  const gemma = config.sandwichNorms;
+  const fused = config.architecture === 'phi3';
+  const { model, lmHead: lmHeadName } = prefixes(tensors);
 
-  const embed = get('model.embed_tokens.weight', [V, H]);
+  const embed = get(`${model}embed_tokens.weight`, [V, H]);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.numLayers; i++) {
-    const p = `model.layers.${i}.`;
+    const p = `${model}layers.${i}.`;
+    const a = `${p}self_attn.`;
+    let attn: Pick<LayerWeights, 'qkv' | 'q' | 'k' | 'v'>;
+    let mlp: Pick<LayerWeights, 'gateUp' | 'gate' | 'up'>;
+    if (fused) {
+      const qkv = get(`${a}qkv_proj.weight`, [qDim + 2 * kvDim, H]);
+      attn = { qkv, q: rowRange(qkv, 'q', 0, qDim), k: rowRange(qkv, 'k', qDim, kvDim), v: rowRange(qkv, 'v', qDim + kvDim, kvDim) };
+      const gateUp = get(`${p}mlp.gate_up_proj.weight`, [2 * F, H]);
+      mlp = { gateUp, gate: rowRange(gateUp, 'gate', 0, F), up: rowRange(gateUp, 'up', F, F) };
+    } else {
+      attn = { q: get(`${a}q_proj.weight`, [qDim, H]), k: get(`${a}k_proj.weight`, [kvDim, H]), v: get(`${a}v_proj.weight`, [kvDim, H]) };
+      mlp = { gate: get(`${p}mlp.gate_proj.weight`, [F, H]), up: get(`${p}mlp.up_proj.weight`, [F, H]) };
+    }
     const lw: LayerWeights = {
       inputNorm: get(`${p}input_layernorm.weight`, [H]),
-      q: get(`${p}self_attn.q_proj.weight`, [qDim, H]),
-      k: get(`${p}self_attn.k_proj.weight`, [kvDim, H]),
-      v: get(`${p}self_attn.v_proj.weight`, [kvDim, H]),
-      o: get(`${p}self_attn.o_proj.weight`, [H, qDim]),
-      postNorm: get(`${p}post_attention_layernorm.weight`, [H]),
-      gate: get(`${p}mlp.gate_proj.weight`, [F, H]),
-      up: get(`${p}mlp.up_proj.weight`, [F, H]),
+      ...attn,
+      o: get(`${a}o_proj.weight`, [H, qDim]),
+      postNorm: get(gemma ? `${p}pre_feedforward_layernorm.weight` : `${p}post_attention_layernorm.weight`, [H]),
+      ...mlp,
       down: get(`${p}mlp.down_proj.weight`, [H, F]),
     };
     if (config.attentionBias) {
-      lw.qBias = get(`${p}self_attn.q_proj.bias`, [qDim]);
-      lw.kBias = get(`${p}self_attn.k_proj.bias`, [kvDim]);
-      lw.vBias = get(`${p}self_attn.v_proj.bias`, [kvDim]);
+      lw.qBias = get(`${a}q_proj.bias`, [qDim]);
+      lw.kBias = get(`${a}k_proj.bias`, [kvDim]);
+      lw.vBias = get(`${a}v_proj.bias`, [kvDim]);
+    }
+    if (config.outputBias) lw.oBias = get(`${a}o_proj.bias`, [H]);
+    if (config.qkNorm) {
+      lw.qNorm = get(`${a}q_norm.weight`, [D]);
+      lw.kNorm = get(`${a}k_norm.weight`, [D]);
+    }
+    if (gemma) {
+      lw.attnOutNorm = get(`${p}post_attention_layernorm.weight`, [H]);
+      lw.ffnOutNorm = get(`${p}post_feedforward_layernorm.weight`, [H]);
     }
     layers.push(lw);
   }
-  const norm = get('model.norm.weight', [H]);
-  let lmHead: TensorInfo;
-  if (config.tieWordEmbeddings) {
-    lmHead = embed;
-  } else {
-    lmHead = get('lm_head.weight', [V, H]);
-  }
+  const norm = get(`${model}norm.weight`, [H]);
+  const lmHead = config.tieWordEmbeddings ? embed : get(lmHeadName, [V, H]);
   return { embed, layers, norm, lmHead };
 }
 
@@ -95,7 +141,8 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
 export function tensorSpecs(weights: ModelWeights): { files: string[]; specs: NativeTensorSpec[] } {
   const files: string[] = [];
   const specs: NativeTensorSpec[] = [];
-  const add = (name: string, t: TensorInfo) => {
+  const add = (name: string, t: TensorInfo | undefined) => {
+    if (!t) return;
     let file = files.indexOf(t.file);
     if (file < 0) file = files.push(t.file) - 1;
     specs.push({ name, file, offset: t.offset, nbytes: t.nbytes, dtype: t.dtype, shape: t.shape });
@@ -107,10 +154,21 @@ export function tensorSpecs(weights: ModelWeights): { files: string[]; specs: Na
     const p = `layers.${i}.`;
     add(p + 'input_norm', L.inputNorm);
     add(p + 'post_norm', L.postNorm);
-    for (const k of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) add(p + k, L[k]);
-    if (L.qBias) add(p + 'q_bias', L.qBias);
-    if (L.kBias) add(p + 'k_bias', L.kBias);
-    if (L.vBias) add(p + 'v_bias', L.vBias);
+    // fused tensors go whole: the native side takes their row ranges
+    if (L.qkv) add(p + 'qkv', L.qkv);
+    else for (const k of ['q', 'k', 'v'] as const) add(p + k, L[k]);
+    if (L.gateUp) add(p + 'gate_up', L.gateUp);
+    else for (const k of ['gate', 'up'] as const) add(p + k, L[k]);
+    add(p + 'o', L.o);
+    add(p + 'down', L.down);
+    add(p + 'q_bias', L.qBias);
+    add(p + 'k_bias', L.kBias);
+    add(p + 'v_bias', L.vBias);
+    add(p + 'o_bias', L.oBias);
+    add(p + 'q_norm', L.qNorm);
+    add(p + 'k_norm', L.kNorm);
+    add(p + 'attn_out_norm', L.attnOutNorm);
+    add(p + 'ffn_out_norm', L.ffnOutNorm);
   });
   return { files, specs };
 }
