@@ -236,6 +236,16 @@ class HeaderReader {
     return Number(n);
   }
 
+  /** The next string when its length and bytes are already in the window (the common case), else undefined. */
+  tryString(): string | undefined {
+    if (!this.ready(8)) return undefined;
+    const o = this.pos - this.winStart;
+    const n = this.win.readUInt32LE(o);
+    if (this.win.readUInt32LE(o + 4) !== 0 || n > this.left - 8 || !this.ready(8 + n)) return undefined;
+    this.pos += 8;
+    return this.utf8(n);
+  }
+
   async string(what: string): Promise<string> {
     await this.need(8, `${what} length`);
     const n = this.count(this.left - 8, `${what} length`);
@@ -293,7 +303,7 @@ async function readArray(r: HeaderReader, what: string, depth: number): Promise<
   }
   const items: GgufScalar[] = [];
   if (itemType === GgufType.STRING) {
-    for (let i = 0; i < n; i++) items.push(await r.string(`${what}[${i}]`));
+    for (let i = 0; i < n; i++) items.push(r.tryString() ?? (await r.string(`${what}[${i}]`)));
   } else {
     const size = SCALAR_BYTES[itemType];
     for (let i = 0; i < n; i++) {
@@ -483,10 +493,12 @@ export interface WriteGgufResult {
 
 type FixedType = Exclude<GgufScalarType, GgufType.STRING>;
 
-/** Integer ranges of the fixed-size integer types (64-bit ones as bigint). */
-const INT_RANGES: Partial<Record<FixedType, [bigint, bigint]>> = {
-  [GgufType.UINT8]: [0n, 0xffn], [GgufType.INT8]: [-0x80n, 0x7fn], [GgufType.UINT16]: [0n, 0xffffn],
-  [GgufType.INT16]: [-0x8000n, 0x7fffn], [GgufType.UINT32]: [0n, 0xffffffffn], [GgufType.INT32]: [-0x80000000n, 0x7fffffffn],
+/** Ranges of the integer types up to 32 bits, and of the 64-bit ones (as bigint). */
+const INT_RANGES: Partial<Record<FixedType, [number, number]>> = {
+  [GgufType.UINT8]: [0, 0xff], [GgufType.INT8]: [-0x80, 0x7f], [GgufType.UINT16]: [0, 0xffff],
+  [GgufType.INT16]: [-0x8000, 0x7fff], [GgufType.UINT32]: [0, 0xffffffff], [GgufType.INT32]: [-0x80000000, 0x7fffffff],
+};
+const INT64_RANGES: Partial<Record<FixedType, [bigint, bigint]>> = {
   [GgufType.UINT64]: [0n, 2n ** 64n - 1n], [GgufType.INT64]: [-(2n ** 63n), 2n ** 63n - 1n],
 };
 
@@ -508,9 +520,11 @@ function validScalar(type: GgufScalarType, v: GgufScalar): boolean {
   if (type === GgufType.STRING) return typeof v === 'string';
   if (type === GgufType.BOOL) return typeof v === 'boolean';
   if (type === GgufType.FLOAT32 || type === GgufType.FLOAT64) return typeof v === 'number';
-  const range = INT_RANGES[type]!;
+  const range = INT_RANGES[type];
+  if (range) return typeof v === 'number' && Number.isInteger(v) && v >= range[0] && v <= range[1];
+  const [lo, hi] = INT64_RANGES[type]!;
   const big = typeof v === 'bigint' ? v : typeof v === 'number' && Number.isInteger(v) ? BigInt(v) : null;
-  return big !== null && big >= range[0] && big <= range[1];
+  return big !== null && big >= lo && big <= hi;
 }
 
 /** Growing header bytes. */
@@ -535,7 +549,11 @@ class HeaderWriter {
   }
   u64(v: bigint | number): void {
     const at = this.room(8);
-    this.buf.writeBigUInt64LE(BigInt(v), at);
+    if (typeof v === 'bigint') this.buf.writeBigUInt64LE(v, at);
+    else {
+      this.buf.writeUInt32LE(v % 2 ** 32, at);
+      this.buf.writeUInt32LE(Math.floor(v / 2 ** 32), at + 4);
+    }
   }
   string(s: string): void {
     const n = Buffer.byteLength(s);
