@@ -50,7 +50,7 @@ const QWEN2_PRE: PreType = { regexes: [QWEN2_RE] };
 const SMOLLM_PRE: PreType = { regexes: ['\\p{N}', GPT2_RE] };
 const GPT4O_PRE: PreType = { regexes: [GPT4O_RE] };
 
-/** tokenizer.ggml.pre values weft knows, as llama.cpp maps them. */
+/** tokenizer.ggml.pre values weft knows, as llama.cpp maps them ("gpt2", which llama.cpp refuses, as "gpt-2"). */
 const PRE_TYPES: Record<string, PreType> = {
   default: DEFAULT_PRE,
   'gpt-2': GPT2_PRE, gpt2: GPT2_PRE, 'phi-2': GPT2_PRE, 'roberta-bpe': GPT2_PRE, mpt: GPT2_PRE, olmo: GPT2_PRE,
@@ -237,9 +237,9 @@ export function tokenizerFromGguf(metadata: Map<string, GgufValue>, source = 'GG
     eos = specialId(metadata, 'eos_token_id', 2, n);
     addBos = flag(metadata, 'add_bos_token', true);
   }
-  const eog = new Set<number>();
-  for (const key of ['eos_token_id', 'eot_token_id', 'eom_token_id']) {
-    const id = specialId(metadata, key, key === 'eos_token_id' ? eos : null, n);
+  const eog = new Set<number>(eos === null ? [] : [eos]);
+  for (const key of ['eot_token_id', 'eom_token_id']) {
+    const id = specialId(metadata, key, null, n);
     if (id !== null) eog.add(id);
   }
   v.tokens.forEach((t, id) => EOG_TEXTS.has(t) && eog.add(id));
