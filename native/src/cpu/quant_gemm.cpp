@@ -95,6 +95,9 @@ static float referenceDot(DType type, const uint8_t* w, const QuantizedActs& a, 
 #if WEFT_QSIMD
 using namespace qsimd;
 
+// Weight bytes ahead of the current block to prefetch (a few blocks: the rows are streamed once).
+constexpr uint64_t kPrefetchBytes = 1024;
+
 // ---- Q8_0 / Q4_0: R activation rows x C weight rows, G blocks per vector ----
 template <class V, DType WT, int R, int C>
 static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out) {
@@ -116,6 +119,7 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
           continue;
         }
         const uint8_t* blk = W + c * ldw + (b + i) * bb;
+        if ((b + i) % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes), _MM_HINT_T0);
         if constexpr (WT == DType::Q8_0) {
           grp[i] = load32(reinterpret_cast<const BlockQ8_0*>(blk)->qs);
           dw[c][i] = halfToFloat(reinterpret_cast<const BlockQ8_0*>(blk)->d);
@@ -125,15 +129,22 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
         }
       }
       w[c] = V::join(grp);
-      aw[c] = V::absW(w[c]);
+      if constexpr (WT == DType::Q8_0) aw[c] = V::absW(w[c]);
     }
     for (int r = 0; r < R; r++) {
       const typename V::I x = V::loadX(a.qs.data() + (t0 + r) * a.ldq + 32 * b);
       const float* dx = a.d.data() + (t0 + r) * a.ldd + b;
+      // Q4_0: sum (l - 8) x = sum l x - 8 sum x, the -8 sum x spread over the block's 8 lanes
+      typename V::I init = V::zero();
+      if constexpr (WT == DType::Q4_0) {
+        int32_t neg[G];
+        for (int i = 0; i < G; i++) neg[i] = -a.sum32[(t0 + r) * a.ldd + b + i];
+        init = V::bcast(neg);
+      }
       for (int c = 0; c < C; c++) {
         float s[G];
         for (int i = 0; i < G; i++) s[i] = dw[c][i] * dx[i];
-        const typename V::I isum = V::dotU8S8(V::zero(), aw[c], V::signX(x, w[c]));
+        const typename V::I isum = WT == DType::Q8_0 ? V::dotU8S8(init, aw[c], V::signX(x, w[c])) : V::dotU8S8(init, w[c], x);
         acc[r][c] = V::fma(V::cvt(isum), V::scales(s), acc[r][c]);
       }
     }
@@ -197,7 +208,9 @@ static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int6
   float y[R][C] = {};
   for (int64_t b = 0; b < nb; b++) {
     for (int c = 0; c < C; c++) {
-      const KBlock<WT> kb(W + c * ldw + b * bb);
+      const uint8_t* blk = W + c * ldw + b * bb;
+      for (uint64_t o = 0; o < bb; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + o), _MM_HINT_T0);
+      const KBlock<WT> kb(blk);
       typename V::I acc[R];
       for (int r = 0; r < R; r++) acc[r] = V::zero();
 #pragma GCC unroll 8

@@ -50,10 +50,10 @@ inline __m256i groupQ6K(const uint8_t* ql, const uint8_t* qh, int g) {
   const __m256i q = load32(ql + 64 * n + 32 * (k & 1));
   return _mm256_or_si256(k < 2 ? lowNibbles(q) : highNibbles(q), highBits(load32(qh + 32 * n), 2 * k, 3));
 }
+// Q4_0's nibbles unshifted (0..15): the kernel takes 8 x the block's activation sum off instead
 inline __m256i blockQ4_0(const BlockQ4_0& b) {
   const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-  const __m128i lo = _mm_and_si128(q, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(0x0F));
-  return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+  return lowNibbles(_mm256_set_m128i(_mm_srli_epi16(q, 4), q));
 }
 
 // ---- group g's int16 scale per lane (a lane holds the sum of two adjacent products) ----
@@ -120,6 +120,7 @@ struct V256 {
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F scales(const float* s) { return _mm256_set1_ps(s[0]); }
+  static I bcast(const int32_t* s) { return _mm256_set1_epi32(s[0]); }  // s[g] to group g's lanes
   static int32_t hsum(I a) { return hsum4(_mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))); }
   static float hsumF(F a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -162,6 +163,9 @@ struct V512 {
     const __m512d lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(s[0])));
     return _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(s[1])), 1));
   }
+  static I bcast(const int32_t* s) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(s[0])), _mm256_set1_epi32(s[1]), 1);
+  }
   static int32_t hsum(I a) { return _mm512_reduce_add_epi32(a); }
   static float hsumF(F a) { return _mm512_reduce_add_ps(a); }
 };
@@ -186,6 +190,7 @@ struct Emu512 {
   static F cvt(I a) { return {V256::cvt(a.lo), V256::cvt(a.hi)}; }
   static F fma(F a, F b, F c) { return {V256::fma(a.lo, b.lo, c.lo), V256::fma(a.hi, b.hi, c.hi)}; }
   static F scales(const float* s) { return {_mm256_set1_ps(s[0]), _mm256_set1_ps(s[1])}; }
+  static I bcast(const int32_t* s) { return {_mm256_set1_epi32(s[0]), _mm256_set1_epi32(s[1])}; }
   static int32_t hsum(I a) { return V256::hsum(a.lo) + V256::hsum(a.hi); }
   static float hsumF(F a) { return V256::hsumF(_mm256_add_ps(a.lo, a.hi)); }
 };
