@@ -125,7 +125,7 @@ struct LevelSums {
   float l = 0, l2 = 0, xl = 0;  // sum w l, sum w l^2, sum w x l
 };
 // Levels l = clamp(round(iscale (x - shift)), lmin, lmax) (as floats) and their weighted sums.
-static LevelSums levelSums(int n, const float* x, const float* w, float shift, float iscale, float lmin, float lmax,
+[[gnu::always_inline]] static inline LevelSums levelSums(int n, const float* x, const float* w, float shift, float iscale, float lmin, float lmax,
                            float* levels) {
   LevelSums s;
   int i = 0;
@@ -210,7 +210,8 @@ static float fitAffine(int n, int nmax, const float* x, const float* w, float rm
     const LevelSums sums = levelSums(n, x, w, lo, (nmax + rmin + rdelta * s) / (hi - lo), 0, float(nmax), levels);
     const float det = sumW * sums.l2 - sums.l * sums.l;
     if (det <= 0) continue;
-    float sc = (sumW * sums.xl - sumX * sums.l) / det, off = (sums.l2 * sumX - sums.l * sums.xl) / det;
+    const float inv = 1 / det;
+    float sc = (sumW * sums.xl - sumX * sums.l) * inv, off = (sums.l2 * sumX - sums.l * sums.xl) * inv;
     if (off > 0) {  // the format only subtracts
       off = 0;
       sc = sums.xl / sums.l2;
@@ -275,9 +276,8 @@ static void quantizeK45(const float* x, int nmax, uint16_t& dOut, uint16_t& dmin
   dminOut = toHalf(maxMin / 63);
   const float d = fromHalf(dOut), dmin = fromHalf(dminOut);
   for (int g = 0; g < 8; g++) {
-    const float dl = d * ls[g], ml = dmin * lm[g];
-    for (int l = 0; l < 32; l++)
-      L[32 * g + l] = dl ? uint8_t(std::clamp(nearestInt((x[32 * g + l] + ml) / dl), 0, nmax)) : 0;
+    const float dl = d * ls[g], ml = dmin * lm[g], inv = dl ? 1 / dl : 0;
+    for (int l = 0; l < 32; l++) L[32 * g + l] = uint8_t(std::clamp(nearestInt((x[32 * g + l] + ml) * inv), 0, nmax));
   }
 }
 
