@@ -82,6 +82,19 @@ export const PRESETS: Record<string, TinyModelOptions> = {
     tie: true,
     ropeTheta: 500000,
   },
+  // Llama-3.2-1B's dimensions (random weights; llama3 RoPE scaling left out)
+  llama1b: {
+    hidden: 2048,
+    layers: 16,
+    heads: 32,
+    kvHeads: 8,
+    ffn: 8192,
+    vocab: 128256,
+    maxPos: 8192,
+    dtype: 'f16',
+    tie: true,
+    ropeTheta: 500000,
+  },
 };
 
 export const SPECIAL_TOKEN = '<|endoftext|>';

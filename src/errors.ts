@@ -6,9 +6,10 @@
  */
 export const ERRORS = {
   WEFT_MODEL_NOT_FOUND: { status: 404, retryable: false, summary: 'A model path (directory or file) is missing or unreadable.' },
-  WEFT_MODEL_FORMAT: { status: 422, retryable: false, summary: 'config.json or a safetensors file is malformed, truncated or inconsistent.' },
-  WEFT_UNSUPPORTED_ARCH: { status: 422, retryable: false, summary: 'The model architecture (config.json "architectures"/"model_type") is not supported.' },
-  WEFT_UNSUPPORTED_DTYPE: { status: 422, retryable: false, summary: 'A tensor dtype other than F32, F16 or BF16.' },
+  WEFT_MODEL_FORMAT: { status: 422, retryable: false, summary: 'config.json, a safetensors, GGUF or plan file is malformed, truncated, corrupted or inconsistent.' },
+  WEFT_UNSUPPORTED_ARCH: { status: 422, retryable: false, summary: 'The model architecture (config.json "architectures"/"model_type", GGUF general.architecture) or one of its features is not supported.' },
+  WEFT_UNSUPPORTED_DTYPE: { status: 422, retryable: false, summary: 'A tensor type other than F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K.' },
+  WEFT_PLAN_MISMATCH: { status: 422, retryable: false, summary: 'An engine plan was built for another CPU, weft version or model, and its source model is not there to build it again.' },
   WEFT_TENSOR_MISSING: { status: 422, retryable: false, summary: 'A tensor the architecture needs is not in the checkpoint.' },
   WEFT_TENSOR_SHAPE: { status: 422, retryable: false, summary: 'A tensor has a shape that does not match config.json.' },
   WEFT_TOKENIZER: { status: 422, retryable: false, summary: 'tokenizer.json is missing, malformed or of an unsupported kind.' },

@@ -42,6 +42,7 @@ const TS_ONLY = [
   'WEFT_METHOD_NOT_ALLOWED',
   'WEFT_UNSUPPORTED',
   'WEFT_SESSION_ELSEWHERE',
+  'WEFT_PLAN_MISMATCH',
 ];
 
 test('every native code is in the catalog, and the catalog is the native list plus the TS-only codes', () => {

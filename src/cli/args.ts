@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { loadModelConfig } from '../engine/config.js';
+import { loadAnyModelConfig } from '../engine/model-source.js';
 import type { EngineOptions, SamplingOptions } from '../engine/engine.js';
 import type { GatewayOptions } from '../gateway/server.js';
 import { WeftError } from '../errors.js';
@@ -138,7 +138,7 @@ export const SERVE_OPTIONS: Record<string, OptionKind> = {
   'tls-cert': 'string', 'tls-key': 'string', 'api-keys': 'string', 'instance-id': 'string', 'trusted-proxies': 'string', redis: 'string',
   // the engine
   backend: 'string', 'cuda-device': 'int', contexts: 'count', threads: 'count', 'kv-memory': 'size', 'kv-page-tokens': 'count', 'kv-dtype': 'string',
-  'max-context': 'count', 'max-batch-tokens': 'count', 'max-batch-sequences': 'count', 'max-logit-rows': 'count',
+  quantize: 'string', 'max-context': 'count', 'max-batch-tokens': 'count', 'max-batch-sequences': 'count', 'max-logit-rows': 'count',
   // the scheduler
   'max-active': 'count', 'max-queue': 'int', 'max-buffered-events': 'count',
   // sessions and answers
@@ -193,7 +193,7 @@ export async function readServeOptions(argv: string[], env: NodeJS.ProcessEnv = 
   if (port > 65535) throw new WeftError('WEFT_BAD_ARGUMENT', `--port must be at most 65535 (got ${port})`);
   const model = str('model') ?? defaultModel();
   // a model that is not there is an error before anything listens
-  const config = await loadModelConfig(model);
+  const config = await loadAnyModelConfig(model);
   const maxContext = n('max-context');
   if (maxContext !== undefined && maxContext > config.maxPositionEmbeddings) {
     throw new WeftError('WEFT_BAD_ARGUMENT', `--max-context ${maxContext} is more than the model's context (max_position_embeddings ${config.maxPositionEmbeddings})`);
@@ -204,6 +204,7 @@ export async function readServeOptions(argv: string[], env: NodeJS.ProcessEnv = 
   const engine: EngineOptions = {
     backend: word('backend', ['cpu', 'cuda'] as const), cudaDevice: n('cuda-device'), contexts: n('contexts'), threads: n('threads'),
     kvMemoryBytes: n('kv-memory'), kvPageTokens: n('kv-page-tokens'), kvDtype: word('kv-dtype', ['f32', 'f16'] as const),
+    quantize: word('quantize', ['q8_0', 'q4_k'] as const),
     maxContext, maxBatchTokens: n('max-batch-tokens'), maxBatchSequences: n('max-batch-sequences'), maxLogitRows: n('max-logit-rows'),
   };
   const gateway: GatewayOptions = {

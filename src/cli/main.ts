@@ -5,9 +5,11 @@
  */
 import { WeftError, toWeftError } from '../errors.js';
 import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
-import { loadModelConfig } from '../engine/config.js';
+import { loadAnyModelConfig } from '../engine/model-source.js';
+import { buildCommand } from './build.js';
 import { Engine, defaultBackend, type BackendName, type SamplingOptions } from '../engine/engine.js';
 import { generate } from '../engine/generate.js';
+import { PLAN_QUANTIZE, type PlanQuantize } from '../engine/plan.js';
 import { isLoopback } from '../gateway/origin.js';
 import { Gateway } from '../gateway/server.js';
 import { nginxConfCommand } from '../cluster/nginx-conf.js';
@@ -20,20 +22,25 @@ if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
 const HELP = `weft: a WebSocket-native LLM gateway with its own inference engine
 
 usage:
-  weft serve    [--model DIR] [--port 8080] [--host 127.0.0.1] [--tls-cert FILE --tls-key FILE] [--api-keys FILE]
+  weft serve    [--model PATH] [--port 8080] [--host 127.0.0.1] [--tls-cert FILE --tls-key FILE] [--api-keys FILE]
                 [--backend cpu|cuda] [--contexts N] [--threads N] [--kv-memory SIZE] [--max-context N] ...
                 (every serve option below)
-  weft generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
+  weft generate [--model PATH] [--quantize q8_0|q4_k] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
                 [--logprobs N] [--backend cpu|cuda] [--threads N] [--json]
-  weft bench    [--model DIR] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
+  weft bench    [--model PATH] [--quantize q8_0|q4_k] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
                 [--backend cpu|cuda] [--threads N] [--json]
+  weft build    --model PATH [--quantize q8_0|q4_k] [--out PLAN] [--threads N] [--no-tune] [--json]: the engine
+                plan of a model for this machine (weights quantized and laid out for the kernels, kernel
+                settings timed here); --out defaults to the plan cache that --quantize uses (docs/models.md)
   weft nginx-conf --instance ID=HOST:PORT ... [--listen 80] [--server-name NAME] [--max-body-bytes SIZE]
                 [--tls-cert FILE --tls-key FILE] [--connect-timeout S] [--stream-timeout S] [--fail-timeout S]
                 [--access-log PATH|off]: prints NGINX's configuration for several instances (deploy/nginx/weft.conf)
 
---model defaults to the embedded model (models/default) when it is present.
+--model is a Hugging Face directory (config.json, safetensors, tokenizer.json), a GGUF file (or a
+directory holding one) or an engine plan (weft build); it defaults to the embedded model
+(models/default) when it is present. Architectures, GGUF types and plans: docs/models.md.
 --backend defaults to cuda when weft was built with CUDA and a GPU is visible, else cpu
 (WEFT_BACKEND sets the default).
 
@@ -46,7 +53,7 @@ ws://HOST:PORT/v1/realtime (docs/realtime.md); the chat page at /; GET /healthz,
 SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
 
   where and who:
-  --model DIR                 the model directory (default: the embedded model)
+  --model PATH                the model: a directory, a GGUF file or a plan (default: the embedded model)
   --port N                    default 8080; 0 picks a free port
   --host ADDRESS              default 127.0.0.1 (see "Exposure")
   --transport ws|uws          ws (node:http + ws, the default) or uws (uWebSockets.js)
@@ -77,6 +84,8 @@ SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
   --kv-memory SIZE            the KV pool (default 256MiB; on CUDA at most what device memory leaves)
   --kv-page-tokens N          tokens per KV page (default 16)
   --kv-dtype f32|f16          KV element type (default f32 for f32 checkpoints on the CPU, else f16)
+  --quantize q8_0|q4_k        run the weights quantized (Q8_0; or Q4_K with a Q6_K LM head): the plan is
+                              built once and cached (weft build; default: the model's own types)
   --max-context N             context length, at most the model's max_position_embeddings (the default)
   --max-batch-tokens N        tokens in one step: decode tokens + prefill chunks (default 512)
   --max-batch-sequences N     sequences in one step (default 64)
@@ -140,6 +149,12 @@ each one that is missing when --host is not a loopback address.
 
 const num = (f: Flags, k: string) => f[k] as number | undefined;
 
+function quantizeFlag(v: unknown): PlanQuantize | undefined {
+  if (v === undefined) return undefined;
+  if (!PLAN_QUANTIZE.includes(v as PlanQuantize)) throw new WeftError('WEFT_BAD_ARGUMENT', `--quantize must be one of ${PLAN_QUANTIZE.join(', ')} (got ${String(v)})`);
+  return v as PlanQuantize;
+}
+
 function backendFlag(v: unknown): BackendName | undefined {
   if (v === undefined) return undefined;
   if (v !== 'cpu' && v !== 'cuda') throw new WeftError('WEFT_BAD_ARGUMENT', `--backend must be cpu or cuda (got ${String(v)})`);
@@ -150,11 +165,12 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   const f = parseFlags(argv, {
     model: 'string', prompt: 'string', 'prompt-ids': 'list', 'max-tokens': 'number', temperature: 'number', 'top-p': 'number',
     'top-k': 'number', 'min-p': 'number', seed: 'number', 'repetition-penalty': 'number', 'presence-penalty': 'number',
-    'frequency-penalty': 'number', logprobs: 'number', threads: 'number', json: 'boolean', backend: 'string',
+    'frequency-penalty': 'number', logprobs: 'number', threads: 'number', json: 'boolean', backend: 'string', quantize: 'string',
   });
   if ((f.prompt === undefined) === (f['prompt-ids'] === undefined)) throw new WeftError('WEFT_BAD_ARGUMENT', 'give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
   const engine = await Engine.load((f.model as string | undefined) ?? defaultModel(), {
     backend: backendFlag(f.backend), threads: num(f, 'threads'), maxBatchSequences: 1, maxLogitRows: 1,
+    quantize: quantizeFlag(f.quantize), log: (l) => process.stderr.write(l + '\n'),
   });
   try {
     const tok = engine.tokenizer;
@@ -193,7 +209,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
 }
 
 async function cmdBench(argv: string[]): Promise<void> {
-  const f = parseFlags(argv, { model: 'string', sequences: 'list', 'prompt-tokens': 'number', 'gen-tokens': 'number', threads: 'number', json: 'boolean', backend: 'string' });
+  const f = parseFlags(argv, { model: 'string', sequences: 'list', 'prompt-tokens': 'number', 'gen-tokens': 'number', threads: 'number', json: 'boolean', backend: 'string', quantize: 'string' });
   const backend = backendFlag(f.backend);
   const sequences = (f.sequences as number[] | undefined) ?? [1, 4, 16, 64];
   const promptTokens = num(f, 'prompt-tokens') ?? 128;
@@ -201,7 +217,7 @@ async function cmdBench(argv: string[]): Promise<void> {
   if (sequences.some((n) => n < 1) || promptTokens < 1 || genTokens < 1) throw new WeftError('WEFT_BAD_ARGUMENT', 'sequences, prompt and gen tokens must be positive');
   const maxSeq = Math.max(...sequences);
   const dir = (f.model as string | undefined) ?? defaultModel();
-  const config = await loadModelConfig(dir);
+  const config = await loadAnyModelConfig(dir);
   const resolved = backend ?? defaultBackend();
   const kvElt = resolved === 'cpu' ? 4 : 2; // an upper bound on the CPU (f32 or f16 KV; pages are committed on first use)
   const engine = await Engine.load(dir, {
@@ -212,6 +228,8 @@ async function cmdBench(argv: string[]): Promise<void> {
     maxLogitRows: maxSeq,
     kvMemoryBytes: kvBytesFor(config, kvElt, maxSeq, promptTokens + genTokens),
     tokenizer: false,
+    quantize: quantizeFlag(f.quantize),
+    log: (l) => process.stderr.write(l + '\n'),
   });
   try {
     const results = await benchEngine(engine, { sequences, promptTokens, genTokens });
@@ -272,7 +290,7 @@ async function cmdServe(argv: string[]): Promise<void> {
     process.on('SIGTERM', onSignal);
   });
   try {
-    engine = await Engine.load(model, engineOptions);
+    engine = await Engine.load(model, { ...engineOptions, log: (l) => process.stdout.write(l + '\n') });
     checkSampling(engine, options.sessionSampling);
   } catch (err) {
     engine?.dispose();
@@ -298,6 +316,7 @@ async function main(argv: string[]): Promise<void> {
   if (cmd === 'serve') return cmdServe(rest);
   if (cmd === 'generate') return cmdGenerate(rest);
   if (cmd === 'bench') return cmdBench(rest);
+  if (cmd === 'build') return buildCommand(rest);
   if (cmd === 'nginx-conf') return void process.stdout.write(nginxConfCommand(rest));
   throw new WeftError('WEFT_BAD_ARGUMENT', `unknown command ${cmd} (try weft --help)`);
 }

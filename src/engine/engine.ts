@@ -4,14 +4,15 @@
  */
 import { availableParallelism } from 'node:os';
 import { randomInt } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
 import { WeftError, toWeftError } from '../errors.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { loadModelConfig, nativeConfig, type ModelConfig } from './config.js';
+import { nativeConfig, type ModelConfig } from './config.js';
+import { PLAN_QUANTIZE, type PlanQuantize } from './plan.js';
+import { prepareModel } from './prepare.js';
+import type { PlanTuning } from './tune.js';
 import { ContextPool, type ContextLease } from './contextPool.js';
 import { native, type NativeEngine, type NativeStats } from './native.js';
-import { readSafetensorsIndex, type TensorInfo } from './safetensors.js';
+import type { TensorInfo } from './safetensors.js';
 import { resolveWeights, tensorSpecs } from './weights.js';
 
 export type BackendName = 'cpu' | 'cuda';
@@ -50,8 +51,17 @@ export interface EngineOptions {
   kvPageTokens?: number;
   /** KV element type. Default: f32 for f32 checkpoints on the CPU, f16 otherwise. */
   kvDtype?: 'f32' | 'f16';
-  /** Load tokenizer.json from the directory (default true when present). */
+  /** Load the model's tokenizer (default true when it has one). */
   tokenizer?: boolean;
+  /**
+   * Run the model quantized: Q8_0, or Q4_K (Q6_K LM head). The quantized weights are an engine plan
+   * built once and cached (src/engine/prepare.ts, docs/models.md).
+   */
+  quantize?: PlanQuantize;
+  /** Progress lines of a load (plan builds). */
+  log?: (line: string) => void;
+  /** Kernel settings per kind of step (default: the plan's, else the backend's defaults). */
+  tuning?: PlanTuning;
 }
 
 export interface SamplingOptions {
@@ -149,6 +159,12 @@ export class Sequence {
   }
 }
 
+/** A plan's recorded tuning, when it has one for every kind of step. */
+function planTuning(t: Record<string, unknown> | undefined): PlanTuning | undefined {
+  if (!t || typeof t.decode1 !== 'object' || typeof t.batch !== 'object' || typeof t.prefill !== 'object') return undefined;
+  return { decode1: t.decode1 as PlanTuning['decode1'], batch: t.batch as PlanTuning['batch'], prefill: t.prefill as PlanTuning['prefill'] };
+}
+
 export class Engine {
   private disposed = false;
 
@@ -162,10 +178,13 @@ export class Engine {
   ) {}
 
   static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
-    const root = resolve(dir);
-    const config = await loadModelConfig(root);
-    const tensors = await readSafetensorsIndex(root);
-    const weights = resolveWeights(config, tensors);
+    if (options.quantize !== undefined && !PLAN_QUANTIZE.includes(options.quantize)) {
+      throw new WeftError('WEFT_BAD_ARGUMENT', `quantize must be one of ${PLAN_QUANTIZE.join(', ')} (got ${String(options.quantize)})`);
+    }
+    const source = await prepareModel(dir, { quantize: options.quantize, log: options.log });
+    const root = source.path;
+    const config = source.config;
+    const weights = resolveWeights(config, source.tensors);
     const { files, specs } = tensorSpecs(weights);
 
     const contexts = intOption(options.contexts, 'contexts', 1, 1);
@@ -195,6 +214,7 @@ export class Engine {
             kvDtype: kvDtype === 'f32' ? 'F32' : 'F16',
             backend,
             cudaDevice: intOption(options.cudaDevice, 'cudaDevice', 0, 0),
+            tuning: options.tuning ?? planTuning(source.plan?.tuning),
           },
         }),
     );
@@ -203,8 +223,11 @@ export class Engine {
     } catch (err) {
       throw toWeftError(err);
     }
-    const wantTokenizer = options.tokenizer ?? existsSync(join(root, 'tokenizer.json'));
-    const tokenizer = wantTokenizer ? await Tokenizer.fromDir(root) : undefined;
+    const parts = (options.tokenizer ?? source.hasTokenizer) ? await source.tokenizer() : undefined;
+    if (options.tokenizer === true && !parts) throw new WeftError('WEFT_TOKENIZER', `${root} has no tokenizer`);
+    const tokenizer = parts
+      ? Tokenizer.fromJSON(parts.json, parts.config, { jsonPath: parts.jsonPath, chatTemplate: parts.chatTemplate, eosTokenIds: parts.eosTokenIds })
+      : undefined;
     return new Engine(root, config, engine, new ContextPool(contexts), tokenizer, weights.embed.dtype);
   }
 

@@ -42,6 +42,8 @@ export interface NativeEngineSpec {
     contexts: number; threads: number; maxBatchTokens: number; maxBatchSequences: number; maxLogitRows: number;
     maxContext: number; kvMemoryBytes: number; kvPageTokens: number; kvDtype: 'F32' | 'F16';
     backend: 'cpu' | 'cuda'; cudaDevice: number;
+    /** Kernel settings per kind of step (src/engine/tune.ts); absent: the backend's defaults. */
+    tuning?: { decode1: Record<string, number>; batch: Record<string, number>; prefill: Record<string, number> };
   };
 }
 
@@ -89,6 +91,8 @@ export interface NativeAddon {
   NativeEngine: new (spec: NativeEngineSpec) => NativeEngine;
   measureBandwidth(bytes: number, threads: number): { readBytesPerS: number; bytes: number; threads: number };
   simd: 'avx512' | 'avx2' | 'scalar';
+  /** The CPU backend's kernel settings worth timing on this machine (weft build's autotuning). */
+  tuningCandidates(): Record<string, number>[];
   hardwareThreads: number;
   /** Whether this build has the CUDA backend. */
   cudaBuilt: boolean;

@@ -1,0 +1,64 @@
+/**
+ * The model a load runs: the one named, or the engine plan for it. `--quantize T` runs a plan:
+ * from the cache when one was built for this model, quantization, CPU and weft version, else
+ * built now and cached (docs/models.md). A plan file named directly that was built for another
+ * CPU or version is built again from its source model (in place), or refused when the source is
+ * gone (WEFT_PLAN_MISMATCH).
+ */
+import { existsSync } from 'node:fs';
+import { WeftError, toWeftError } from '../errors.js';
+import { openModel, type ModelSource } from './model-source.js';
+import { buildPlan, modelFingerprint, planCachePath, planMismatch, readPlan, PLAN_ARCHITECTURE, type PlanQuantize } from './plan.js';
+import { readGguf } from './gguf.js';
+
+export interface PrepareOptions {
+  quantize?: PlanQuantize;
+  /** Progress lines (plan builds). */
+  log?: (line: string) => void;
+}
+
+async function planFileMismatch(file: string): Promise<{ source: string; quantize: PlanQuantize | 'none'; why: string } | null> {
+  if (!file.toLowerCase().endsWith('.gguf') || !existsSync(file)) return null;
+  let g;
+  try {
+    g = await readGguf(file);
+  } catch {
+    return null; // openModel reports what is wrong with it
+  }
+  if (g.metadata.get('general.architecture') !== PLAN_ARCHITECTURE) return null;
+  const plan = await readPlan(file);
+  const why = planMismatch(plan.identity);
+  return why === null ? null : { source: plan.identity.source.path, quantize: plan.identity.quantize, why };
+}
+
+/** Opens `modelPath` (building or rebuilding a plan where needed). Throws WeftError. */
+export async function prepareModel(modelPath: string, opts: PrepareOptions = {}): Promise<ModelSource> {
+  const log = opts.log ?? (() => {});
+  const stale = await planFileMismatch(modelPath);
+  if (stale) {
+    if (!existsSync(stale.source)) {
+      throw new WeftError('WEFT_PLAN_MISMATCH', `${modelPath}: this plan cannot run here (${stale.why}) and its source model ${stale.source} is not there to build it again`);
+    }
+    log(`weft: ${modelPath} was built for another machine or version (${stale.why}); building it again from ${stale.source}`);
+    const source = await openModel(stale.source);
+    await buildPlan(source, { quantize: stale.quantize === 'none' ? undefined : stale.quantize, out: modelPath, log });
+  }
+  const source = await openModel(modelPath);
+  if (!opts.quantize) return source;
+  if (source.kind === 'plan') {
+    if (source.plan!.identity.quantize === opts.quantize) return source;
+    throw new WeftError('WEFT_BAD_ARGUMENT', `${modelPath} is a plan quantized as ${source.plan!.identity.quantize}; build one for ${opts.quantize} from its source model ${source.plan!.identity.source.path}`);
+  }
+  const cached = planCachePath(source, await modelFingerprint(source), opts.quantize);
+  if (existsSync(cached)) {
+    try {
+      return await openModel(cached);
+    } catch (err) {
+      log(`weft: the cached plan ${cached} cannot be used (${toWeftError(err).message}); building it again`);
+    }
+  }
+  log(`weft: building the ${opts.quantize} plan of ${source.path} into ${cached}`);
+  const built = await buildPlan(source, { quantize: opts.quantize, out: cached, log });
+  log(`weft: plan built in ${built.seconds.toFixed(1)} s (${(built.bytes / 1e6).toFixed(0)} MB)`);
+  return openModel(cached);
+}
