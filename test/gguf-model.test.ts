@@ -169,6 +169,21 @@ describe('Qwen2 GGUF (q/k/v biases, rotate_half RoPE kept as it is)', () => {
   });
 });
 
+describe('Llama 3 RoPE scaling from GGUF (llama.cpp\'s rope_freqs.weight divisors)', () => {
+  test('F32 GGUF of the llama3_rope transformers fixture = the safetensors model', async () => {
+    const dir = path.resolve('test/fixtures/hf/llama3_rope');
+    const gguf = path.join(root, 'llama3_rope.f32.gguf');
+    await exportGguf(dir, gguf, { type: 'f32' });
+    const a = await run(dir);
+    const b = await run(gguf);
+    a.engine.dispose();
+    b.engine.dispose();
+    expect(b.engine.config.longRope?.shortFactor.some((f) => f !== 1)).toBe(true);
+    expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-4);
+    expect(b.greedy).toEqual(a.greedy);
+  });
+});
+
 describe('engine plans', () => {
   test('--quantize q8_0 builds a plan once into the cache, later loads map it; its logits are the Q8_0 GGUF\'s', async () => {
     const lines: string[] = [];

@@ -6,7 +6,7 @@ import { availableParallelism } from 'node:os';
 import { randomInt } from 'node:crypto';
 import { WeftError, toWeftError } from '../errors.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { nativeConfig, type ModelConfig } from './config.js';
+import { cudaUnsupported, nativeConfig, type ModelConfig } from './config.js';
 import { PLAN_QUANTIZE, type PlanQuantize } from './plan.js';
 import { prepareModel } from './prepare.js';
 import type { PlanTuning } from './tune.js';
@@ -194,6 +194,10 @@ export class Engine {
     if (!Number.isFinite(kvMemoryBytes) || kvMemoryBytes <= 0) throw new WeftError('WEFT_BAD_ARGUMENT', `kvMemoryBytes must be a positive number (got ${kvMemoryBytes})`);
     const backend = options.backend ?? defaultBackend();
     if (backend !== 'cpu' && backend !== 'cuda') throw new WeftError('WEFT_BAD_ARGUMENT', `backend must be cpu or cuda (got ${String(backend)})`);
+    if (backend === 'cuda') {
+      const missing = cudaUnsupported(config);
+      if (missing) throw missing;
+    }
     const kvDtype = options.kvDtype ?? (weights.embed.dtype === 'F32' && backend === 'cpu' ? 'f32' : 'f16');
     if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new WeftError('WEFT_BAD_ARGUMENT', `kvDtype must be f32 or f16 (got ${String(kvDtype)})`);
 

@@ -128,7 +128,8 @@ export function ggufArchitecture(input: GgufModelInput): GgufArchitecture {
 export function ggufHfConfig(input: GgufModelInput): {
   json: Record<string, unknown>;
   ropeInterleaved: boolean;
-  ropeFreqFactors: string | null;
+  /** Tensors of per-frequency RoPE divisors to read into rope_scaling (LongRoPE's short/long factors). */
+  ropeFactorTensors: { short: string; long: string } | null;
   normsIncludeOne: boolean;
 } {
   const arch = ggufArchitecture(input);
@@ -191,8 +192,15 @@ export function ggufHfConfig(input: GgufModelInput): {
   if (arch === 'phi3' && (tensorByName.has('rope_factors_long.weight') || ropeType === 'longrope')) {
     json.original_max_position_embeddings = k.int(p + 'rope.scaling.original_context_length');
   }
-  const ropeFreqFactors = arch === 'llama' && tensorByName.has('rope_freqs.weight') ? 'rope_freqs.weight' : null;
-  return { json, ropeInterleaved: arch === 'llama', ropeFreqFactors, normsIncludeOne: arch === 'gemma3' };
+  let ropeFactorTensors: { short: string; long: string } | null = null;
+  if (arch === 'llama' && tensorByName.has('rope_freqs.weight')) {
+    // Llama 3 scaling as llama.cpp stores it: one divisor per frequency, whatever the length
+    ropeFactorTensors = { short: 'rope_freqs.weight', long: 'rope_freqs.weight' };
+    json.original_max_position_embeddings = json.max_position_embeddings;
+  } else if (arch === 'phi3' && tensorByName.has('rope_factors_long.weight')) {
+    ropeFactorTensors = { short: 'rope_factors_short.weight', long: 'rope_factors_long.weight' };
+  }
+  return { json, ropeInterleaved: arch === 'llama', ropeFactorTensors, normsIncludeOne: arch === 'gemma3' };
 }
 
 /** The file's tensors under Hugging Face names (weights.ts resolves and checks them). */

@@ -14,13 +14,12 @@ import { ggufTensorInfos, readGguf } from './gguf.js';
 import { ggufHfConfig, ggufHfTensors } from './gguf-model.js';
 import { planMismatch, readPlan, PLAN_ARCHITECTURE, type LoadedPlan } from './plan.js';
 import { readSafetensorsIndex, type TensorInfo } from './safetensors.js';
+import { readTensorF64 } from './dtype.js';
 
 /** What a loader knows beyond config.json (GGUF conventions). */
 export interface ModelExtras {
   /** RoPE rotates interleaved pairs (2i, 2i+1): llama-arch GGUF files' permuted Q/K rows. */
   ropeInterleaved?: boolean;
-  /** A tensor of per-frequency RoPE divisors (llama.cpp's rope_freqs.weight for Llama 3 scaling). */
-  ropeFreqFactors?: string | null;
   /** Norm weights already hold Gemma's +1. */
   normsIncludeOne?: boolean;
 }
@@ -53,10 +52,8 @@ export interface ModelSource {
 }
 
 function applyExtras(config: ModelConfig, extras: ModelExtras): ModelConfig {
-  const c = config as ModelConfig & ModelExtras;
-  if (extras.ropeInterleaved) c.ropeInterleaved = true;
-  if (extras.normsIncludeOne) c.normsIncludeOne = true;
-  if (extras.ropeFreqFactors) c.ropeFreqFactors = extras.ropeFreqFactors;
+  if (extras.ropeInterleaved) config.ropeInterleaved = true;
+  if (extras.normsIncludeOne) config.normOffset = 0;
   return config;
 }
 
@@ -140,7 +137,21 @@ async function openGguf(file: string): Promise<ModelSource> {
   if (g.metadata.get('general.architecture') === PLAN_ARCHITECTURE) return openPlan(file);
   const input = { file, metadata: g.metadata as Map<string, unknown>, tensors: [...ggufTensorInfos(g).values()] };
   const hf = ggufHfConfig(input);
-  const extras: ModelExtras = { ropeInterleaved: hf.ropeInterleaved, ropeFreqFactors: hf.ropeFreqFactors, normsIncludeOne: hf.normsIncludeOne };
+  if (hf.ropeFactorTensors) {
+    // per-frequency divisors, as LongRoPE's factors (Llama 3's rope_freqs: the same set at every length)
+    const infos = ggufTensorInfos(g);
+    const read = async (name: string) => {
+      const t = infos.get(name);
+      if (!t) throw new WeftError('WEFT_TENSOR_MISSING', `${file}: tensor "${name}" is missing`);
+      return [...(await readTensorF64(t))];
+    };
+    const same = hf.ropeFactorTensors.short === hf.ropeFactorTensors.long;
+    hf.json.rope_scaling = {
+      rope_type: 'longrope', short_factor: await read(hf.ropeFactorTensors.short), long_factor: await read(hf.ropeFactorTensors.long),
+      ...(same ? { attention_factor: 1 } : {}),
+    };
+  }
+  const extras: ModelExtras = { ropeInterleaved: hf.ropeInterleaved, normsIncludeOne: hf.normsIncludeOne };
   const config = applyExtras(parseModelConfig(hf.json, file), extras);
   const hasTokenizer = g.metadata.has('tokenizer.ggml.model');
   return {

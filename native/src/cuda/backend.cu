@@ -5,6 +5,11 @@
 
 namespace weft {
 
+namespace cpu {
+// native/src/cpu/quant.cpp (host code): a row of ggml blocks to f32.
+void dequantizeRow(DType type, const void* src, float* dst, int64_t n);
+}  // namespace cpu
+
 namespace cuda {
 
 const int kGraphBatchSizes[9] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
@@ -25,6 +30,22 @@ void uploadMatrix(uint8_t* dst, const cpu::WeightView& w, bool bf16) {
   const DType target = bf16 ? DType::BF16 : DType::F16;
   if (w.dtype == target) {
     WEFT_CU(cudaMemcpy(dst, w.data, n * 2, cudaMemcpyHostToDevice));
+    return;
+  }
+  if (isQuant(w.dtype)) {
+    // GGUF block formats: dequantized a row at a time on the host, uploaded as f16/bf16
+    const uint64_t cols = uint64_t(w.cols), rb = rowBytes(w.dtype, w.cols);
+    const uint64_t rowsPer = std::max<uint64_t>(1, (1ull << 22) / cols);
+    std::vector<float> row(cols);
+    std::vector<uint16_t> staging(rowsPer * cols);
+    for (uint64_t r0 = 0; r0 < uint64_t(w.rows); r0 += rowsPer) {
+      const uint64_t r1 = std::min<uint64_t>(uint64_t(w.rows), r0 + rowsPer);
+      for (uint64_t r = r0; r < r1; r++) {
+        cpu::dequantizeRow(w.dtype, static_cast<const uint8_t*>(w.data) + r * rb, row.data(), int64_t(cols));
+        for (uint64_t c = 0; c < cols; c++) staging[(r - r0) * cols + c] = bf16 ? f32ToBf16(row[c]) : f32ToF16(row[c]);
+      }
+      WEFT_CU(cudaMemcpy(dst + r0 * cols * 2, staging.data(), (r1 - r0) * cols * 2, cudaMemcpyHostToDevice));
+    }
     return;
   }
   const uint64_t chunk = 1ull << 24;
