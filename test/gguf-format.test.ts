@@ -14,6 +14,7 @@ import {
 } from '../src/engine/gguf.js';
 import { encodeFloats, readTensorBytes } from '../src/engine/dtype.js';
 import { native } from '../src/engine/native.js';
+import { ggufArchitecture } from '../src/engine/gguf-model.js';
 import { mulberry32 } from '../bench/llamacpp.js';
 
 let root = '';
@@ -341,6 +342,21 @@ describe('readGguf on bad input', () => {
     const asI32 = Buffer.from(bytes);
     asI32.writeUInt32LE(GgufType.INT32, at - 4);
     await expectFault(asI32, 'WEFT_MODEL_FORMAT', /general.alignment has type INT32, expected UINT32/);
+  });
+
+  it('an unknown architecture: WEFT_UNSUPPORTED_ARCH naming it', async () => {
+    const file = path.join(root, 'arch.gguf');
+    await writeGguf(file, { metadata: { 'general.architecture': meta.str('mamba') }, tensors: [] });
+    const g = await readGguf(file);
+    const err = (() => {
+      try {
+        return ggufArchitecture({ file, metadata: g.metadata, tensors: [] });
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(err).toBeInstanceOf(WeftError);
+    expect(err).toMatchObject({ code: 'WEFT_UNSUPPORTED_ARCH', message: expect.stringMatching(/arch\.gguf: architecture "mamba" .*is not supported/) });
   });
 });
 
