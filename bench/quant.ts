@@ -9,7 +9,7 @@
  * Two settings: one matrix (it may sit in the last-level cache, as one layer's matrix does not in
  * a real model) and `copies` distinct matrices in turn (128+ MiB, streamed from DRAM as in decode).
  *
- *   node dist/bench/quant.js [--rows 2048] [--cols 8192] [--threads 2] [--seconds 0.5] [--runs 5] [--types Q8_0,Q4_K,F16]
+ *   node dist/bench/quant.js [--rows 2048] [--cols 8192] [--threads 2] [--seconds 0.5] [--runs 5] [--types Q8_0,Q4_K,F16] [--dram-only]
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { native, type NativeQuantType } from '../src/engine/native.js';
@@ -75,7 +75,7 @@ async function main(): Promise<void> {
   for (let r = 0; r < runs; r++) {
     bw = Math.max(bw, addon.measureBandwidth(512 << 20, threads).readBytesPerS);
     for (const s of sets) {
-      s.one = Math.max(s.one, (await run(s.type, s.mats.slice(0, 1), rows, cols, threads, seconds)).bytesPerS);
+      if (!process.argv.includes('--dram-only')) s.one = Math.max(s.one, (await run(s.type, s.mats.slice(0, 1), rows, cols, threads, seconds)).bytesPerS);
       s.many = Math.max(s.many, (await run(s.type, s.mats, rows, cols, threads, seconds)).bytesPerS);
     }
   }

@@ -9,8 +9,6 @@
 #define WEFT_QSIMD 1
 #include <immintrin.h>
 
-#include <cstring>
-
 #include "quant.h"
 
 namespace weft::cpu::qsimd {
@@ -25,16 +23,17 @@ inline __m256i highBits(__m256i h, int shift, int mask) {
   return _mm256_slli_epi16(h, 4);
 }
 
-// unpackScalesK4 on 32-bit words: out[0..7] scales, out[8..15] mins
-inline void unpackScalesK4Fast(const uint8_t* q, uint8_t out[16]) {
-  uint32_t u[3], o[4];
-  std::memcpy(u, q, 12);
-  const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-  o[0] = u[0] & m6;
-  o[1] = (u[2] & m4) | ((u[0] >> 6) & m2) << 4;
-  o[2] = u[1] & m6;
-  o[3] = ((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4;
-  std::memcpy(out, o, 16);
+// unpackScalesK4 in a register: bytes 0..7 the scales, 8..15 the mins. Reads 16 bytes at q (the
+// 12 packed bytes and 4 of the levels that follow them in the block).
+inline __m128i unpackScalesK4Simd(const uint8_t* q) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  // low 6 bits (j < 4) or low 4 bits (j >= 4: of q[j + 4], high nibble for the mins)
+  const __m128i low = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i lowBits = _mm_and_si128(_mm_srlv_epi32(low, _mm_setr_epi32(0, 0, 0, 4)),
+                                        _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+  // j >= 4: the top two bits of q[j - 4] (scales) or q[j] (mins) as bits 4..5
+  const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  return _mm_or_si128(lowBits, _mm_srli_epi16(_mm_and_si128(top, _mm_set1_epi8(char(0xC0))), 2));
 }
 
 // ---- group g's weights (unsigned levels for the K-quants, signed values for Q8_0/Q4_0) ----
@@ -58,9 +57,7 @@ inline __m256i blockQ4_0(const BlockQ4_0& b) {
 
 // ---- group g's int16 scale per lane (a lane holds the sum of two adjacent products) ----
 // Q4_K/Q5_K: s16 = the eight 6-bit scales widened to int16 in both halves
-inline __m256i scalesK4(const uint8_t sc[8]) {
-  return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))));
-}
+inline __m256i scalesK4(__m128i scalesMins) { return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scalesMins)); }
 inline __m256i scaleK4(__m256i s16, int g) { return _mm256_shuffle_epi8(s16, _mm256_set1_epi16(short(0x0100 + 0x0202 * g))); }
 // Q6_K: elements 0..15 of group g use scales[2g], 16..31 scales[2g + 1]
 inline __m256i scaleQ6K(__m128i sc8, int g) {
@@ -74,8 +71,8 @@ inline int32_t hsum4(__m128i s) {
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
   return _mm_cvtsi128_si32(s);
 }
-inline int32_t dotMins(const uint8_t* m8, const int16_t* bsum32) {
-  const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m8)));
+inline int32_t dotMins(__m128i scalesMins, const int16_t* bsum32) {
+  const __m128i m = _mm_cvtepu8_epi16(_mm_srli_si128(scalesMins, 8));
   return hsum4(_mm_madd_epi16(m, _mm_loadu_si128(reinterpret_cast<const __m128i*>(bsum32))));
 }
 inline int32_t dotScales16(__m128i sc8, const int16_t* bsum16) {
