@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { WeftError } from '../errors.js';
 import { tokenizerFromGguf } from '../tokenizer/gguf-tokenizer.js';
+import { Tokenizer, type TokenizerParts } from '../tokenizer/tokenizer.js';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { ggufTensorInfos, readGguf } from './gguf.js';
 import { ggufHfConfig, ggufHfTensors } from './gguf-model.js';
@@ -22,16 +23,6 @@ export interface ModelExtras {
   ropeInterleaved?: boolean;
   /** Norm weights already hold Gemma's +1. */
   normsIncludeOne?: boolean;
-}
-
-/** A tokenizer's pieces: tokenizer.json, tokenizer_config.json (chat template merged in), EOS ids. */
-export interface TokenizerParts {
-  json: object;
-  config?: object;
-  eosTokenIds?: number[];
-  chatTemplate?: string | null;
-  /** tokenizer.json's path, when it is a file (the encode worker reads it there). */
-  jsonPath?: string;
 }
 
 export interface ModelSource {
@@ -57,46 +48,18 @@ function applyExtras(config: ModelConfig, extras: ModelExtras): ModelConfig {
   return config;
 }
 
-async function readJson(file: string, code: 'WEFT_MODEL_FORMAT' | 'WEFT_TOKENIZER'): Promise<unknown> {
+async function readConfigJson(file: string): Promise<unknown> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new WeftError(code === 'WEFT_TOKENIZER' ? 'WEFT_TOKENIZER' : 'WEFT_MODEL_NOT_FOUND', `${file} is missing or unreadable`, { cause: e });
+    throw new WeftError('WEFT_MODEL_NOT_FOUND', `${file} is missing or unreadable`, { cause: e });
   }
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new WeftError(code, `${file}: invalid JSON (${(e as Error).message})`, { cause: e });
+    throw new WeftError('WEFT_MODEL_FORMAT', `${file}: invalid JSON (${(e as Error).message})`, { cause: e });
   }
-}
-
-/** A Hugging Face directory's tokenizer pieces (tokenizer.json, tokenizer_config.json, chat_template.jinja, generation_config.json's EOS ids). */
-export async function readTokenizerParts(dir: string): Promise<TokenizerParts> {
-  const jsonPath = join(dir, 'tokenizer.json');
-  const json = await readJson(jsonPath, 'WEFT_TOKENIZER');
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new WeftError('WEFT_TOKENIZER', `${jsonPath}: expected a JSON object`);
-  let config: object | undefined;
-  if (existsSync(join(dir, 'tokenizer_config.json'))) {
-    const c = await readJson(join(dir, 'tokenizer_config.json'), 'WEFT_TOKENIZER');
-    if (typeof c !== 'object' || c === null || Array.isArray(c)) throw new WeftError('WEFT_TOKENIZER', `${join(dir, 'tokenizer_config.json')}: expected a JSON object`);
-    config = c;
-  }
-  let chatTemplate: string | null = null;
-  try {
-    chatTemplate = await readFile(join(dir, 'chat_template.jinja'), 'utf8');
-  } catch {
-    // optional
-  }
-  let eosTokenIds: number[] | undefined;
-  try {
-    const gen = JSON.parse(await readFile(join(dir, 'generation_config.json'), 'utf8')) as { eos_token_id?: unknown };
-    const list = Array.isArray(gen.eos_token_id) ? gen.eos_token_id : [gen.eos_token_id];
-    eosTokenIds = list.filter((x): x is number => Number.isInteger(x));
-  } catch {
-    // optional: only the EOS ids are taken from it
-  }
-  return { json, config, eosTokenIds, chatTemplate, jsonPath };
 }
 
 /** The GGUF file `p` names: itself, or the one .gguf file in a directory without config.json. */
@@ -122,13 +85,13 @@ async function ggufFileOf(p: string): Promise<string | null> {
 }
 
 async function openSafetensors(dir: string): Promise<ModelSource> {
-  const hfConfig = await readJson(join(dir, 'config.json'), 'WEFT_MODEL_FORMAT');
+  const hfConfig = await readConfigJson(join(dir, 'config.json'));
   const config = parseModelConfig(hfConfig, join(dir, 'config.json'));
   const tensors = await readSafetensorsIndex(dir);
   const hasTokenizer = existsSync(join(dir, 'tokenizer.json'));
   return {
     kind: 'safetensors', path: dir, config, tensors, hfConfig: hfConfig as Record<string, unknown>, extras: {}, hasTokenizer,
-    tokenizer: async () => (hasTokenizer ? readTokenizerParts(dir) : undefined),
+    tokenizer: async () => (hasTokenizer ? Tokenizer.readParts(dir) : undefined),
   };
 }
 

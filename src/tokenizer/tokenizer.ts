@@ -49,6 +49,16 @@ export interface TokenizerConfigJson {
   [key: string]: unknown;
 }
 
+/** A tokenizer's pieces: tokenizer.json, tokenizer_config.json, the chat template and EOS ids found beside them. */
+export interface TokenizerParts {
+  json: object;
+  config?: object;
+  eosTokenIds?: number[];
+  chatTemplate?: string | null;
+  /** tokenizer.json's path, when it is a file (the encode worker reads it there). */
+  jsonPath?: string;
+}
+
 export interface TokenizerExtras {
   /** Extra end-of-sequence ids (generation_config.json's eos_token_id). */
   eosTokenIds?: number[];
@@ -140,6 +150,12 @@ export class Tokenizer {
    * a missing or malformed tokenizer file.
    */
   static async fromDir(dir: string): Promise<Tokenizer> {
+    const p = await Tokenizer.readParts(dir);
+    return Tokenizer.fromJSON(p.json, p.config, { jsonPath: p.jsonPath, chatTemplate: p.chatTemplate, eosTokenIds: p.eosTokenIds });
+  }
+
+  /** What fromDir reads, unbuilt (engine plans carry these pieces). */
+  static async readParts(dir: string): Promise<TokenizerParts> {
     const root = resolve(dir);
     try {
       const st = await stat(root);
@@ -149,6 +165,7 @@ export class Tokenizer {
     }
     const jsonPath = join(root, 'tokenizer.json');
     const json = await readJsonFile(jsonPath, true);
+    if (!isObject(json)) throw new WeftError('WEFT_TOKENIZER', `${jsonPath}: expected a JSON object`);
     const configPath = join(root, 'tokenizer_config.json');
     const config = await readJsonFile(configPath, false);
     if (config !== undefined && !isObject(config)) {
@@ -169,7 +186,7 @@ export class Tokenizer {
     } catch {
       // optional; generation_config.json belongs to the model loader, only eos ids are taken here
     }
-    return Tokenizer.fromJSON(json as object, config as object | undefined, { jsonPath, chatTemplate, eosTokenIds });
+    return { json: json as object, config: config as object | undefined, jsonPath, chatTemplate, eosTokenIds };
   }
 
   /** Builds a tokenizer from a parsed tokenizer.json (and tokenizer_config.json). */
