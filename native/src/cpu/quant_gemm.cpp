@@ -105,6 +105,14 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
   constexpr int G = V::G;
   constexpr uint64_t bb = WT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
   const int64_t nb = a.K / 32;
+  const int8_t* xr[R];
+  const float* dr[R];
+  const int32_t* sr[R];
+  for (int r = 0; r < R; r++) {
+    xr[r] = a.qs.data() + (t0 + r) * a.ldq;
+    dr[r] = a.d.data() + (t0 + r) * a.ldd;
+    sr[r] = WT == DType::Q4_0 ? a.sum32.data() + (t0 + r) * a.ldd : nullptr;
+  }
   typename V::F acc[R][C];
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = V::zeroF();
@@ -133,13 +141,13 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
       if constexpr (WT == DType::Q8_0) aw[c] = V::absW(w[c]);
     }
     for (int r = 0; r < R; r++) {
-      const typename V::I x = V::loadX(a.qs.data() + (t0 + r) * a.ldq + 32 * b);
-      const float* dx = a.d.data() + (t0 + r) * a.ldd + b;
+      const typename V::I x = V::loadX(xr[r] + 32 * b);
+      const float* dx = dr[r] + b;
       // Q4_0: sum (l - 8) x = sum l x - 8 sum x, the -8 sum x spread over the block's 8 lanes
       typename V::I init = V::zero();
       if constexpr (WT == DType::Q4_0) {
         int32_t neg[G];
-        for (int i = 0; i < G; i++) neg[i] = -a.sum32[(t0 + r) * a.ldd + b + i];
+        for (int i = 0; i < G; i++) neg[i] = -sr[r][b + i];
         init = V::bcast(neg);
       }
       for (int c = 0; c < C; c++) {
@@ -206,6 +214,15 @@ static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int6
   constexpr int G = V::G;
   const int64_t nb = a.K / kQK;
   const uint64_t bb = blockBytes(WT);
+  const int8_t* xr[R];
+  const float* dr[R];
+  const int16_t *s16r[R], *s32r[R];
+  for (int r = 0; r < R; r++) {
+    xr[r] = a.qs.data() + (t0 + r) * a.ldq;
+    dr[r] = a.d.data() + (t0 + r) * a.ldd;
+    s16r[r] = a.bsum16.data() + (t0 + r) * (a.K / 16);
+    s32r[r] = a.bsum32.data() + (t0 + r) * (a.K / 32);
+  }
   float y[R][C] = {};
   for (int64_t b = 0; b < nb; b++) {
     for (int c = 0; c < C; c++) {
@@ -223,13 +240,12 @@ static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int6
         }
         const typename V::I wv = V::join(lv), sv = V::join(sc);
         for (int r = 0; r < R; r++)
-          acc[r] = V::dotScaled(acc[r], wv, V::loadX(a.qs.data() + (t0 + r) * a.ldq + kQK * b + 32 * g), sv);
+          acc[r] = V::dotScaled(acc[r], wv, V::loadX(xr[r] + kQK * b + 32 * g), sv);
       }
       for (int r = 0; r < R; r++) {
-        const int64_t t = t0 + r;
         int32_t isum = V::hsum(acc[r]), msum;
-        kb.sums(a.bsum16.data() + t * (a.K / 16) + 16 * b, a.bsum32.data() + t * (a.K / 32) + 8 * b, isum, msum);
-        const float dx = a.d[t * a.ldd + b];
+        kb.sums(s16r[r] + 16 * b, s32r[r] + 8 * b, isum, msum);
+        const float dx = dr[r][b];
         y[r][c] = accumK(y[r][c], dx * kb.d, dx * kb.dmin, isum, msum);
       }
     }
