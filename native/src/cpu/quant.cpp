@@ -375,7 +375,7 @@ void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, i
   a.ldd = a.ldq / 32;
   if (a.qs.size() < size_t(T * a.ldq)) a.qs.resize(T * a.ldq);
   if (a.d.size() < size_t(T * a.ldd)) a.d.resize(T * a.ldd);
-  if (!a.superBlocks && a.sum32.size() < size_t(T * a.ldd)) a.sum32.resize(T * a.ldd);
+  if (!a.superBlocks && a.negSum32.size() < size_t(T * a.ldd)) a.negSum32.resize(T * a.ldd);
   if (a.superBlocks && a.bsum16.size() < size_t(T * K / 16)) {
     a.bsum16.resize(T * K / 16);
     a.bsum32.resize(T * K / 32);
@@ -387,11 +387,11 @@ void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, i
     std::fill(q + K, q + a.ldq, 0);
     std::fill(d + K / (a.superBlocks ? kQK : 32), d + a.ldd, 0.0f);
     if (!a.superBlocks) {
-      int32_t* sums = a.sum32.data() + t * a.ldd;
-      std::fill(sums, sums + a.ldd, 0);
+      int32_t* negSums = a.negSum32.data() + t * a.ldd;
+      std::fill(negSums, negSums + a.ldd, 0);
       for (int64_t b = 0; b < K / 32; b++) {
         d[b] = quantizeQ8_0Block(x + 32 * b, q + 32 * b);
-        for (int j = 0; j < 32; j++) sums[b] += q[32 * b + j];
+        for (int j = 0; j < 32; j++) negSums[b] -= q[32 * b + j];
       }
       continue;
     }

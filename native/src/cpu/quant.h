@@ -63,7 +63,7 @@ struct QuantizedActs {
   std::vector<float> d;        // [T, ldd]
   std::vector<int16_t> bsum16; // [T, K / 16] (Q8_K)
   std::vector<int16_t> bsum32; // [T, K / 32] (Q8_K)
-  std::vector<int32_t> sum32;  // [T, ldd] (Q8_0): each block's sum of quants (Q4_0's -8 offset)
+  std::vector<int32_t> negSum32;  // [T, ldd] (Q8_0): minus each block's sum of quants (Q4_0's -8 offset)
 };
 // Quantizes T rows of X (row stride ldx, K columns) for weights of type `weight`.
 void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, int64_t K, QuantizedActs& out);

@@ -111,7 +111,7 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
   for (int r = 0; r < R; r++) {
     xr[r] = a.qs.data() + (t0 + r) * a.ldq;
     dr[r] = a.d.data() + (t0 + r) * a.ldd;
-    sr[r] = WT == DType::Q4_0 ? a.sum32.data() + (t0 + r) * a.ldd : nullptr;
+    sr[r] = WT == DType::Q4_0 ? a.negSum32.data() + (t0 + r) * a.ldd : nullptr;
   }
   typename V::F acc[R][C];
   for (int r = 0; r < R; r++)
@@ -145,11 +145,7 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
       const float* dx = dr[r] + b;
       // Q4_0: sum (l - 8) x = sum l x - 8 sum x, the -8 sum x spread over the block's 8 lanes
       typename V::I init = V::zero();
-      if constexpr (WT == DType::Q4_0) {
-        int32_t neg[G];
-        for (int i = 0; i < G; i++) neg[i] = -sr[r][b + i];
-        init = V::bcast(neg);
-      }
+      if constexpr (WT == DType::Q4_0) init = V::bcast(sr[r] + b);
       for (int c = 0; c < C; c++) {
         float s[G];
         for (int i = 0; i < G; i++) s[i] = dw[c][i] * dx[i];
