@@ -28,7 +28,7 @@ import type { ModelSource } from './model-source.js';
 import type { TokenizerParts } from '../tokenizer/tokenizer.js';
 import { native } from './native.js';
 import type { TensorDType, TensorInfo } from './safetensors.js';
-import { decodeFloats, readTensorBytes } from './dtype.js';
+import { readTensorBytes } from './dtype.js';
 
 export const PLAN_FORMAT = 1;
 export const PLAN_ARCHITECTURE = 'weft-plan';
@@ -150,12 +150,10 @@ function outputType(hfName: string, t: TensorInfo, quantize: PlanQuantize | 'non
   return hfName === lmHeadName ? 'Q6_K' : 'Q4_K';
 }
 
-/** A tensor's values as f32 (dequantized when it is stored quantized). */
+/** A tensor's values as f32 (converted or dequantized natively). */
 async function tensorF32(t: TensorInfo): Promise<Float32Array> {
   const bytes = await readTensorBytes(t);
-  if (t.dtype === 'F32' || t.dtype === 'F16' || t.dtype === 'BF16') return Float32Array.from(decodeFloats(bytes, t.dtype));
-  const n = t.shape.reduce((a, b) => a * b, 1);
-  return native().quant.dequantize(t.dtype, bytes, n);
+  return native().quant.dequantize(t.dtype, bytes, t.shape.reduce((a, b) => a * b, 1));
 }
 
 export interface BuildPlanOptions {
