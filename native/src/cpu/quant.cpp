@@ -240,6 +240,16 @@ static float quantizeQ8_0Block(const float* x, int8_t* qs) {
   return fromHalf(toHalf(d));
 }
 
+// Activations: as llama.cpp's x86 quantize_row_q8_0 does at run time (id = 127 / amax, not 1 / d;
+// rounding half to even), so that both engines see the same activation blocks on the same file.
+static float quantizeQ8_0Acts(const float* x, int8_t* qs) {
+  float amax = 0;
+  for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0;
+  for (int j = 0; j < 32; j++) qs[j] = int8_t(nearestInt(x[j] * id));
+  return fromHalf(toHalf(d));
+}
+
 static void quantizeQ4_0(const float* x, BlockQ4_0& b) {
   float w[32];
   int8_t L[32];
@@ -390,7 +400,7 @@ void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, i
       int32_t* negSums = a.negSum32.data() + t * a.ldd;
       std::fill(negSums, negSums + a.ldd, 0);
       for (int64_t b = 0; b < K / 32; b++) {
-        d[b] = quantizeQ8_0Block(x + 32 * b, q + 32 * b);
+        d[b] = quantizeQ8_0Acts(x + 32 * b, q + 32 * b);
         for (int j = 0; j < 32; j++) negSums[b] -= q[32 * b + j];
       }
       continue;
