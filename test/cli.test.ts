@@ -65,6 +65,45 @@ test('bench --json prints {results: [...]} for each concurrency', async () => {
   }
 });
 
+test('build writes a plan (JSON summary), generate runs it and a GGUF file; --quantize uses the plan cache; bad input is coded', async () => {
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const { exportGguf } = await import('../src/engine/gguf-export.js');
+  const tmp = await mkdtemp(join(tmpdir(), 'weft-cli-plan-'));
+  try {
+    const plan = join(tmp, 'cli.q8_0.plan.gguf');
+    const built = await cli(['build', '--model', dir, '--quantize', 'q8_0', '--out', plan, '--no-tune', '--json']);
+    expect(built.code, built.stderr).toBe(0);
+    const summary = JSON.parse(built.stdout);
+    expect(summary).toMatchObject({ plan, quantize: 'q8_0', tuning: null });
+    expect(summary.bytes).toBeGreaterThan(0);
+    const args = ['--prompt-ids', '5,6,7,8', '--max-tokens', '6', '--json'];
+    const fromPlan = JSON.parse((await cli(['generate', '--model', plan, ...args])).stdout);
+    // --quantize builds the same plan into the cache (WEFT_CACHE_DIR) and runs it: the same tokens
+    const viaCache = await run(process.execPath, [CLI, 'generate', '--model', dir, '--quantize', 'q8_0', ...args], { env: { ...process.env, WEFT_CACHE_DIR: join(tmp, 'cache') } });
+    expect(viaCache.stderr).toMatch(/building the q8_0 plan/);
+    expect(JSON.parse(viaCache.stdout).tokens).toEqual(fromPlan.tokens);
+    const gguf = join(tmp, 'cli.f32.gguf');
+    await exportGguf(dir, gguf, { type: 'f32' });
+    const fromGguf = JSON.parse((await cli(['generate', '--model', gguf, ...args])).stdout);
+    const fromDir = JSON.parse((await cli(['generate', '--model', dir, ...args])).stdout);
+    expect(fromGguf.tokens).toEqual(fromDir.tokens);
+    const badQuant = await cli(['build', '--model', dir, '--quantize', 'q3_k', '--json']);
+    expect(badQuant.code).toBe(1);
+    expect(JSON.parse(badQuant.stdout).error.code).toBe('WEFT_BAD_ARGUMENT');
+    const junk = join(tmp, 'junk.gguf');
+    await writeFile(junk, 'GGUF not really');
+    const badFile = await cli(['generate', '--model', junk, '--prompt-ids', '1', '--json']);
+    expect(badFile.code).toBe(1);
+    expect(JSON.parse(badFile.stdout).error.code).toBe('WEFT_MODEL_FORMAT');
+    const planOfPlan = await cli(['build', '--model', plan, '--json']);
+    expect(JSON.parse(planOfPlan.stdout).error.code).toBe('WEFT_BAD_ARGUMENT');
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}, 120_000);
+
 test('errors exit 1 with a code', async () => {
   const missing = await cli(['generate', '--model', `${dir}-missing`, '--prompt-ids', '1', '--json']);
   expect(missing.code).toBe(1);
@@ -246,10 +285,10 @@ test('serve options: each flag and its WEFT_* twin reach the engine, scheduler a
   const values: Record<string, string> = {
     'backpressure-bytes': '64KiB', 'max-queue': '0', 'max-active': '3', 'max-batch-tokens': '128', 'max-batch-sequences': '8', 'max-buffered-events': '16',
     'max-logit-rows': '4', 'max-context': '256', 'kv-page-tokens': '32', 'kv-dtype': 'f16', 'cuda-device': '1', 'tls-cert': cert, 'tls-key': key,
-    'api-keys': keys, 'max-body-bytes': '2MiB', 'prefix-cache-entries': '0', sampling: '{"temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 3}',
+    'api-keys': keys, 'max-body-bytes': '2MiB', 'prefix-cache-entries': '0', quantize: 'q4_k', sampling: '{"temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 3}',
   };
   const expected = {
-    engine: { maxBatchTokens: 128, maxBatchSequences: 8, maxLogitRows: 4, maxContext: 256, kvPageTokens: 32, kvDtype: 'f16', cudaDevice: 1 },
+    engine: { maxBatchTokens: 128, maxBatchSequences: 8, maxLogitRows: 4, maxContext: 256, kvPageTokens: 32, kvDtype: 'f16', cudaDevice: 1, quantize: 'q4_k' },
     gateway: {
       backpressureBytes: 64 << 10, scheduler: { maxQueue: 0, maxActive: 3, maxBufferedEvents: 16 }, tls: { certFile: cert, keyFile: key }, apiKeys: keys,
       maxBodyBytes: 2 << 20, prefixCacheEntries: 0, sessionSampling: { temperature: 0.7, topP: 0.9, topK: 40, seed: 3 },

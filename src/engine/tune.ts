@@ -69,7 +69,8 @@ async function timeSteps(engine: Engine, repeats: number): Promise<{ decode1Ms: 
  * kernels timed are the ones it will run). Returns undefined when the backend offers one candidate.
  */
 export async function autotune(modelPath: string, config: ModelConfig, opts: TuneOptions = {}): Promise<TuningResult | undefined> {
-  const candidates = native().tuningCandidates();
+  const addon = native();
+  const candidates = typeof addon.tuningCandidates === 'function' ? addon.tuningCandidates() : [];
   if (candidates.length < 2) return undefined;
   const log = opts.log ?? (() => {});
   const repeats = opts.repeats ?? 3;
