@@ -209,6 +209,12 @@ describe('engine plans', () => {
     const source = await openModel(DEFAULT);
     const out = path.join(root, 'default.q4k.plan.gguf');
     await buildPlan(source, { quantize: 'q4_k', out });
+    // the layout the engine runs: q|k|v and gate|up fused, Q4_K matrices, the LM head (tied) in Q6_K
+    const names = new Map((await readPlan(out)).tensors.map((t) => [t.name, t.dtype]));
+    expect(names.get('model.layers.0.self_attn.qkv_proj.weight')).toBe('Q4_K');
+    expect(names.get('model.layers.0.mlp.gate_up_proj.weight')).toBe('Q4_K');
+    expect(names.has('model.layers.0.self_attn.q_proj.weight')).toBe(false);
+    expect(names.get('model.embed_tokens.weight')).toBe('Q6_K');
     const p = await run(out);
     expect(p.engine.tokenizer!.encode('Hello there')).toEqual((await Tokenizer.fromDir(DEFAULT)).encode('Hello there'));
     p.engine.dispose();

@@ -156,6 +156,37 @@ async function tensorF32(t: TensorInfo): Promise<Float32Array> {
   return native().quant.dequantize(t.dtype, bytes, t.shape.reduce((a, b) => a * b, 1));
 }
 
+/**
+ * The layout the engine runs: each layer's q, k and v projections as one matrix (rows q|k|v,
+ * `self_attn.qkv_proj.weight`) and gate and up as one (`mlp.gate_up_proj.weight`), as Phi-3 has them;
+ * weights.ts takes the parts as row ranges of it. Parts of different types stay apart.
+ */
+function fuseProjections(byName: Map<string, GgufTensorToWrite>): GgufTensorToWrite[] {
+  const fuse = (parts: string[], fused: string) => {
+    const ts = parts.map((n) => byName.get(n));
+    if (ts.some((t) => !t) || new Set(ts.map((t) => t!.type)).size !== 1 || new Set(ts.map((t) => t!.shape[1])).size !== 1) return;
+    const list = ts as GgufTensorToWrite[];
+    byName.set(fused, {
+      name: fused,
+      type: list[0]!.type,
+      shape: [list.reduce((a, t) => a + t.shape[0]!, 0), list[0]!.shape[1]!],
+      data: async () => {
+        const chunks: Uint8Array[] = [];
+        for (const t of list) chunks.push(typeof t.data === 'function' ? await t.data() : t.data);
+        return Buffer.concat(chunks);
+      },
+    });
+    for (const n of parts) byName.delete(n);
+  };
+  for (const name of [...byName.keys()]) {
+    const attn = /^(.*\.layers\.\d+\.self_attn\.)q_proj\.weight$/.exec(name);
+    if (attn) fuse(['q', 'k', 'v'].map((x) => `${attn[1]}${x}_proj.weight`), `${attn[1]}qkv_proj.weight`);
+    const mlp = /^(.*\.layers\.\d+\.mlp\.)gate_proj\.weight$/.exec(name);
+    if (mlp) fuse([`${mlp[1]}gate_proj.weight`, `${mlp[1]}up_proj.weight`], `${mlp[1]}gate_up_proj.weight`);
+  }
+  return [...byName.values()];
+}
+
 export interface BuildPlanOptions {
   quantize?: PlanQuantize;
   out: string;
@@ -172,11 +203,11 @@ export async function buildPlan(source: ModelSource, opts: BuildPlanOptions): Pr
   const fingerprint = await modelFingerprint(source);
   const identity: PlanIdentity = { format: PLAN_FORMAT, version: weftVersion(), cpu: cpuIdentity(), source: { path: source.path, kind: source.kind, fingerprint }, quantize };
   const lmHeadName = source.tensors.has('lm_head.weight') ? 'lm_head.weight' : 'model.embed_tokens.weight';
-  const tensors: GgufTensorToWrite[] = [];
+  const planned = new Map<string, GgufTensorToWrite>();
   for (const [name, t] of source.tensors) {
-    if (!name.startsWith('model.') && name !== 'lm_head.weight') continue; // only what the engine reads
+    if (name.startsWith('rope_')) continue; // GGUF RoPE factors: already in the config
     const type = outputType(name, t, quantize, lmHeadName);
-    tensors.push({
+    planned.set(name, {
       name,
       type,
       shape: t.shape,
@@ -188,6 +219,7 @@ export async function buildPlan(source: ModelSource, opts: BuildPlanOptions): Pr
       },
     });
   }
+  const tensors = fuseProjections(planned);
   const metadata = new Map<string, GgufMeta>([
     ['general.architecture', gmeta.str(PLAN_ARCHITECTURE)],
     ['general.name', gmeta.str(basename(source.path))],

@@ -99,13 +99,17 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
     const a = `${p}self_attn.`;
     let attn: Pick<LayerWeights, 'qkv' | 'q' | 'k' | 'v'>;
     let mlp: Pick<LayerWeights, 'gateUp' | 'gate' | 'up'>;
-    if (fused) {
+    if (fused || tensors.has(`${a}qkv_proj.weight`)) {
       const qkv = get(`${a}qkv_proj.weight`, [qDim + 2 * kvDim, H]);
       attn = { qkv, q: rowRange(qkv, 'q', 0, qDim), k: rowRange(qkv, 'k', qDim, kvDim), v: rowRange(qkv, 'v', qDim + kvDim, kvDim) };
+    } else {
+      attn = { q: get(`${a}q_proj.weight`, [qDim, H]), k: get(`${a}k_proj.weight`, [kvDim, H]), v: get(`${a}v_proj.weight`, [kvDim, H]) };
+    }
+    // fused in Phi-3 checkpoints, and in engine plans (weft build) of every architecture
+    if (fused || tensors.has(`${p}mlp.gate_up_proj.weight`)) {
       const gateUp = get(`${p}mlp.gate_up_proj.weight`, [2 * F, H]);
       mlp = { gateUp, gate: rowRange(gateUp, 'gate', 0, F), up: rowRange(gateUp, 'up', F, F) };
     } else {
-      attn = { q: get(`${a}q_proj.weight`, [qDim, H]), k: get(`${a}k_proj.weight`, [kvDim, H]), v: get(`${a}v_proj.weight`, [kvDim, H]) };
       mlp = { gate: get(`${p}mlp.gate_proj.weight`, [F, H]), up: get(`${p}mlp.up_proj.weight`, [F, H]) };
     }
     const lw: LayerWeights = {
