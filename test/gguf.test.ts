@@ -103,11 +103,12 @@ describe('exportGguf: float types', () => {
       expect(md.get(`${arch}.embedding_length`)).toBe(c.hiddenSize);
       expect(md.get(`${arch}.block_count`)).toBe(c.numLayers);
       expect(md.get(`${arch}.feed_forward_length`)).toBe(c.intermediateSize);
-      expect(md.get(`${arch}.rope.dimension_count`)).toBe(D);
+      // as llama.cpp's converter: vocab_size and rope.dimension_count for llama only (llama.cpp derives them)
+      expect(md.get(`${arch}.rope.dimension_count`)).toBe(qwen ? undefined : D);
       expect(md.get(`${arch}.attention.head_count`)).toBe(c.numHeads);
       expect(md.get(`${arch}.attention.head_count_kv`)).toBe(c.numKvHeads);
       expect(md.get(`${arch}.context_length`)).toBe(c.maxPositionEmbeddings);
-      expect(md.get(`${arch}.vocab_size`)).toBe(c.vocabSize);
+      expect(md.get(`${arch}.vocab_size`)).toBe(qwen ? undefined : c.vocabSize);
       expect(md.get(`${arch}.attention.layer_norm_rms_epsilon`)).toBe(Math.fround(c.rmsNormEps));
       expect(md.get(`${arch}.rope.freq_base`)).toBe(c.ropeTheta);
       expect(md.get('tokenizer.ggml.model')).toBe('gpt2');

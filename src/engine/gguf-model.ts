@@ -10,10 +10,16 @@
  *  - llama-arch files have their Q and K rows permuted per head from rotate_half pairs (i, i + d/2)
  *    to interleaved pairs (2i, 2i + 1): weft rotates the pairs as they lie (`ropeInterleaved`),
  *    which gives the same attention as un-permuting the rows, without touching the mapping;
- *  - Llama 3 RoPE scaling travels as a `rope_freqs.weight` tensor of per-frequency divisors;
- *  - Gemma norms are stored with the 1 already added (w + 1).
+ *  - Llama 3 RoPE scaling travels as a `rope_freqs.weight` tensor of per-frequency divisors,
+ *    Phi-3's LongRoPE as `rope_factors_long/short.weight` with `rope.scaling.original_context_length`
+ *    and `rope.scaling.attn_factor`;
+ *  - Gemma norms are stored with the 1 already added (w + 1); Gemma's sliding layers come from
+ *    `attention.sliding_window` and `attention.sliding_window_pattern` (default: every 6th layer
+ *    global for Gemma 3, every 2nd for Gemma 2), their RoPE base from `rope.freq_base_swa`; the
+ *    attention scale is llama.cpp's fixed one (gguf-llamacpp.ts).
  */
 import { WeftError } from '../errors.js';
+import { GEMMA2_DEFAULTS, GEMMA_DEFAULT_SWA_PATTERN, gemmaQueryPreAttnScalar, swaLayersOfPattern } from './gguf-llamacpp.js';
 import type { TensorInfo } from './safetensors.js';
 
 /** What the model mapping needs of a parsed GGUF file (src/engine/gguf.ts gives it). */
@@ -23,13 +29,14 @@ export interface GgufModelInput {
   tensors: TensorInfo[];
 }
 
-export const GGUF_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma3', 'phi3'] as const;
+export const GGUF_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3', 'phi3'] as const;
 export type GgufArchitecture = (typeof GGUF_ARCHITECTURES)[number];
 
 const HF_CLASS: Record<GgufArchitecture, string> = {
   llama: 'LlamaForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
   qwen3: 'Qwen3ForCausalLM',
+  gemma2: 'Gemma2ForCausalLM',
   gemma3: 'Gemma3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
 };
@@ -45,6 +52,7 @@ const LAYER_NAMES: Record<string, string> = {
   'attn_v.bias': 'self_attn.v_proj.bias',
   'attn_qkv.weight': 'self_attn.qkv_proj.weight',
   'attn_output.weight': 'self_attn.o_proj.weight',
+  'attn_output.bias': 'self_attn.o_proj.bias',
   'attn_q_norm.weight': 'self_attn.q_norm.weight',
   'attn_k_norm.weight': 'self_attn.k_norm.weight',
   'ffn_norm.weight': 'post_attention_layernorm.weight',
@@ -52,8 +60,8 @@ const LAYER_NAMES: Record<string, string> = {
   'ffn_up.weight': 'mlp.up_proj.weight',
   'ffn_down.weight': 'mlp.down_proj.weight',
 };
-/** Gemma 3 has four norms per layer; its `ffn_norm` is the pre-feed-forward one. */
-const GEMMA3_NAMES: Record<string, string> = {
+/** Gemma has four norms per layer; its `ffn_norm` is the pre-feed-forward one. */
+const GEMMA_NAMES: Record<string, string> = {
   ...LAYER_NAMES,
   'post_attention_norm.weight': 'post_attention_layernorm.weight',
   'ffn_norm.weight': 'pre_feedforward_layernorm.weight',
@@ -120,16 +128,28 @@ export function ggufArchitecture(input: GgufModelInput): GgufArchitecture {
   return arch as GgufArchitecture;
 }
 
+/** Per-layer sliding flags from `{arch}.attention.sliding_window_pattern`: a bool (or 0/1) per layer, or a uint pattern. */
+function slidingLayers(k: Meta, key: string, numLayers: number, dflt: number): boolean[] {
+  const v = k.m.get(key);
+  if (!Array.isArray(v)) return swaLayersOfPattern(k.int(key, dflt), numLayers);
+  if (v.length !== numLayers) throw fmt(k.file, `"${key}" has ${v.length} entries, expected one per layer (${numLayers})`);
+  return v.map((x) => Boolean(Number(x)));
+}
+
+const layerTypes = (sliding: boolean[]): string[] => sliding.map((s) => (s ? 'sliding_attention' : 'full_attention'));
+
 /**
  * The config.json Hugging Face would have for this file, and what config.ts cannot know from it:
  * whether RoPE pairs are interleaved, per-frequency RoPE divisors, and whether norm weights
- * already hold Gemma's +1.
+ * already hold Gemma's +1. Where llama.cpp derives a setting rather than reading it (Gemma's
+ * attention scale, its default window pattern, Gemma 2's soft-caps), the JSON says what llama.cpp
+ * derives (gguf-llamacpp.ts).
  */
 export function ggufHfConfig(input: GgufModelInput): {
   json: Record<string, unknown>;
   ropeInterleaved: boolean;
-  /** Tensors of per-frequency RoPE divisors to read into rope_scaling (LongRoPE's short/long factors). */
-  ropeFactorTensors: { short: string; long: string } | null;
+  /** Tensors of per-frequency RoPE divisors to read into rope_scaling (LongRoPE's short/long factors) and its cos/sin factor. */
+  ropeFactorTensors: { short: string; long: string; attentionFactor: number } | null;
   normsIncludeOne: boolean;
 } {
   const arch = ggufArchitecture(input);
@@ -140,18 +160,19 @@ export function ggufHfConfig(input: GgufModelInput): {
   if (!embd) throw new WeftError('WEFT_TENSOR_MISSING', `${input.file}: tensor "token_embd.weight" is missing`);
   const hidden = k.int(p + 'embedding_length');
   const heads = k.uniform(p + 'attention.head_count');
+  const numLayers = k.int(p + 'block_count');
   const tokens = input.metadata.get('tokenizer.ggml.tokens');
   const vocab = k.has(p + 'vocab_size') ? k.int(p + 'vocab_size') : embd.shape[0]!;
   if (embd.shape[0] !== vocab) throw fmt(input.file, `token_embd.weight has ${embd.shape[0]} rows but the vocabulary has ${vocab} tokens`);
   if (Array.isArray(tokens) && tokens.length !== vocab) throw fmt(input.file, `tokenizer.ggml.tokens has ${tokens.length} tokens but token_embd.weight has ${vocab} rows`);
-  const headDim = k.int(p + 'attention.key_length', hidden / heads);
+  const headDim = k.int(p + 'attention.key_length', Math.floor(hidden / heads));
   if (k.has(p + 'attention.value_length') && k.int(p + 'attention.value_length') !== headDim) {
     throw new WeftError('WEFT_UNSUPPORTED_ARCH', `${input.file}: key_length ${headDim} differs from value_length ${k.int(p + 'attention.value_length')}`);
   }
   const json: Record<string, unknown> = {
     architectures: [HF_CLASS[arch]],
     hidden_size: hidden,
-    num_hidden_layers: k.int(p + 'block_count'),
+    num_hidden_layers: numLayers,
     num_attention_heads: heads,
     num_key_value_heads: k.uniform(p + 'attention.head_count_kv', heads),
     head_dim: headDim,
@@ -166,47 +187,73 @@ export function ggufHfConfig(input: GgufModelInput): {
   const eos = input.metadata.get('tokenizer.ggml.eos_token_id');
   if (bos !== undefined) json.bos_token_id = Number(bos);
   if (eos !== undefined) json.eos_token_id = Number(eos);
-  if (arch === 'llama' && tensorByName.has('blk.0.attn_q.bias')) json.attention_bias = true;
+  const biased = tensorByName.has('blk.0.attn_q.bias') || tensorByName.has('blk.0.attn_output.bias');
+  if (biased && arch !== 'qwen2') json.attention_bias = true; // Qwen2 always has q/k/v biases
 
-  const ropeType = k.str(p + 'rope.scaling.type');
-  if (ropeType !== undefined && ropeType !== 'none' && !(arch === 'phi3' && ropeType === 'longrope')) {
-    if (ropeType === 'linear') json.rope_scaling = { rope_type: 'linear', factor: k.num(p + 'rope.scaling.factor') };
-    else throw new WeftError('WEFT_UNSUPPORTED_ARCH', `${input.file}: rope scaling "${ropeType}" (${p}rope.scaling.type) is not supported`);
+  // RoPE scaling as llama.cpp reads it: a factor without a type is linear; Phi-3's LongRoPE comes as tensors
+  const ropeFactor = k.num(p + 'rope.scaling.factor', k.num(p + 'rope.scale_linear', 0));
+  const ropeType = k.str(p + 'rope.scaling.type') ?? (ropeFactor !== 0 ? 'linear' : 'none');
+  if (ropeType === 'linear' && ropeFactor !== 0 && ropeFactor !== 1) json.rope_scaling = { rope_type: 'linear', factor: ropeFactor };
+  else if (ropeType !== 'linear' && ropeType !== 'none' && !(arch === 'phi3' && ropeType === 'longrope')) {
+    throw new WeftError('WEFT_UNSUPPORTED_ARCH', `${input.file}: rope scaling "${ropeType}" (${p}rope.scaling.type) is not supported`);
   }
   const rotary = k.int(p + 'rope.dimension_count', headDim);
   if (rotary !== headDim) {
     if (arch !== 'phi3') throw new WeftError('WEFT_UNSUPPORTED_ARCH', `${input.file}: partial rotary (${rotary} of ${headDim}) is only supported for phi3`);
     json.partial_rotary_factor = rotary / headDim;
   }
-  if (k.has(p + 'attention.sliding_window')) json.sliding_window = k.int(p + 'attention.sliding_window');
 
-  if (arch === 'gemma3') {
-    json.model_type = 'gemma3_text';
+  // Sliding windows: Gemma's by llama.cpp's rules; the others' from the keys weft's exporter writes
+  // (llama.cpp's llama, qwen2 and qwen3 ignore them, and disables Phi-3's; weft keeps the model's)
+  const window = k.int(p + 'attention.sliding_window', arch === 'gemma2' ? GEMMA2_DEFAULTS.slidingWindow : 0);
+  const pattern = p + 'attention.sliding_window_pattern';
+  if (arch === 'gemma2' || arch === 'gemma3') {
+    const sliding = window > 0 ? slidingLayers(k, pattern, numLayers, GEMMA_DEFAULT_SWA_PATTERN[arch]) : new Array<boolean>(numLayers).fill(false);
+    json.layer_types = layerTypes(sliding);
+    if (window > 0) json.sliding_window = window;
+  } else if (window > 0 && arch === 'llama') {
+    if (biased) throw new WeftError('WEFT_UNSUPPORTED_ARCH', `${input.file}: a llama-arch file with both a sliding window and attention biases is not supported`);
+    json.architectures = ['MistralForCausalLM'];
+    json.sliding_window = window;
+  } else if (window > 0 && (arch === 'qwen2' || arch === 'qwen3')) {
+    json.use_sliding_window = true;
+    json.sliding_window = window;
+    json.layer_types = layerTypes(k.has(pattern) ? slidingLayers(k, pattern, numLayers, 0) : new Array<boolean>(numLayers).fill(true));
+  } else if (window > 0 && arch === 'phi3') {
+    json.sliding_window = window;
+  }
+
+  if (arch === 'gemma2' || arch === 'gemma3') {
+    json.model_type = arch === 'gemma3' ? 'gemma3_text' : 'gemma2';
     json.hidden_activation = 'gelu_pytorch_tanh';
-    json.query_pre_attn_scalar = headDim;
-    json.rope_local_base_freq = 10000;
-    json.sliding_window_pattern = 6;
-    if (k.has(p + 'final_logit_softcapping')) json.final_logit_softcapping = k.num(p + 'final_logit_softcapping');
-    if (k.has(p + 'attn_logit_softcapping')) json.attn_logit_softcapping = k.num(p + 'attn_logit_softcapping');
+    json.query_pre_attn_scalar = gemmaQueryPreAttnScalar(arch, numLayers, hidden, heads, headDim);
+    const localBase = k.num(p + 'rope.freq_base_swa', arch === 'gemma3' ? 10000 : (json.rope_theta as number));
+    if (arch === 'gemma3') json.rope_local_base_freq = localBase;
+    else if (localBase !== json.rope_theta) throw new WeftError('WEFT_UNSUPPORTED_ARCH', `${input.file}: a Gemma 2 local RoPE base (${p}rope.freq_base_swa) other than the global one is not supported`);
+    if (arch === 'gemma2') {
+      json.attn_logit_softcapping = k.num(p + 'attn_logit_softcapping', GEMMA2_DEFAULTS.attnLogitSoftcap);
+      json.final_logit_softcapping = k.num(p + 'final_logit_softcapping', GEMMA2_DEFAULTS.finalLogitSoftcap);
+    } else {
+      const cap = k.num(p + 'final_logit_softcapping', 0); // 0: none
+      json.final_logit_softcapping = cap === 0 ? null : cap;
+    }
   }
-  if (arch === 'phi3' && (tensorByName.has('rope_factors_long.weight') || ropeType === 'longrope')) {
-    json.original_max_position_embeddings = k.int(p + 'rope.scaling.original_context_length');
-  }
-  let ropeFactorTensors: { short: string; long: string } | null = null;
+  if (arch === 'phi3') json.original_max_position_embeddings = k.int(p + 'rope.scaling.original_context_length', json.max_position_embeddings as number);
+  let ropeFactorTensors: { short: string; long: string; attentionFactor: number } | null = null;
   if (arch === 'llama' && tensorByName.has('rope_freqs.weight')) {
     // Llama 3 scaling as llama.cpp stores it: one divisor per frequency, whatever the length
-    ropeFactorTensors = { short: 'rope_freqs.weight', long: 'rope_freqs.weight' };
+    ropeFactorTensors = { short: 'rope_freqs.weight', long: 'rope_freqs.weight', attentionFactor: 1 };
     json.original_max_position_embeddings = json.max_position_embeddings;
   } else if (arch === 'phi3' && tensorByName.has('rope_factors_long.weight')) {
-    ropeFactorTensors = { short: 'rope_factors_short.weight', long: 'rope_factors_long.weight' };
+    ropeFactorTensors = { short: 'rope_factors_short.weight', long: 'rope_factors_long.weight', attentionFactor: k.num(p + 'rope.scaling.attn_factor', 1) };
   }
-  return { json, ropeInterleaved: arch === 'llama', ropeFactorTensors, normsIncludeOne: arch === 'gemma3' };
+  return { json, ropeInterleaved: arch === 'llama', ropeFactorTensors, normsIncludeOne: arch === 'gemma2' || arch === 'gemma3' };
 }
 
 /** The file's tensors under Hugging Face names (weights.ts resolves and checks them). */
 export function ggufHfTensors(input: GgufModelInput): Map<string, TensorInfo> {
   const arch = ggufArchitecture(input);
-  const names = arch === 'gemma3' ? GEMMA3_NAMES : arch === 'phi3' ? PHI3_NAMES : LAYER_NAMES;
+  const names = arch === 'gemma2' || arch === 'gemma3' ? GEMMA_NAMES : arch === 'phi3' ? PHI3_NAMES : LAYER_NAMES;
   const out = new Map<string, TensorInfo>();
   for (const t of input.tensors) {
     let hf: string | undefined;

@@ -108,10 +108,9 @@ async function openGguf(file: string): Promise<ModelSource> {
       if (!t) throw new WeftError('WEFT_TENSOR_MISSING', `${file}: tensor "${name}" is missing`);
       return [...(await readTensorF64(t))];
     };
-    const same = hf.ropeFactorTensors.short === hf.ropeFactorTensors.long;
     hf.json.rope_scaling = {
       rope_type: 'longrope', short_factor: await read(hf.ropeFactorTensors.short), long_factor: await read(hf.ropeFactorTensors.long),
-      ...(same ? { attention_factor: 1 } : {}),
+      attention_factor: hf.ropeFactorTensors.attentionFactor,
     };
   }
   const extras: ModelExtras = { ropeInterleaved: hf.ropeInterleaved, normsIncludeOne: hf.normsIncludeOne };
