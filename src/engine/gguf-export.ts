@@ -250,7 +250,8 @@ export async function exportGguf(hfDir: string, outPath: string, opts: ExportGgu
     const q: Edit = arch === 'llama' ? { permuteHeads: c.numHeads } : arch === 'gemma2' ? { scale: qScale } : {};
     const k: Edit = arch === 'llama' ? { permuteHeads: c.numKvHeads } : {};
     add(`${b}attn_norm.weight`, l.inputNorm, i, norm);
-    if (l.qkv) {
+    const fused = arch === 'phi3'; // the others' fused tensors (weft's plans) go out as q/k/v and gate/up row ranges
+    if (fused && l.qkv) {
       add(`${b}attn_qkv.weight`, l.qkv, i);
     } else {
       add(`${b}attn_q.weight`, l.q, i, q);
@@ -266,7 +267,7 @@ export async function exportGguf(hfDir: string, outPath: string, opts: ExportGgu
     if (l.oBias) add(`${b}attn_output.bias`, l.oBias, i);
     if (l.attnOutNorm) add(`${b}post_attention_norm.weight`, l.attnOutNorm, i, norm);
     add(`${b}ffn_norm.weight`, l.postNorm, i, norm); // Gemma: the pre-feed-forward norm
-    if (l.gateUp) {
+    if (fused && l.gateUp) {
       add(`${b}ffn_up.weight`, l.gateUp, i); // Phi-3: gate | up, as llama.cpp's fused SwiGLU splits it
     } else {
       add(`${b}ffn_gate.weight`, l.gate, i);
