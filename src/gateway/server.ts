@@ -241,7 +241,8 @@ export class Gateway {
       this.metrics.batchSequences.observe(st.sequences);
       this.metrics.batchTokens.observe(st.tokens);
     };
-    this.modelName = basename(engine.dir);
+    // a directory's name, or a GGUF file's without its extension (model.Q4_K_M.gguf: model.Q4_K_M)
+    this.modelName = basename(engine.dir).replace(/(\.plan)?\.gguf$/i, '');
     this.engine = engine;
     const ms = (v: number | undefined, name: string) => {
       if (v === undefined) return 0;
