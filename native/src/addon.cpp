@@ -376,6 +376,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("simd", "scalar");
 #endif
   exports.Set("hardwareThreads", double(std::thread::hardware_concurrency()));
+  // tuningCandidates() -> [{gemvRows, rowBlock, ...}]: the kernel settings worth timing (weft build)
+  exports.Set("tuningCandidates", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    const std::vector<cpu::KernelTuning> all = cpu::tuningCandidates();
+    Napi::Array out = Napi::Array::New(info.Env(), all.size());
+    for (size_t i = 0; i < all.size(); i++) {
+      Napi::Object o = Napi::Object::New(info.Env());
+      for (const cpu::TuningKey& k : cpu::kTuningKeys) o.Set(k.name, all[i].*(k.field));
+      out.Set(uint32_t(i), o);
+    }
+    return out;
+  }));
   return exports;
 }
 

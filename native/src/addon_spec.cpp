@@ -1,6 +1,7 @@
 // The engine spec and the bandwidth probe: Node-API code kept apart from the EngineWrap class.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "addon_util.h"
 #include "cpu/simd.h"
@@ -44,6 +45,37 @@ std::string cudaUnsupported(const ModelConfig& c) {
   add(std::any_of(c.layerWindow.begin(), c.layerWindow.end(), [&](int w) { return w > 0 && w < c.maxPositions; }), "sliding-window attention");
   add(c.outputBias, "o_proj bias");
   return out;
+}
+
+// options.tuning = {decode1, batch, prefill}: objects of kernel settings (cpu::kTuningKeys), each
+// key optional (its default kept); an unknown key or a value out of range is an error naming it.
+void parseTuning(const Napi::Value& v, EngineOptions& opt) {
+  if (v.IsUndefined() || v.IsNull()) return;
+  if (!v.IsObject()) throw WeftError(Err::BadArgument, "options.tuning must be an object {decode1, batch, prefill}");
+  const Napi::Object t = v.As<Napi::Object>();
+  const std::pair<const char*, cpu::KernelTuning*> kinds[] = {{"decode1", &opt.tuneDecode1}, {"batch", &opt.tuneBatch}, {"prefill", &opt.tunePrefill}};
+  const Napi::Array kindNames = t.GetPropertyNames();
+  for (uint32_t i = 0; i < kindNames.Length(); i++) {
+    const std::string kind = kindNames.Get(i).ToString().Utf8Value();
+    const auto* k = std::find_if(std::begin(kinds), std::end(kinds), [&](const auto& p) { return kind == p.first; });
+    if (k == std::end(kinds)) throw WeftError(Err::BadArgument, "options.tuning." + kind + ": unknown kind of step (decode1, batch, prefill)");
+    const Napi::Value sv = t.Get(kind);
+    if (sv.IsUndefined()) continue;
+    if (!sv.IsObject()) throw WeftError(Err::BadArgument, "options.tuning." + kind + " must be an object of numbers");
+    const Napi::Object settings = sv.As<Napi::Object>();
+    const Napi::Array keys = settings.GetPropertyNames();
+    for (uint32_t j = 0; j < keys.Length(); j++) {
+      const std::string key = keys.Get(j).ToString().Utf8Value();
+      const std::string where = "options.tuning." + kind + "." + key;
+      const auto* tk = std::find_if(std::begin(cpu::kTuningKeys), std::end(cpu::kTuningKeys), [&](const cpu::TuningKey& x) { return key == x.name; });
+      if (tk == std::end(cpu::kTuningKeys)) throw WeftError(Err::BadArgument, where + ": unknown kernel setting");
+      const Napi::Value n = settings.Get(key);
+      const double d = n.IsNumber() ? n.As<Napi::Number>().DoubleValue() : NAN;
+      if (!(d >= tk->min && d <= tk->max) || d != std::floor(d))
+        throw WeftError(Err::BadArgument, where + " must be an integer in " + std::to_string(tk->min) + ".." + std::to_string(tk->max));
+      k->second->*(tk->field) = int(d);
+    }
+  }
 }
 
 }  // namespace
@@ -147,6 +179,7 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
   opt_.kvDtype = kd.IsString() ? parseDtype(kd.As<Napi::String>().Utf8Value(), "kvDtype") : DType::F32;
   if (opt_.kvDtype != DType::F32 && opt_.kvDtype != DType::F16)
     throw WeftError(Err::UnsupportedDtype, std::string("kvDtype: ") + dtypeName(opt_.kvDtype) + " KV is not supported (F32, F16)");
+  parseTuning(o.Get("tuning"), opt_);
 }
 
 // measureBandwidth(bytes, threads) -> {readBytesPerS}: best of several passes summing a buffer

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/kernels.h"
 #include "kv_cache.h"
 #include "model.h"
 #include "sampler.h"
@@ -29,6 +30,12 @@ struct EngineOptions {
   uint64_t kvMemoryBytes = 256ull << 20;  // on CUDA: at most this, and what device memory allows
   int kvPageTokens = 16;
   DType kvDtype = DType::F32;
+  // CPU kernel settings per kind of step (options.tuning: timed by weft build)
+  cpu::KernelTuning tuneDecode1, tuneBatch, tunePrefill;
+  // decode1 for a step of one token, batch up to 64 tokens, prefill above
+  const cpu::KernelTuning& tuningFor(int64_t numTokens) const {
+    return numTokens <= 1 ? tuneDecode1 : numTokens <= 64 ? tuneBatch : tunePrefill;
+  }
 };
 
 // A sequence's life: Active (its KV in the pool) or Parked (its KV copied to host memory and

@@ -148,6 +148,7 @@ void CpuContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>&
     rowsOf[e].second = int(R) - rowsOf[e].first;
     out[e].seq = en.seq->id;
   }
+  const cpu::KernelTuning& tune = opt_.tuningFor(T);  // the settings for this kind of step
 
   // Embeddings (scaled for Gemma) and this step's RoPE angles.
   pool_.run([&](int ti, int nth) {
@@ -188,10 +189,10 @@ void CpuContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>&
     pool_.run([&](int ti, int nth) {
       int64_t n0, n1;
       ThreadPool::chunk(qDim, cpu::kPanelRows, ti, nth, n0, n1);
-      gemm(xb_.data(), T, H, L.q, n0, n1, q_.data(), qDim, L.qBias.empty() ? nullptr : L.qBias.data(), false);
+      gemm(xb_.data(), T, H, L.q, n0, n1, q_.data(), qDim, L.qBias.empty() ? nullptr : L.qBias.data(), false, tune);
       ThreadPool::chunk(kvDim, cpu::kPanelRows, ti, nth, n0, n1);
-      gemm(xb_.data(), T, H, L.k, n0, n1, k_.data(), kvDim, L.kBias.empty() ? nullptr : L.kBias.data(), false);
-      gemm(xb_.data(), T, H, L.v, n0, n1, v_.data(), kvDim, L.vBias.empty() ? nullptr : L.vBias.data(), false);
+      gemm(xb_.data(), T, H, L.k, n0, n1, k_.data(), kvDim, L.kBias.empty() ? nullptr : L.kBias.data(), false, tune);
+      gemm(xb_.data(), T, H, L.v, n0, n1, v_.data(), kvDim, L.vBias.empty() ? nullptr : L.vBias.data(), false, tune);
     });
     // per-head q/k norms (Qwen3, Gemma 3), RoPE on q and k, then k and v into each token's KV page slot
     pool_.run([&](int ti, int nth) {
@@ -226,9 +227,9 @@ void CpuContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>&
       ThreadPool::chunk(H, cpu::kPanelRows, ti, nth, n0, n1);
       const float* bias = L.oBias.empty() ? nullptr : L.oBias.data();
       if (c.sandwichNorms)
-        gemm(att_.data(), T, qDim, L.o, n0, n1, xb_.data(), H, bias, false);
+        gemm(att_.data(), T, qDim, L.o, n0, n1, xb_.data(), H, bias, false, tune);
       else
-        gemm(att_.data(), T, qDim, L.o, n0, n1, x_.data(), H, bias, true);
+        gemm(att_.data(), T, qDim, L.o, n0, n1, x_.data(), H, bias, true, tune);
     });
     if (c.sandwichNorms) addNormedRows(L.attnOutNorm);
     // MLP: norm, gate and up with SwiGLU (GeGLU) applied to each thread's columns while still in cache
@@ -237,8 +238,8 @@ void CpuContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>&
       int64_t n0, n1;
       ThreadPool::chunk(F, cpu::kPanelRows, ti, nth, n0, n1);
       if (n0 >= n1) return;
-      gemm(xb_.data(), T, H, L.gate, n0, n1, gate_.data(), F, nullptr, false);
-      gemm(xb_.data(), T, H, L.up, n0, n1, up_.data(), F, nullptr, false);
+      gemm(xb_.data(), T, H, L.gate, n0, n1, gate_.data(), F, nullptr, false, tune);
+      gemm(xb_.data(), T, H, L.up, n0, n1, up_.data(), F, nullptr, false, tune);
       for (int64_t t = 0; t < T; t++) {
         float* g = gate_.data() + t * F + n0;
         if (c.activation == Activation::GeluTanh)
@@ -251,9 +252,9 @@ void CpuContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>&
       int64_t n0, n1;
       ThreadPool::chunk(H, cpu::kPanelRows, ti, nth, n0, n1);
       if (c.sandwichNorms)
-        gemm(gate_.data(), T, F, L.down, n0, n1, xb_.data(), H, nullptr, false);
+        gemm(gate_.data(), T, F, L.down, n0, n1, xb_.data(), H, nullptr, false, tune);
       else
-        gemm(gate_.data(), T, F, L.down, n0, n1, x_.data(), H, nullptr, true);
+        gemm(gate_.data(), T, F, L.down, n0, n1, x_.data(), H, nullptr, true, tune);
     });
     if (c.sandwichNorms) addNormedRows(L.ffnOutNorm);
   }
@@ -269,7 +270,7 @@ void CpuContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>&
   pool_.run([&](int ti, int nth) {
     int64_t n0, n1;
     ThreadPool::chunk(V, cpu::kPanelRows, ti, nth, n0, n1);
-    gemm(logitIn_.data(), R, H, model.lmHead, n0, n1, logits_.data(), V, nullptr, false);
+    gemm(logitIn_.data(), R, H, model.lmHead, n0, n1, logits_.data(), V, nullptr, false, tune);
     if (c.finalSoftcap > 0)
       for (int64_t r = 0; r < R; r++) cpu::softcap(logits_.data() + r * V + n0, n1 - n0, c.finalSoftcap);
   });

@@ -97,8 +97,8 @@ static const MicroTable kMicro;
 // passes over it. (Converting panels of weights to f32 scratch first measured slower at every
 // batch size.)
 void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
-          float* Y, int64_t ldy, const float* bias, bool accumulate) {
-  if (isQuant(W.dtype)) return gemmQuant(X, T, ldx, W, n0, n1, Y, ldy, bias, accumulate);
+          float* Y, int64_t ldy, const float* bias, bool accumulate, const KernelTuning& tuning) {
+  if (isQuant(W.dtype)) return gemmQuant(X, T, ldx, W, n0, n1, Y, ldy, bias, accumulate, false, tuning);
   const int64_t K = W.cols;
   const size_t elt = dtypeSize(W.dtype);
   const auto& table = kMicro.fn[int(W.dtype)];
@@ -197,67 +197,107 @@ static inline vf loadKv(const uint8_t* p, int64_t i) {
   }
 }
 
-template <DType KD>
+// Head vectors of ND x VL floats (ND = 0: any length, scalar loops). Per head: scores q . k_j in
+// one vector accumulator (k ascending, then simd::sum), softmax, then out = sum_j p_j v_j with the
+// output in registers, j ascending.
+template <DType KD, int ND>
 static void attendGroupT(const float* q, int groupHeads, const KvAccessor& kv, int64_t numPos, float scale,
                          float* out, float* scores) {
   const int64_t d = kv.headDim, elt = KD == DType::F16 ? 2 : 4;
-  const bool vec = d % VL == 0;
+  const auto keyAt = [&](int64_t j) { return kv.pageBase[j / kv.pageTokens] + (j % kv.pageTokens) * d * elt; };
+  const auto valueAt = [&](int64_t j) { return kv.pageBaseV[j / kv.pageTokens] + (j % kv.pageTokens) * d * elt; };
   for (int h = 0; h < groupHeads; h++) {
     const float* qh = q + h * d;
+    float* sh = scores;
     float* oh = out + h * d;
-    // scores[j] = q . k_j * scale, and their max
-    float maxScore = -INFINITY;
+    // scores[j] = q . k_j * scale
     for (int64_t j = 0; j < numPos; j++) {
-      const uint8_t* kj = kv.pageBase[j / kv.pageTokens] + (j % kv.pageTokens) * d * elt;
+      const uint8_t* kj = keyAt(j);
       float s;
-      if (vec) {
+      if constexpr (ND > 0) {
         vf acc = zero();
-        for (int64_t i = 0; i < d; i += VL) acc = simd::fma(load(qh + i), loadKv<KD>(kj, i), acc);
+        for (int i = 0; i < ND; i++) acc = simd::fma(load(qh + i * VL), loadKv<KD>(kj, i * VL), acc);
         s = simd::sum(acc);
       } else {
         s = 0;
         for (int64_t i = 0; i < d; i++) s = std::fma(qh[i], loadScalar(kj, KD, i), s);
       }
-      s *= scale;
-      scores[j] = s;
-      maxScore = std::max(maxScore, s);
+      sh[j] = s * scale;
     }
+    float maxScore = -INFINITY;
+    for (int64_t j = 0; j < numPos; j++) maxScore = std::max(maxScore, sh[j]);
     // softmax numerators
     float total = 0;
     int64_t j = 0;
     const vf vmax = set1(maxScore);
     for (; j + VL <= numPos; j += VL) {
-      vf e = expNonPositive(simd::sub(load(scores + j), vmax));
-      store(scores + j, e);
+      vf e = expNonPositive(simd::sub(load(sh + j), vmax));
+      store(sh + j, e);
       total += simd::sum(e);
     }
     for (; j < numPos; j++) {
-      scores[j] = std::exp(scores[j] - maxScore);
-      total += scores[j];
+      sh[j] = std::exp(sh[j] - maxScore);
+      total += sh[j];
     }
     // out = sum_j p_j v_j
-    for (int64_t i = 0; i < d; i++) oh[i] = 0;
-    for (j = 0; j < numPos; j++) {
-      const uint8_t* vj = kv.pageBaseV[j / kv.pageTokens] + (j % kv.pageTokens) * d * elt;
-      const float p = scores[j];
-      if (vec) {
-        const vf vp = set1(p);
-        for (int64_t i = 0; i < d; i += VL) store(oh + i, simd::fma(vp, loadKv<KD>(vj, i), load(oh + i)));
-      } else {
-        for (int64_t i = 0; i < d; i++) oh[i] = std::fma(p, loadScalar(vj, KD, i), oh[i]);
-      }
-    }
     const float inv = 1.0f / total;
-    for (int64_t i = 0; i < d; i++) oh[i] *= inv;
+    if constexpr (ND > 0) {
+      vf acc[ND];
+      for (int i = 0; i < ND; i++) acc[i] = zero();
+      for (j = 0; j < numPos; j++) {
+        const uint8_t* vj = valueAt(j);
+        const vf vp = set1(sh[j]);
+        for (int i = 0; i < ND; i++) acc[i] = simd::fma(vp, loadKv<KD>(vj, i * VL), acc[i]);
+      }
+      for (int i = 0; i < ND; i++) store(oh + i * VL, simd::mul(acc[i], set1(inv)));
+    } else {
+      for (int64_t i = 0; i < d; i++) oh[i] = 0;
+      for (j = 0; j < numPos; j++) {
+        const uint8_t* vj = valueAt(j);
+        for (int64_t i = 0; i < d; i++) oh[i] = std::fma(sh[j], loadScalar(vj, KD, i), oh[i]);
+      }
+      for (int64_t i = 0; i < d; i++) oh[i] *= inv;
+    }
+  }
+}
+
+template <DType KD>
+static void attendGroupD(const float* q, int groupHeads, const KvAccessor& kv, int64_t numPos, float scale,
+                         float* out, float* scores) {
+  switch (kv.headDim) {
+#if WEFT_SIMD
+    case 8 * VL: return attendGroupT<KD, 8>(q, groupHeads, kv, numPos, scale, out, scores);
+    case 16 * VL: return attendGroupT<KD, 16>(q, groupHeads, kv, numPos, scale, out, scores);
+    case 4 * VL: return attendGroupT<KD, 4>(q, groupHeads, kv, numPos, scale, out, scores);
+    case 32 * VL: return attendGroupT<KD, 32>(q, groupHeads, kv, numPos, scale, out, scores);
+#endif
+    default: return attendGroupT<KD, 0>(q, groupHeads, kv, numPos, scale, out, scores);
   }
 }
 
 void attendGroup(const float* q, int groupHeads, const KvAccessor& kv, int64_t numPos, float scale,
                  float* out, float* scores) {
   if (kv.dtype == DType::F16)
-    attendGroupT<DType::F16>(q, groupHeads, kv, numPos, scale, out, scores);
+    attendGroupD<DType::F16>(q, groupHeads, kv, numPos, scale, out, scores);
   else
-    attendGroupT<DType::F32>(q, groupHeads, kv, numPos, scale, out, scores);
+    attendGroupD<DType::F32>(q, groupHeads, kv, numPos, scale, out, scores);
+}
+
+}  // namespace weft::cpu
+
+namespace weft::cpu {
+
+const TuningKey kTuningKeys[5] = {
+    {"gemvRows", &KernelTuning::gemvRows, 1, 4},
+    {"rowBlock", &KernelTuning::rowBlock, 1, 8},
+    {"colBlock", &KernelTuning::colBlock, 1, 4},
+    {"panelRows", &KernelTuning::panelRows, 1, 4096},
+    {"prefetch", &KernelTuning::prefetch, 0, 1 << 16},
+};
+
+std::vector<KernelTuning> tuningCandidates() {
+  std::vector<KernelTuning> c(1);  // the defaults
+  return c;
 }
 
 }  // namespace weft::cpu

@@ -3,6 +3,7 @@
 // depends on how many rows are in the batch or how the work is split across threads.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "../common.h"
 
@@ -18,10 +19,29 @@ struct WeightView {
 
 constexpr int64_t kPanelRows = 16;  // weight rows per unit of work (threads split at this grain)
 
+// The quantized GEMM's free parameters (timed per machine by weft build: src/engine/tune.ts).
+// None changes the order in which an output accumulates, so every setting gives the same bits.
+struct KernelTuning {
+  int gemvRows = 1;     // weight rows per pass when X has one row (decode of one sequence)
+  int rowBlock = 4;     // rows of X per micro-kernel pass (clamped to the type's kernels)
+  int colBlock = 2;     // weight rows per micro-kernel pass (clamped likewise)
+  int panelRows = 16;   // weight rows that every row of X passes over while they are in cache
+  int prefetch = 4096;  // weight bytes ahead of the current block to prefetch (0: none)
+};
+// The settings' names and ranges, for parsing (an unknown name or a value out of range is an error).
+struct TuningKey {
+  const char* name;
+  int KernelTuning::*field;
+  int min, max;
+};
+extern const TuningKey kTuningKeys[5];
+// The few settings worth timing on a machine (the first is the default).
+std::vector<KernelTuning> tuningCandidates();
+
 // Y[t, n] = bias[n] + sum_k X[t, k] * W[n, k] (+ Y[t, n] when accumulate), for n in [n0, n1).
 // A quantized W (ggml blocks) goes to quant.h's gemmQuant: X is quantized per block on the fly.
 void gemm(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1,
-          float* Y, int64_t ldy, const float* bias, bool accumulate);
+          float* Y, int64_t ldy, const float* bias, bool accumulate, const KernelTuning& tuning = {});
 
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]
 void rmsnorm(const float* x, const float* w, float eps, int64_t n, float* out);

@@ -250,6 +250,32 @@ static float quantizeQ8_0Acts(const float* x, int8_t* qs) {
   return fromHalf(toHalf(d));
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// The same rounding in registers: _mm256_cvtps_epi32 rounds half to even as lrint does.
+static inline float maxAbs(const float* x, int n) {
+  const __m256 signBit = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int j = 0; j < n; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, _mm256_loadu_ps(x + j)));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+// 32 quants of x * scale (|values| <= 127 after the clamp) into q; returns their sum
+static inline int32_t roundBlock32(const float* x, float scale, int8_t* q) {
+  const __m256 s = _mm256_set1_ps(scale);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  __m256i v[4];
+  for (int i = 0; i < 4; i++)
+    v[i] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), s)), lo), hi);
+  const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]));
+  const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+  t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1)));
+}
+#endif
+
 static void quantizeQ4_0(const float* x, BlockQ4_0& b) {
   float w[32];
   int8_t L[32];
@@ -400,8 +426,15 @@ void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, i
       int32_t* negSums = a.negSum32.data() + t * a.ldd;
       std::fill(negSums, negSums + a.ldd, 0);
       for (int64_t b = 0; b < K / 32; b++) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+        // quantizeQ8_0Acts (the clamp never binds: |x| id <= 127)
+        const float amax = maxAbs(x + 32 * b, 32);
+        negSums[b] = -roundBlock32(x + 32 * b, amax != 0 ? 127.f / amax : 0, q + 32 * b);
+        d[b] = fromHalf(toHalf(amax / 127.f));
+#else
         d[b] = quantizeQ8_0Acts(x + 32 * b, q + 32 * b);
         for (int j = 0; j < 32; j++) negSums[b] -= q[32 * b + j];
+#endif
       }
       continue;
     }
@@ -410,11 +443,18 @@ void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, i
     for (int64_t b = 0; b < K / kQK; b++) {
       const float* xb = x + kQK * b;
       int8_t* qb = q + kQK * b;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+      const float amax = maxAbs(xb, kQK);
+      const float iscale = amax ? 127 / amax : 0;
+      d[b] = amax ? 1 / iscale : 0;
+      for (int j = 0; j < kQK; j += 32) roundBlock32(xb + j, iscale, qb + j);
+#else
       float amax = 0;
       for (int j = 0; j < kQK; j++) amax = std::max(amax, std::fabs(xb[j]));
       const float iscale = amax ? 127 / amax : 0;
       d[b] = amax ? 1 / iscale : 0;
       for (int j = 0; j < kQK; j++) qb[j] = int8_t(std::clamp(nearestInt(xb[j] * iscale), -127, 127));
+#endif
       for (int j = 0; j < kQK / 16; j++) {
         int s = 0;
         for (int l = 0; l < 16; l++) s += qb[16 * j + l];

@@ -71,7 +71,7 @@ void quantizeActivations(DType weight, const float* X, int64_t T, int64_t ldx, i
 // gemm() for a quantized W (same contract as kernels.h's gemm). `reference` runs the scalar
 // dot products instead of the SIMD micro-kernels.
 void gemmQuant(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1, float* Y,
-               int64_t ldy, const float* bias, bool accumulate, bool reference = false);
+               int64_t ldy, const float* bias, bool accumulate, bool reference = false, const KernelTuning& tuning = {});
 
 // The SIMD path compiled in: "avx512-vnni", "avx512bw", "avx-vnni", "avx2" or "scalar".
 const char* quantKernelName();

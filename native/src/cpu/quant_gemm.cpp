@@ -95,13 +95,14 @@ static float referenceDot(DType type, const uint8_t* w, const QuantizedActs& a, 
 #if WEFT_QSIMD
 using namespace qsimd;
 
-// Weight bytes ahead of the current block to prefetch: a page (hardware prefetchers stop at page
-// boundaries; measured on Zen 3 against 256 B to 16 KiB, streaming from DRAM).
-constexpr uint64_t kPrefetchBytes = 4096;
-
 // ---- Q8_0 / Q4_0: R activation rows x C weight rows, G blocks per vector ----
+// Per block: the C weight blocks loaded once (with their scales as vectors), then per row of X its
+// block, |x| and the row's scale once, and per (row, weight row) one signed byte dot product and
+// an FMA of its lanes by d_x d_w. Q8_0 takes |x| x (w sign(x)) (ggml takes |w| x (x sign(w)): the
+// same integers) so that only the weight blocks and one row stay live: 4 x 2 tiles fit AVX2's
+// 16 registers. `prefetch`: weight bytes ahead to prefetch (0: none).
 template <class V, DType WT, int R, int C>
-static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out) {
+static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out, int prefetch) {
   constexpr int G = V::G;
   constexpr uint64_t bb = WT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
   const int64_t nb = a.K / 32;
@@ -117,18 +118,18 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = V::zeroF();
   for (int64_t b = 0; b < nb; b += G) {
-    typename V::I w[C], aw[C];
-    float dw[C][G];
+    typename V::I w[C];
+    alignas(64) float dw[C][G];
     for (int c = 0; c < C; c++) {
       __m256i grp[G];
       for (int i = 0; i < G; i++) {
-        if (b + i >= nb) {  // the odd block of a 512-bit pair
+        if (G > 1 && b + i >= nb) {  // the odd block of a 512-bit pair
           grp[i] = _mm256_setzero_si256();
           dw[c][i] = 0;
           continue;
         }
         const uint8_t* blk = W + c * ldw + (b + i) * bb;
-        if ((b + i) % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes), _MM_HINT_T0);
+        if (prefetch && (b + i) % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetch), _MM_HINT_T0);
         if constexpr (WT == DType::Q8_0) {
           grp[i] = load32(reinterpret_cast<const BlockQ8_0*>(blk)->qs);
           dw[c][i] = halfToFloat(reinterpret_cast<const BlockQ8_0*>(blk)->d);
@@ -138,19 +139,23 @@ static void kernel32(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int
         }
       }
       w[c] = V::join(grp);
-      if constexpr (WT == DType::Q8_0) aw[c] = V::absW(w[c]);
     }
     for (int r = 0; r < R; r++) {
       const typename V::I x = V::loadX(xr[r] + 32 * b);
-      const float* dx = dr[r] + b;
-      // Q4_0: sum (l - 8) x = sum l x - 8 sum x, the -8 sum x spread over the block's 8 lanes
-      typename V::I init = V::zero();
-      if constexpr (WT == DType::Q4_0) init = V::bcast(sr[r] + b);
-      for (int c = 0; c < C; c++) {
-        float s[G];
-        for (int i = 0; i < G; i++) s[i] = dw[c][i] * dx[i];
-        const typename V::I isum = WT == DType::Q8_0 ? V::dotU8S8(init, aw[c], V::signX(x, w[c])) : V::dotU8S8(init, w[c], x);
-        acc[r][c] = V::fma(V::cvt(isum), V::scales(s), acc[r][c]);
+      const typename V::F dx = V::scales(dr[r] + b);
+      if constexpr (WT == DType::Q8_0) {
+        const typename V::I ax = V::absW(x);
+        for (int c = 0; c < C; c++) {
+          const typename V::I isum = V::dotU8S8(V::zero(), ax, V::signX(w[c], x));
+          acc[r][c] = V::fma(V::cvt(isum), V::mul(dx, V::scales(dw[c])), acc[r][c]);
+        }
+      } else {
+        // sum (l - 8) x = sum l x - 8 sum x, the -8 sum x spread over the block's 8 lanes
+        const typename V::I init = V::bcast(sr[r] + b);
+        for (int c = 0; c < C; c++) {
+          const typename V::I isum = V::dotU8S8(init, w[c], x);
+          acc[r][c] = V::fma(V::cvt(isum), V::mul(dx, V::scales(dw[c])), acc[r][c]);
+        }
       }
     }
   }
@@ -206,7 +211,7 @@ struct KBlock {
 };
 
 template <class V, DType WT, int R, int C>
-static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out) {
+static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out, int prefetch) {
   constexpr int G = V::G;
   const int64_t nb = a.K / kQK;
   const uint64_t bb = blockBytes(WT);
@@ -223,7 +228,8 @@ static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int6
   for (int64_t b = 0; b < nb; b++) {
     for (int c = 0; c < C; c++) {
       const uint8_t* blk = W + c * ldw + b * bb;
-      for (uint64_t o = 0; o < bb; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + o), _MM_HINT_T0);
+      if (prefetch)
+        for (uint64_t o = 0; o < bb; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetch + o), _MM_HINT_T0);
       const KBlock<WT> kb(blk);
       typename V::I acc[R];
       for (int r = 0; r < R; r++) acc[r] = V::zero();
@@ -258,23 +264,16 @@ using VW = V512;
 using VW = V256;
 #endif
 
-// Micro-kernel shapes: rows of X x rows of W per call. A single row of X (decode) takes kWide
-// weight rows at a time: 1, one sequential stream per thread, measured faster from DRAM than 4
-// interleaved rows on Zen 3.
-#if defined(__AVX512BW__)
-constexpr int kRows32 = 4, kCols32 = 4, kRowsK = 8, kColsK = 2;
-#else
-constexpr int kRows32 = 4, kCols32 = 2, kRowsK = 8, kColsK = 2;
-#endif
-constexpr int kWide = 1;
-constexpr int kMaxRows = std::max(kRows32, kRowsK), kMaxCols = std::max({kCols32, kColsK, kWide});
+// Micro-kernel shapes available: up to kMaxRows32 (kMaxRowsK) rows of X x kMaxCols weight rows
+// per pass; KernelTuning picks one (its defaults: 4 x 2, and one weight row at a time for a single
+// row of X: one sequential stream per thread, measured faster from DRAM than 4 interleaved rows).
+constexpr int kMaxRows32 = 4, kMaxRowsK = 8, kMaxCols = 4;
 
-using QuantFn = void (*)(const uint8_t*, uint64_t, const QuantizedActs&, int64_t, float*);
+using QuantFn = void (*)(const uint8_t*, uint64_t, const QuantizedActs&, int64_t, float*, int);
 
 struct QuantTable {
-  QuantFn fn[kMaxRows][kMaxCols] = {};
-  QuantFn wide = nullptr;
-  int rows = 0, cols = 0;
+  QuantFn fn[kMaxRowsK][kMaxCols] = {};
+  int rows = 0;
 };
 
 template <DType WT, int R, int... Cs>
@@ -283,23 +282,20 @@ static void fillRow(QuantTable& t, std::integer_sequence<int, Cs...>) {
   if constexpr (k) ((t.fn[R - 1][Cs] = &kernelK<VW, WT, R, Cs + 1>), ...);
   else ((t.fn[R - 1][Cs] = &kernel32<VW, WT, R, Cs + 1>), ...);
 }
-template <DType WT, int NC, int... Rs>
+template <DType WT, int... Rs>
 static QuantTable makeTable(std::integer_sequence<int, Rs...>) {
   QuantTable t;
   t.rows = sizeof...(Rs);
-  t.cols = NC;
-  (fillRow<WT, Rs + 1>(t, std::make_integer_sequence<int, NC>{}), ...);
-  if constexpr (WT == DType::Q8_0 || WT == DType::Q4_0) t.wide = &kernel32<VW, WT, 1, kWide>;
-  else t.wide = &kernelK<VW, WT, 1, kWide>;
+  (fillRow<WT, Rs + 1>(t, std::make_integer_sequence<int, kMaxCols>{}), ...);
   return t;
 }
 
 static const QuantTable& table(DType type) {
-  static const QuantTable q8 = makeTable<DType::Q8_0, kCols32>(std::make_integer_sequence<int, kRows32>{});
-  static const QuantTable q4 = makeTable<DType::Q4_0, kCols32>(std::make_integer_sequence<int, kRows32>{});
-  static const QuantTable q4k = makeTable<DType::Q4_K, kColsK>(std::make_integer_sequence<int, kRowsK>{});
-  static const QuantTable q5k = makeTable<DType::Q5_K, kColsK>(std::make_integer_sequence<int, kRowsK>{});
-  static const QuantTable q6k = makeTable<DType::Q6_K, kColsK>(std::make_integer_sequence<int, kRowsK>{});
+  static const QuantTable q8 = makeTable<DType::Q8_0>(std::make_integer_sequence<int, kMaxRows32>{});
+  static const QuantTable q4 = makeTable<DType::Q4_0>(std::make_integer_sequence<int, kMaxRows32>{});
+  static const QuantTable q4k = makeTable<DType::Q4_K>(std::make_integer_sequence<int, kMaxRowsK>{});
+  static const QuantTable q5k = makeTable<DType::Q5_K>(std::make_integer_sequence<int, kMaxRowsK>{});
+  static const QuantTable q6k = makeTable<DType::Q6_K>(std::make_integer_sequence<int, kMaxRowsK>{});
   switch (type) {
     case DType::Q8_0: return q8;
     case DType::Q4_0: return q4;
@@ -316,7 +312,7 @@ static inline void storeOut(float* y, const float* bias, int64_t n, float v, boo
 }
 
 void gemmQuant(const float* X, int64_t T, int64_t ldx, const WeightView& W, int64_t n0, int64_t n1, float* Y,
-               int64_t ldy, const float* bias, bool accumulate, bool reference) {
+               int64_t ldy, const float* bias, bool accumulate, bool reference, const KernelTuning& tuning) {
   thread_local QuantizedActs acts;
   quantizeActivations(W.dtype, X, T, ldx, W.cols, acts);
   const uint64_t rb = rowBytes(W.dtype, W.cols);
@@ -324,22 +320,20 @@ void gemmQuant(const float* X, int64_t T, int64_t ldx, const WeightView& W, int6
 #if WEFT_QSIMD
   if (!reference) {
     const QuantTable& tab = table(W.dtype);
-    float out[kMaxRows * kMaxCols];
-    for (int64_t p = n0; p < n1; p += kPanelRows) {
-      const int64_t pc = std::min<int64_t>(kPanelRows, n1 - p);
-      for (int64_t t = 0; t < T; t += tab.rows) {
-        const int r = int(std::min<int64_t>(tab.rows, T - t));
-        for (int64_t c0 = 0; c0 < pc;) {
-          int c = int(std::min<int64_t>(tab.cols, pc - c0));
-          if (r == 1 && pc - c0 >= kWide) {
-            c = kWide;
-            tab.wide(base + (p + c0) * rb, rb, acts, t, out);
-          } else {
-            tab.fn[r - 1][c - 1](base + (p + c0) * rb, rb, acts, t, out);
-          }
+    const int R = std::clamp(T == 1 ? 1 : tuning.rowBlock, 1, tab.rows);
+    const int C = std::clamp(T == 1 ? tuning.gemvRows : tuning.colBlock, 1, kMaxCols);
+    const int64_t panel = std::max<int64_t>(C, tuning.panelRows);
+    float out[kMaxRowsK * kMaxCols];
+    // a panel of weight rows stays in cache while every row block of X passes over it
+    for (int64_t p = n0; p < n1; p += panel) {
+      const int64_t pc = std::min<int64_t>(panel, n1 - p);
+      for (int64_t t = 0; t < T; t += R) {
+        const int r = int(std::min<int64_t>(R, T - t));
+        for (int64_t c0 = 0; c0 < pc; c0 += C) {
+          const int c = int(std::min<int64_t>(C, pc - c0));
+          tab.fn[r - 1][c - 1](base + (p + c0) * rb, rb, acts, t, out, tuning.prefetch);
           for (int i = 0; i < r; i++)
             for (int j = 0; j < c; j++) storeOut(Y + (t + i) * ldy + p + c0 + j, bias, p + c0 + j, out[i * c + j], accumulate);
-          c0 += c;
         }
       }
     }
@@ -347,6 +341,7 @@ void gemmQuant(const float* X, int64_t T, int64_t ldx, const WeightView& W, int6
   }
 #endif
   (void)reference;
+  (void)tuning;
   for (int64_t t = 0; t < T; t++)
     for (int64_t n = n0; n < n1; n++)
       storeOut(Y + t * ldy + n, bias, n, referenceDot(W.dtype, base + n * rb, acts, t), accumulate);

@@ -116,6 +116,7 @@ struct V256 {
   static I signX(I x, I w) { return _mm256_sign_epi8(x, w); }  // x * sign(w)
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F scales(const float* s) { return _mm256_set1_ps(s[0]); }
   static I bcast(const int32_t* s) { return _mm256_set1_epi32(s[0]); }  // s[g] to group g's lanes
   static int32_t hsum(I a) { return hsum4(_mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))); }
@@ -156,6 +157,7 @@ struct V512 {
   static I signX(I x, I w) { return _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F scales(const float* s) {
     const __m512d lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(s[0])));
     return _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(s[1])), 1));
@@ -186,6 +188,7 @@ struct Emu512 {
   static I signX(I x, I w) { return {V256::signX(x.lo, w.lo), V256::signX(x.hi, w.hi)}; }
   static F cvt(I a) { return {V256::cvt(a.lo), V256::cvt(a.hi)}; }
   static F fma(F a, F b, F c) { return {V256::fma(a.lo, b.lo, c.lo), V256::fma(a.hi, b.hi, c.hi)}; }
+  static F mul(F a, F b) { return {V256::mul(a.lo, b.lo), V256::mul(a.hi, b.hi)}; }
   static F scales(const float* s) { return {_mm256_set1_ps(s[0]), _mm256_set1_ps(s[1])}; }
   static I bcast(const int32_t* s) { return {_mm256_set1_epi32(s[0]), _mm256_set1_epi32(s[1])}; }
   static int32_t hsum(I a) { return V256::hsum(a.lo) + V256::hsum(a.hi); }
