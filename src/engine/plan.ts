@@ -17,12 +17,11 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { cpus, homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WeftError } from '../errors.js';
-import type { ModelConfig } from './config.js';
 import { ggufTensorInfos, meta as gmeta, readGguf, writeGguf, type GgufMeta, type GgufTensorToWrite, type GgufValue } from './gguf.js';
 import type { ModelSource } from './model-source.js';
 import type { TokenizerParts } from '../tokenizer/tokenizer.js';
