@@ -2,10 +2,15 @@
  * ggml block formats (native/src/cpu/quant*.cpp): round-trip error per type, the exact byte
  * layouts (blocks packed by hand here from ggml's layout, independently of the C++), the quantized
  * GEMM's SIMD path against its scalar reference and against a float64 dot product, the
- * invariance of a row's result to batch size and row split, and coded errors.
+ * invariance of a row's result to batch size and row split, coded errors, and the kernel settings
+ * (options.tuning): every candidate gives the same logits.
  */
-import { describe, expect, test } from 'vitest';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Engine } from '../src/engine/engine.js';
+import { exportGguf } from '../src/engine/gguf-export.js';
 import { native, type NativeQuantType } from '../src/engine/native.js';
+import { TinyModels } from './helpers/models.js';
 
 const q = native().quant;
 const BLOCK_TYPES: NativeQuantType[] = ['Q8_0', 'Q4_0', 'Q4_K', 'Q5_K', 'Q6_K'];
@@ -272,5 +277,69 @@ describe('errors carry codes', () => {
     expect(code(() => q.matmul('Q4_0', w, 2, 64, new Float32Array(63), 1, false))).toBe('WEFT_BAD_ARGUMENT');
     expect(code(() => q.matmul('Q4_0', w, 2, 64, new Float32Array(64), 1, false, 1, 3))).toBe('WEFT_BAD_ARGUMENT');
     expect(code(() => q.quantize('Q8_0', new Uint8Array(32) as unknown as Float32Array))).toBe('WEFT_BAD_ARGUMENT');
+  });
+});
+
+describe('kernel settings (options.tuning)', () => {
+  const models = new TinyModels();
+  const files: Record<string, string> = {};
+  const candidates = native().tuningCandidates();
+  beforeAll(async () => {
+    const dir = await models.make('tune', { hidden: 256, layers: 2, heads: 4, kvHeads: 2, ffn: 512, vocab: 512, seed: 5 });
+    for (const type of ['q8_0', 'q4_k_m'] as const) {
+      files[type] = join(models.root, `tune.${type}.gguf`);
+      await exportGguf(dir, files[type]!, { type });
+    }
+  }, 60_000);
+  afterAll(() => models.cleanup());
+
+  /** Logits of a prefill of 80 tokens (a prefill step), 3 sequences' next tokens (a batch step), one more token (decode1). */
+  async function logits(file: string, tuning?: Record<string, number>): Promise<Float32Array[]> {
+    const engine = await Engine.load(file, { threads: 2, tokenizer: false, kvMemoryBytes: 16 << 20, ...(tuning ? { tuning: { decode1: tuning, batch: tuning, prefill: tuning } } : {}) });
+    try {
+      const seqs = [0, 1, 2].map(() => engine.createSequence({ ignoreEos: true }));
+      const out: Float32Array[] = [];
+      for (const [i, s] of seqs.entries()) {
+        const [r] = await engine.run([{ sequence: s, tokens: Array.from({ length: 80 - 20 * i }, (_, j) => (j * 37 + i * 11) % 512), logits: 'last' }]);
+        out.push(r!.logits!);
+      }
+      for (const r of await engine.run(seqs.map((s, i) => ({ sequence: s, tokens: [7 + i, 3], logits: 'all' as const })))) out.push(r.logits!);
+      out.push((await engine.run([{ sequence: seqs[1]!, tokens: [9], logits: 'last' }]))[0]!.logits!);
+      return out;
+    } finally {
+      engine.dispose();
+    }
+  }
+
+  test('a few candidates, the defaults first, each with every key', () => {
+    expect(candidates.length).toBeGreaterThanOrEqual(2);
+    expect(candidates.length).toBeLessThanOrEqual(6);
+    for (const c of candidates) expect(Object.keys(c).sort()).toEqual(Object.keys(candidates[0]!).sort());
+  });
+
+  // No setting changes the order in which an output accumulates: tolerance 0 (the same bits).
+  for (const type of ['q8_0', 'q4_k_m']) {
+    test(`${type}: every candidate gives the same logits as the defaults, bit for bit`, async () => {
+      const want = await logits(files[type]!);
+      for (const c of candidates) {
+        const got = await logits(files[type]!, c);
+        got.forEach((row, i) => expect(Array.from(row), `${JSON.stringify(c)}, row ${i}`).toEqual(Array.from(want[i]!)));
+      }
+    }, 60_000);
+  }
+
+  test('an unknown key or a value out of range is a coded error naming it', async () => {
+    const fail = async (tuning: unknown) => {
+      try {
+        (await Engine.load(files.q8_0!, { threads: 1, tokenizer: false, tuning: tuning as never })).dispose();
+        return 'no error';
+      } catch (e) {
+        return `${(e as { code?: string }).code}: ${(e as Error).message}`;
+      }
+    };
+    expect(await fail({ batch: { tileRows: 4 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.batch\.tileRows/);
+    expect(await fail({ prefill: { rowBlock: 0 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.prefill\.rowBlock must be an integer in 1\.\.8/);
+    expect(await fail({ decode1: { gemvRows: 1.5 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*gemvRows/);
+    expect(await fail({ decode2: {} })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.decode2/);
   });
 });

@@ -283,10 +283,7 @@ void attendGroup(const float* q, int groupHeads, const KvAccessor& kv, int64_t n
     attendGroupD<DType::F32>(q, groupHeads, kv, numPos, scale, out, scores);
 }
 
-}  // namespace weft::cpu
-
-namespace weft::cpu {
-
+// options.tuning's keys (native/src/addon_spec.cpp parses them)
 const TuningKey kTuningKeys[5] = {
     {"gemvRows", &KernelTuning::gemvRows, 1, 4},
     {"rowBlock", &KernelTuning::rowBlock, 1, 8},
@@ -296,8 +293,19 @@ const TuningKey kTuningKeys[5] = {
 };
 
 std::vector<KernelTuning> tuningCandidates() {
-  std::vector<KernelTuning> c(1);  // the defaults
-  return c;
+  const auto with = [](int KernelTuning::*field, int value) {
+    KernelTuning t;
+    t.*field = value;
+    return t;
+  };
+  return {
+      KernelTuning{},                            // the defaults (best measured on Zen 3, AVX2)
+      with(&KernelTuning::gemvRows, 2),          // decode: two weight rows' streams at a time
+      with(&KernelTuning::prefetch, 1024),       // a shorter software prefetch distance
+      with(&KernelTuning::prefetch, 0),          // the hardware prefetchers alone
+      with(&KernelTuning::colBlock, 4),          // 4 x 4 tiles (32 vector registers: AVX-512)
+      with(&KernelTuning::panelRows, 64),        // a larger panel of weights per pass of X
+  };
 }
 
 }  // namespace weft::cpu
