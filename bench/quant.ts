@@ -8,8 +8,13 @@
  * neighbour's load on a shared machine hits them alike).
  * Two settings: one matrix (it may sit in the last-level cache, as one layer's matrix does not in
  * a real model) and `copies` distinct matrices in turn (128+ MiB, streamed from DRAM as in decode).
+ * With --batch T1,T2,..: the batched GEMM instead (prefill and batched decode), one thread, one
+ * matrix in cache: integer operations per second (2 per multiply-add) for T rows of X at a time,
+ * the activation quantization included, timed in CPU time (best of `runs`) so that a neighbour's
+ * load on a shared machine counts less.
  *
  *   node dist/bench/quant.js [--rows 2048] [--cols 8192] [--threads 2] [--seconds 0.5] [--runs 5] [--types Q8_0,Q4_K,F16] [--dram-only]
+ *   node dist/bench/quant.js --batch 16,128,512 [--rows 2048] [--cols 768] [--runs 5] [--types ...]
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { native, type NativeQuantType } from '../src/engine/native.js';
@@ -55,7 +60,35 @@ async function run(type: NativeQuantType, mats: SharedArrayBuffer[], rows: numbe
   return { bytesPerS: bytes / secs };
 }
 
+function batched(batch: number[], types: NativeQuantType[], runs: number): void {
+  const q = native().quant;
+  const rows = Number(arg('rows', '2048')), cols = Number(arg('cols', '768'));
+  const values = new Float32Array(rows * cols).map((_, i) => Math.sin(i * 0.37) * 0.02);
+  console.log(`quant kernel ${q.kernel}, 1 thread, ${rows}x${cols}, best of ${runs} (CPU time)`);
+  for (const type of types) {
+    const w = q.quantize(type, values);
+    const line = batch.map((T) => {
+      const x = new Float32Array(T * cols).map((_, i) => Math.cos(i * 0.11));
+      const iters = Math.max(1, Math.round(4e8 / (T * rows * cols)));
+      q.matmul(type, w, rows, cols, x, T, false);
+      let best = Infinity;
+      for (let r = 0; r < runs; r++) {
+        const t0 = process.cpuUsage();
+        for (let i = 0; i < iters; i++) q.matmul(type, w, rows, cols, x, T, false);
+        const u = process.cpuUsage(t0);
+        best = Math.min(best, (u.user + u.system) / 1e6 / iters);
+      }
+      return `T=${T} ${((2 * T * rows * cols) / best / 1e9).toFixed(1)} GOP/s`;
+    });
+    console.log(`${type.padEnd(5)} ${line.join('  ')}`);
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.argv.includes('--batch')) {
+    const types = arg('types', 'Q8_0,Q4_K,Q6_K,Q4_0,Q5_K,F16').split(',') as NativeQuantType[];
+    return batched(arg('batch', '16,128,512').split(',').map(Number), types, Number(arg('runs', '5')));
+  }
   const rows = Number(arg('rows', '2048')), cols = Number(arg('cols', '8192'));
   const threads = Number(arg('threads', '2')), seconds = Number(arg('seconds', '0.5')), runs = Number(arg('runs', '5'));
   const types = arg('types', 'Q8_0,Q4_K,Q4_0,Q5_K,Q6_K,F16').split(',') as NativeQuantType[];
