@@ -338,7 +338,7 @@ describe('kernel settings (options.tuning)', () => {
       }
     };
     expect(await fail({ batch: { tileRows: 4 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.batch\.tileRows/);
-    expect(await fail({ prefill: { rowBlock: 0 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.prefill\.rowBlock must be an integer in 1\.\.8/);
+    expect(await fail({ prefill: { rowBlockK: 0 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.prefill\.rowBlockK must be an integer in 1\.\.8/);
     expect(await fail({ decode1: { gemvRows: 1.5 } })).toMatch(/^WEFT_BAD_ARGUMENT: .*gemvRows/);
     expect(await fail({ decode2: {} })).toMatch(/^WEFT_BAD_ARGUMENT: .*options\.tuning\.decode2/);
   });

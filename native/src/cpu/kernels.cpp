@@ -284,10 +284,12 @@ void attendGroup(const float* q, int groupHeads, const KvAccessor& kv, int64_t n
 }
 
 // options.tuning's keys (native/src/addon_spec.cpp parses them)
-const TuningKey kTuningKeys[5] = {
+const TuningKey kTuningKeys[7] = {
     {"gemvRows", &KernelTuning::gemvRows, 1, 4},
-    {"rowBlock", &KernelTuning::rowBlock, 1, 8},
+    {"rowBlock", &KernelTuning::rowBlock, 1, 4},
     {"colBlock", &KernelTuning::colBlock, 1, 4},
+    {"rowBlockK", &KernelTuning::rowBlockK, 1, 8},
+    {"colBlockK", &KernelTuning::colBlockK, 1, 4},
     {"panelRows", &KernelTuning::panelRows, 1, 4096},
     {"prefetch", &KernelTuning::prefetch, 0, 1 << 16},
 };
@@ -298,13 +300,19 @@ std::vector<KernelTuning> tuningCandidates() {
     t.*field = value;
     return t;
   };
+  const auto kTiles = [](int rows, int cols) {
+    KernelTuning t;
+    t.rowBlockK = rows;
+    t.colBlockK = cols;
+    return t;
+  };
   return {
       KernelTuning{},                            // the defaults (best measured on Zen 3, AVX2)
       with(&KernelTuning::gemvRows, 2),          // decode: two weight rows' streams at a time
       with(&KernelTuning::prefetch, 1024),       // a shorter software prefetch distance
       with(&KernelTuning::prefetch, 0),          // the hardware prefetchers alone
-      with(&KernelTuning::colBlock, 4),          // 4 x 4 tiles (32 vector registers: AVX-512)
-      with(&KernelTuning::panelRows, 64),        // a larger panel of weights per pass of X
+      kTiles(4, 2),                              // K-quants in 4 x 2 tiles (Q4_K alike, Q6_K ~15% slower here)
+      with(&KernelTuning::colBlock, 4),          // Q8_0/Q4_0 in 4 x 4 tiles (32 vector registers: AVX-512)
   };
 }
 

@@ -23,8 +23,10 @@ constexpr int64_t kPanelRows = 16;  // weight rows per unit of work (threads spl
 // None changes the order in which an output accumulates, so every setting gives the same bits.
 struct KernelTuning {
   int gemvRows = 1;     // weight rows per pass when X has one row (decode of one sequence)
-  int rowBlock = 4;     // rows of X per micro-kernel pass (clamped to the type's kernels)
-  int colBlock = 2;     // weight rows per micro-kernel pass (clamped likewise)
+  int rowBlock = 4;     // Q8_0/Q4_0: rows of X per micro-kernel pass (at most 4)
+  int colBlock = 2;     // Q8_0/Q4_0: weight rows per micro-kernel pass (at most 4)
+  int rowBlockK = 8;    // K-quants: rows of X per pass (at most 8; AVX2 keeps 8 x 1 and 4 x 2 in registers)
+  int colBlockK = 1;    // K-quants: weight rows per pass (at most 4)
   int panelRows = 16;   // weight rows that every row of X passes over while they are in cache
   int prefetch = 4096;  // weight bytes ahead of the current block to prefetch (0: none)
 };
@@ -34,7 +36,7 @@ struct TuningKey {
   int KernelTuning::*field;
   int min, max;
 };
-extern const TuningKey kTuningKeys[5];
+extern const TuningKey kTuningKeys[7];
 // The few settings worth timing on a machine (the first is the default).
 std::vector<KernelTuning> tuningCandidates();
 

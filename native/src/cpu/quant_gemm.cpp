@@ -257,13 +257,13 @@ static void kernelK(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int6
     for (int c = 0; c < C; c++) out[r * C + c] = y[r][c];
 }
 
-// kernelK's 4 x 2 tile on AVX2 with the per-block tail in registers: the 8 outputs' integer sums
-// reduced together (hadd trees), the mins (Q6_K: the -32 offset) as one madd per row, and accumK
-// done lane-wise ([r0..r3 of weight row 0 | r0..r3 of weight row 1]): the same float operations
-// as the scalar tail, so the same bits.
-template <DType WT>
-static void kernelK42(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out, int prefetch) {
-  constexpr int R = 4, C = 2;
+// kernelK's tiles of 8 outputs on AVX2 (4 rows of X x 2 weight rows, or 8 x 1) with the per-block
+// tail in registers: output o = c R + r in lane o; the 8 integer sums reduced together (hadd
+// trees), the mins (Q6_K: the -32 offset) one madd per pair of outputs, and accumK done lane-wise:
+// the same float operations as the scalar tail, so the same bits.
+template <DType WT, int C>
+static void kernelK8(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, int64_t t0, float* out, int prefetch) {
+  constexpr int R = 8 / C;
   const int64_t nb = a.K / kQK;
   const uint64_t bb = blockBytes(WT);
   const int8_t* xr[R];
@@ -274,60 +274,63 @@ static void kernelK42(const uint8_t* W, uint64_t ldw, const QuantizedActs& a, in
     dr[r] = a.d.data() + (t0 + r) * a.ldd;
     sr[r] = WT == DType::Q6_K ? a.bsum16.data() + (t0 + r) * (a.K / 16) : a.bsum32.data() + (t0 + r) * (a.K / 32);
   }
-  // per 128-bit half: [v0 v1 v2 v3] -> lane i = sum of v_i's four lanes (a, b, c, d: rows 0..3)
-  const auto reduce4 = [](__m256i a, __m256i b, __m256i c, __m256i d) {
-    return _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+  // per 128-bit half: lane i of [v0 v1 v2 v3] = the sum of v_i's four lanes
+  const auto reduce4 = [](const __m256i* v) {
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
   };
   const auto halves = [](__m256i v) { return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); };
+  // 8 vectors -> the total of each in lanes 0..7
+  const auto reduce8 = [&](const __m256i* v) { return _mm256_set_m128i(halves(reduce4(v + 4)), halves(reduce4(v))); };
   __m256 y = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
-    const KBlock<WT> kb[C] = {KBlock<WT>(W + b * bb), KBlock<WT>(W + ldw + b * bb)};
+    const KBlock<WT> kb[2] = {KBlock<WT>(W + b * bb), KBlock<WT>(W + (C == 2 ? ldw : 0) + b * bb)};  // (C = 1: [1] unused)
     if (prefetch)
       for (int c = 0; c < C; c++)
         for (uint64_t o = 0; o < bb; o += 64) _mm_prefetch(reinterpret_cast<const char*>(W + c * ldw + b * bb + prefetch + o), _MM_HINT_T0);
-    __m256i acc[C][R];
+    __m256i acc[8];
     for (int c = 0; c < C; c++) {
-      for (int r = 0; r < R; r++) acc[c][r] = _mm256_setzero_si256();
+      for (int r = 0; r < R; r++) acc[c * R + r] = _mm256_setzero_si256();
 #pragma GCC unroll 8
       for (int g = 0; g < 8; g++) {
         const __m256i wv = kb[c].levels(g), sv = kb[c].scale(g);
-        for (int r = 0; r < R; r++) acc[c][r] = V256::dotScaled(acc[c][r], wv, load32(xr[r] + kQK * b + 32 * g), sv);
+        for (int r = 0; r < R; r++) acc[c * R + r] = V256::dotScaled(acc[c * R + r], wv, load32(xr[r] + kQK * b + 32 * g), sv);
       }
     }
-    // isum: [c0: r0..r3 | c1: r0..r3]
-    __m256i isum = _mm256_set_m128i(halves(reduce4(acc[1][0], acc[1][1], acc[1][2], acc[1][3])),
-                                    halves(reduce4(acc[0][0], acc[0][1], acc[0][2], acc[0][3])));
+    __m256i isum = reduce8(acc);
     __m256i msum = _mm256_setzero_si256();
     if constexpr (WT == DType::Q6_K) {
       // isum -= 32 sum_s scales[s] bsum16[s]
-      __m256i p[C][R];
+      __m256i p[8];
       for (int c = 0; c < C; c++) {
         const __m256i sc16 = _mm256_cvtepi8_epi16(kb[c].sc8);
-        for (int r = 0; r < R; r++) p[c][r] = _mm256_madd_epi16(sc16, load32(sr[r] + 16 * b));
+        for (int r = 0; r < R; r++) p[c * R + r] = _mm256_madd_epi16(sc16, load32(sr[r] + 16 * b));
       }
-      const __m256i corr = _mm256_set_m128i(halves(reduce4(p[1][0], p[1][1], p[1][2], p[1][3])),
-                                            halves(reduce4(p[0][0], p[0][1], p[0][2], p[0][3])));
-      isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(corr, 5));
+      isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(reduce8(p), 5));
     } else {
-      // msum = sum_g mins[g] bsum32[g]: per row one madd of [its sums | its sums] by [mins c0 | mins c1]
-      const __m256i mins = _mm256_set_m128i(_mm_cvtepu8_epi16(_mm_srli_si128(kb[1].sm, 8)), _mm_cvtepu8_epi16(_mm_srli_si128(kb[0].sm, 8)));
-      __m256i p[R];
-      for (int r = 0; r < R; r++)
-        p[r] = _mm256_madd_epi16(mins, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sr[r] + 8 * b))));
-      msum = reduce4(p[0], p[1], p[2], p[3]);
+      // msum = sum_g mins[g] bsum32[g]: outputs o and o + 4 in one madd, reduced to lanes o, o + 4
+      __m128i mins[C];
+      for (int c = 0; c < C; c++) mins[c] = _mm_cvtepu8_epi16(_mm_srli_si128(kb[c].sm, 8));
+      const auto sums = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(sr[r] + 8 * b)); };
+      __m256i p[4];
+      for (int o = 0; o < 4; o++)
+        p[o] = _mm256_madd_epi16(_mm256_set_m128i(mins[(o + 4) / R], mins[o / R]), _mm256_set_m128i(sums((o + 4) % R), sums(o % R)));
+      msum = reduce4(p);
     }
-    const __m128 dx4 = _mm_setr_ps(dr[0][b], dr[1][b], dr[2][b], dr[3][b]);
-    const __m256 dx = _mm256_set_m128(dx4, dx4);
-    const __m256 dw = _mm256_set_m128(_mm_set1_ps(kb[1].d), _mm_set1_ps(kb[0].d));
-    const __m256 dm = _mm256_set_m128(_mm_set1_ps(kb[1].dmin), _mm_set1_ps(kb[0].dmin));
+    alignas(32) float dx[8], dw[8], dm[8];
+    for (int o = 0; o < 8; o++) {
+      dx[o] = dr[o % R][b];
+      dw[o] = kb[o / R].d;
+      dm[o] = kb[o / R].dmin;
+    }
+    const __m256 dxv = _mm256_load_ps(dx);
     // accumK lane-wise
-    y = _mm256_fmadd_ps(_mm256_mul_ps(dx, dw), _mm256_cvtepi32_ps(isum), y);
-    y = _mm256_fnmadd_ps(_mm256_mul_ps(dx, dm), _mm256_cvtepi32_ps(msum), y);
+    y = _mm256_fmadd_ps(_mm256_mul_ps(dxv, _mm256_load_ps(dw)), _mm256_cvtepi32_ps(isum), y);
+    y = _mm256_fnmadd_ps(_mm256_mul_ps(dxv, _mm256_load_ps(dm)), _mm256_cvtepi32_ps(msum), y);
   }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, y);
   for (int r = 0; r < R; r++)
-    for (int c = 0; c < C; c++) out[r * C + c] = lanes[4 * c + r];
+    for (int c = 0; c < C; c++) out[r * C + c] = lanes[c * R + r];
 }
 
 #if defined(WEFT_QUANT_EMU512)
@@ -355,7 +358,8 @@ static void fillRow(QuantTable& t, std::integer_sequence<int, Cs...>) {
   constexpr bool k = WT != DType::Q8_0 && WT != DType::Q4_0;
   if constexpr (k) ((t.fn[R - 1][Cs] = &kernelK<VW, WT, R, Cs + 1>), ...);
   else ((t.fn[R - 1][Cs] = &kernel32<VW, WT, R, Cs + 1>), ...);
-  if constexpr (k && std::is_same_v<VW, V256> && R == 4) t.fn[3][1] = &kernelK42<WT>;
+  if constexpr (k && std::is_same_v<VW, V256> && R == 4) t.fn[3][1] = &kernelK8<WT, 2>;
+  if constexpr (k && std::is_same_v<VW, V256> && R == 8) t.fn[7][0] = &kernelK8<WT, 1>;
 }
 template <DType WT, int... Rs>
 static QuantTable makeTable(std::integer_sequence<int, Rs...>) {
@@ -395,8 +399,9 @@ void gemmQuant(const float* X, int64_t T, int64_t ldx, const WeightView& W, int6
 #if WEFT_QSIMD
   if (!reference) {
     const QuantTable& tab = table(W.dtype);
-    const int R = std::clamp(T == 1 ? 1 : tuning.rowBlock, 1, tab.rows);
-    const int C = std::clamp(T == 1 ? tuning.gemvRows : tuning.colBlock, 1, kMaxCols);
+    const bool k = W.dtype != DType::Q8_0 && W.dtype != DType::Q4_0;
+    const int R = std::clamp(T == 1 ? 1 : k ? tuning.rowBlockK : tuning.rowBlock, 1, tab.rows);
+    const int C = std::clamp(T == 1 ? tuning.gemvRows : k ? tuning.colBlockK : tuning.colBlock, 1, kMaxCols);
     const int64_t panel = std::max<int64_t>(C, tuning.panelRows);
     float out[kMaxRowsK * kMaxCols];
     // a panel of weight rows stays in cache while every row block of X passes over it
