@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -241,6 +241,7 @@ export async function buildPlan(source: ModelSource, opts: BuildPlanOptions): Pr
     await writeGguf(tmp, { metadata, tensors });
     await sealPlanChecksum(tmp);
     await rename(tmp, out);
+    await rename(`${tmp}.verified`, `${out}.verified`).catch(() => undefined);
   } catch (e) {
     await rm(tmp, { force: true });
     throw e;
@@ -317,7 +318,38 @@ async function patch(file: string, offset: number, bytes: Buffer): Promise<void>
 /** Seals a plan's checksum over its bytes as they are (for tools that edit plan metadata). */
 export async function sealPlanChecksum(file: string): Promise<void> {
   const at = await stringValueAt(file, CHECKSUM_KEY);
-  await patch(file, at.offset, Buffer.from(await fileDigest(file, at)));
+  const digest = await fileDigest(file, at);
+  await patch(file, at.offset, Buffer.from(digest));
+  await writeStamp(file, digest);
+}
+
+// Hashing a whole plan at every start would cost as much as the plan saves (~1 s a GB): once a
+// plan's bytes were checked, a stamp beside it (PLAN.verified: its size, mtime, inode and digest)
+// lets later loads of the unchanged file skip the hash. A file rewritten since has another mtime
+// (and size or inode) and is hashed again.
+interface VerifiedStamp { size: number; mtimeMs: number; ino: number; sha256: string }
+
+async function stampOf(file: string, sha256: string): Promise<VerifiedStamp> {
+  const st = await stat(file);
+  return { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, sha256 };
+}
+
+async function writeStamp(file: string, sha256: string): Promise<void> {
+  try {
+    await writeFile(`${file}.verified`, JSON.stringify(await stampOf(file, sha256)));
+  } catch {
+    // a read-only directory: every load hashes the plan
+  }
+}
+
+async function stampHolds(file: string, stored: string): Promise<boolean> {
+  try {
+    const stamp = JSON.parse(await readFile(`${file}.verified`, 'utf8')) as VerifiedStamp;
+    const now = await stampOf(file, stored);
+    return stamp.size === now.size && stamp.mtimeMs === now.mtimeMs && stamp.ino === now.ino && stamp.sha256 === stored;
+  } catch {
+    return false;
+  }
 }
 
 async function verifyChecksum(file: string): Promise<void> {
@@ -330,10 +362,12 @@ async function verifyChecksum(file: string): Promise<void> {
   } finally {
     await fh.close();
   }
+  if (await stampHolds(file, stored.toString('latin1'))) return;
   const actual = await fileDigest(file, at);
   if (stored.toString('latin1') !== actual) {
     throw new WeftError('WEFT_MODEL_FORMAT', `${file}: the plan's checksum does not match its bytes (stored ${stored.toString('latin1').slice(0, 16)}…, computed ${actual.slice(0, 16)}…): the file was corrupted or changed after weft build`);
   }
+  await writeStamp(file, actual);
 }
 
 /** Writes the tuning timed on a plan into it, and seals its checksum again. */
