@@ -14,7 +14,9 @@ import { makeTinyModel } from '../scripts/make-tiny-model.js';
 import { Engine } from '../src/engine/engine.js';
 import { exportGguf, type GgufOutType } from '../src/engine/gguf-export.js';
 import { openModel } from '../src/engine/model-source.js';
-import { buildPlan, readPlan, sealPlanChecksum } from '../src/engine/plan.js';
+import { native } from '../src/engine/native.js';
+import { buildPlan, readPlan, sealPlanChecksum, writePlanTuning } from '../src/engine/plan.js';
+import { autotune } from '../src/engine/tune.js';
 import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 
 const DEFAULT = path.resolve('models/default');
@@ -226,6 +228,28 @@ describe('engine plans', () => {
     await writeFile(bad, bytes);
     await expect(Engine.load(bad)).rejects.toMatchObject({ code: 'WEFT_MODEL_FORMAT', message: expect.stringMatching(/checksum/) });
   });
+
+  test('weft build times the backend\'s kernel settings here; the plan carries the fastest per kind of step and runs with them', async () => {
+    const source = await openModel(DEFAULT);
+    const out = path.join(root, 'tuned.plan.gguf');
+    await buildPlan(source, { quantize: 'q8_0', out });
+    const candidates = native().tuningCandidates();
+    expect(candidates.length).toBeGreaterThan(1);
+    const tuning = (await autotune(out, source.config, { threads: 1, repeats: 1 }))!;
+    expect(tuning.timings.map((t) => t.candidate)).toEqual(candidates);
+    for (const t of tuning.timings) expect(t.decode1Ms).toBeGreaterThan(0);
+    for (const kind of ['decode1', 'batch', 'prefill'] as const) expect(candidates).toContainEqual(tuning[kind]);
+    await writePlanTuning(out, tuning);
+    const plan = await readPlan(out); // the checksum was sealed again
+    expect(plan.tuning).toMatchObject({ decode1: tuning.decode1, batch: tuning.batch, prefill: tuning.prefill });
+    // no candidate changes an output's accumulation order: the same logits as the defaults
+    const tuned = await run(out);
+    const first = { decode1: candidates[0]!, batch: candidates[0]!, prefill: candidates[0]! };
+    const plain = await run(out, { tuning: first });
+    tuned.engine.dispose();
+    plain.engine.dispose();
+    expect(tuned.logits).toEqual(plain.logits);
+  }, 60_000);
 
   test('a plan from another CPU is built again from its source, or refused when the source is gone', async () => {
     const dir = path.join(root, 'moved');
