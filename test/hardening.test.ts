@@ -92,7 +92,9 @@ function flooder(url: string, frame: string, ms: number): { done: Promise<{ sent
   const w = new Worker(
     `const { parentPort, workerData } = require('node:worker_threads');
      const WebSocket = require(workerData.ws);
-     const ws = new WebSocket(workerData.url);
+     // from an address of its own (all of 127/8 is loopback): the per-address byte budget it
+     // exhausts must not refuse the other client's connections, which come from 127.0.0.1
+     const ws = new WebSocket(workerData.url, { localAddress: '127.0.0.2' });
      const answers = {}; let sent = 0;
      ws.on('message', (d) => { const e = JSON.parse(d.toString()); const k = e.code || e.type; answers[k] = (answers[k] || 0) + 1; });
      ws.on('error', () => {});
