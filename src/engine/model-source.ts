@@ -11,7 +11,7 @@ import { WeftError } from '../errors.js';
 import { tokenizerFromGguf } from '../tokenizer/gguf-tokenizer.js';
 import { Tokenizer, type TokenizerParts } from '../tokenizer/tokenizer.js';
 import { parseModelConfig, type ModelConfig } from './config.js';
-import { ggufTensorInfos, readGguf } from './gguf.js';
+import { ggufTensorInfos, readGguf, type GgufFile } from './gguf.js';
 import { ggufHfConfig, ggufHfTensors } from './gguf-model.js';
 import { planMismatch, readPlan, PLAN_ARCHITECTURE, type LoadedPlan } from './plan.js';
 import { readSafetensorsIndex, type TensorInfo } from './safetensors.js';
@@ -40,6 +40,8 @@ export interface ModelSource {
   tokenizer(): Promise<TokenizerParts | undefined>;
   /** For plans: what the plan says of itself. */
   plan?: LoadedPlan;
+  /** For plans built for another CPU or weft version: what differs (prepareModel rebuilds or refuses it). */
+  stale?: string;
 }
 
 function applyExtras(config: ModelConfig, extras: ModelExtras): ModelConfig {
@@ -97,7 +99,7 @@ async function openSafetensors(dir: string): Promise<ModelSource> {
 
 async function openGguf(file: string): Promise<ModelSource> {
   const g = await readGguf(file);
-  if (g.metadata.get('general.architecture') === PLAN_ARCHITECTURE) return openPlan(file);
+  if (g.metadata.get('general.architecture') === PLAN_ARCHITECTURE) return openPlan(file, g);
   const input = { file, metadata: g.metadata as Map<string, unknown>, tensors: [...ggufTensorInfos(g).values()] };
   const hf = ggufHfConfig(input);
   if (hf.ropeFactorTensors) {
@@ -126,17 +128,14 @@ async function openGguf(file: string): Promise<ModelSource> {
   };
 }
 
-async function openPlan(file: string): Promise<ModelSource> {
-  const plan = await readPlan(file);
-  const why = planMismatch(plan.identity);
-  if (why !== null) {
-    throw new WeftError('WEFT_PLAN_MISMATCH', `${file}: this plan cannot run here: ${why}; build it again with weft build --model ${plan.identity.source.path}`);
-  }
+async function openPlan(file: string, g: GgufFile): Promise<ModelSource> {
+  const plan = await readPlan(file, g);
   const extras = plan.extras as ModelExtras;
   const config = applyExtras(parseModelConfig(plan.hfConfig, file), extras);
   const tensors = new Map(plan.tensors.map((t) => [t.name, t]));
   return {
     kind: 'plan', path: file, config, tensors, hfConfig: plan.hfConfig, extras, hasTokenizer: plan.tokenizer !== undefined, plan,
+    stale: planMismatch(plan.identity) ?? undefined,
     tokenizer: async () => plan.tokenizer,
   };
 }

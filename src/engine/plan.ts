@@ -22,7 +22,7 @@ import { cpus, homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WeftError } from '../errors.js';
-import { ggufTensorInfos, meta as gmeta, readGguf, writeGguf, type GgufMeta, type GgufTensorToWrite, type GgufValue } from './gguf.js';
+import { ggufTensorInfos, meta as gmeta, readGguf, writeGguf, type GgufMeta, type GgufFile, type GgufTensorToWrite, type GgufValue } from './gguf.js';
 import type { ModelSource } from './model-source.js';
 import type { TokenizerParts } from '../tokenizer/tokenizer.js';
 import { native } from './native.js';
@@ -398,15 +398,9 @@ function planJson(file: string, metadata: Map<string, GgufValue>, key: string): 
   }
 }
 
-/** Whether a GGUF file is a weft plan (general.architecture). */
-export async function isPlanFile(file: string): Promise<boolean> {
-  const g = await readGguf(file);
-  return g.metadata.get('general.architecture') === PLAN_ARCHITECTURE;
-}
-
 /** Reads and checks a plan (checksum, identity fields); mismatch is checked by the caller. */
-export async function readPlan(file: string): Promise<LoadedPlan> {
-  const g = await readGguf(file);
+export async function readPlan(file: string, parsed?: GgufFile): Promise<LoadedPlan> {
+  const g = parsed ?? (await readGguf(file));
   if (g.metadata.get('general.architecture') !== PLAN_ARCHITECTURE) throw new WeftError('WEFT_MODEL_FORMAT', `${file} is a GGUF model, not a weft plan`);
   const identity = planJson(file, g.metadata, 'weft.plan.identity') as unknown as PlanIdentity;
   if (typeof identity.format !== 'number' || typeof identity.version !== 'string' || typeof identity.cpu?.model !== 'string' || !Array.isArray(identity.cpu?.features) || typeof identity.source?.fingerprint !== 'string') {

@@ -8,8 +8,7 @@
 import { existsSync } from 'node:fs';
 import { WeftError, toWeftError } from '../errors.js';
 import { openModel, type ModelSource } from './model-source.js';
-import { buildPlan, modelFingerprint, planCachePath, planMismatch, readPlan, PLAN_ARCHITECTURE, type PlanQuantize } from './plan.js';
-import { readGguf } from './gguf.js';
+import { buildPlan, modelFingerprint, planCachePath, type PlanQuantize } from './plan.js';
 
 export interface PrepareOptions {
   quantize?: PlanQuantize;
@@ -17,33 +16,20 @@ export interface PrepareOptions {
   log?: (line: string) => void;
 }
 
-async function planFileMismatch(file: string): Promise<{ source: string; quantize: PlanQuantize | 'none'; why: string } | null> {
-  if (!file.toLowerCase().endsWith('.gguf') || !existsSync(file)) return null;
-  let g;
-  try {
-    g = await readGguf(file);
-  } catch {
-    return null; // openModel reports what is wrong with it
-  }
-  if (g.metadata.get('general.architecture') !== PLAN_ARCHITECTURE) return null;
-  const plan = await readPlan(file);
-  const why = planMismatch(plan.identity);
-  return why === null ? null : { source: plan.identity.source.path, quantize: plan.identity.quantize, why };
-}
-
 /** Opens `modelPath` (building or rebuilding a plan where needed). Throws WeftError. */
 export async function prepareModel(modelPath: string, opts: PrepareOptions = {}): Promise<ModelSource> {
   const log = opts.log ?? (() => {});
-  const stale = await planFileMismatch(modelPath);
-  if (stale) {
-    if (!existsSync(stale.source)) {
-      throw new WeftError('WEFT_PLAN_MISMATCH', `${modelPath}: this plan cannot run here (${stale.why}) and its source model ${stale.source} is not there to build it again`);
+  let source = await openModel(modelPath);
+  if (source.stale) {
+    const { path: from } = source.plan!.identity.source;
+    const quantize = source.plan!.identity.quantize;
+    if (!existsSync(from)) {
+      throw new WeftError('WEFT_PLAN_MISMATCH', `${modelPath}: this plan cannot run here (${source.stale}) and its source model ${from} is not there to build it again`);
     }
-    log(`weft: ${modelPath} was built for another machine or version (${stale.why}); building it again from ${stale.source}`);
-    const source = await openModel(stale.source);
-    await buildPlan(source, { quantize: stale.quantize === 'none' ? undefined : stale.quantize, out: modelPath, log });
+    log(`weft: ${modelPath} was built for another machine or version (${source.stale}); building it again from ${from}`);
+    await buildPlan(await openModel(from), { quantize: quantize === 'none' ? undefined : quantize, out: source.path, log });
+    source = await openModel(source.path);
   }
-  const source = await openModel(modelPath);
   if (!opts.quantize) return source;
   if (source.kind === 'plan') {
     if (source.plan!.identity.quantize === opts.quantize) return source;
@@ -52,7 +38,9 @@ export async function prepareModel(modelPath: string, opts: PrepareOptions = {})
   const cached = planCachePath(source, await modelFingerprint(source), opts.quantize);
   if (existsSync(cached)) {
     try {
-      return await openModel(cached);
+      const plan = await openModel(cached);
+      if (!plan.stale) return plan;
+      log(`weft: the cached plan ${cached} was built for another machine or version (${plan.stale}); building it again`);
     } catch (err) {
       log(`weft: the cached plan ${cached} cannot be used (${toWeftError(err).message}); building it again`);
     }
