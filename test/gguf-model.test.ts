@@ -154,35 +154,34 @@ describe('GGUF files of the default model', () => {
   });
 });
 
+/** Exports `dir` as an F32 GGUF file and checks weft gives the same logits (1e-4) and greedy tokens on both. */
+async function f32TwinMatches(dir: string, name: string): Promise<Awaited<ReturnType<typeof run>>> {
+  const gguf = path.join(root, `${name}.f32.gguf`);
+  await exportGguf(dir, gguf, { type: 'f32' });
+  const a = await run(dir);
+  const b = await run(gguf);
+  a.engine.dispose();
+  b.engine.dispose();
+  expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-4);
+  expect(b.greedy).toEqual(a.greedy);
+  return b;
+}
+
 describe('Qwen2 GGUF (q/k/v biases, rotate_half RoPE kept as it is)', () => {
   test('F32 GGUF = the safetensors model', async () => {
     const dir = path.join(root, 'qwen2');
     await makeTinyModel(dir, { arch: 'qwen2', hidden: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, vocab: 512, tie: true, seed: 3 });
-    const gguf = path.join(root, 'qwen2.f32.gguf');
-    await exportGguf(dir, gguf, { type: 'f32' });
-    const a = await run(dir);
-    const b = await run(gguf);
-    a.engine.dispose();
-    b.engine.dispose();
+    const b = await f32TwinMatches(dir, 'qwen2');
     expect(b.engine.config.architecture).toBe('qwen2');
     expect(b.engine.config.ropeInterleaved).toBe(false);
-    expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-4);
-    expect(b.greedy).toEqual(a.greedy);
   });
 });
 
 describe('Llama 3 RoPE scaling from GGUF (llama.cpp\'s rope_freqs.weight divisors)', () => {
   test('F32 GGUF of the llama3_rope transformers fixture = the safetensors model', async () => {
     const dir = path.resolve('test/fixtures/hf/llama3_rope');
-    const gguf = path.join(root, 'llama3_rope.f32.gguf');
-    await exportGguf(dir, gguf, { type: 'f32' });
-    const a = await run(dir);
-    const b = await run(gguf);
-    a.engine.dispose();
-    b.engine.dispose();
+    const b = await f32TwinMatches(dir, 'llama3_rope');
     expect(b.engine.config.longRope?.shortFactor.some((f) => f !== 1)).toBe(true);
-    expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-4);
-    expect(b.greedy).toEqual(a.greedy);
   });
 });
 
