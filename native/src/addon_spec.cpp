@@ -179,6 +179,14 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
   opt_.kvDtype = kd.IsString() ? parseDtype(kd.As<Napi::String>().Utf8Value(), "kvDtype") : DType::F32;
   if (opt_.kvDtype != DType::F32 && opt_.kvDtype != DType::F16)
     throw WeftError(Err::UnsupportedDtype, std::string("kvDtype: ") + dtypeName(opt_.kvDtype) + " KV is not supported (F32, F16)");
+  Napi::Value wf = o.Get("weightFormat");
+  if (wf.IsString()) {
+    const std::string f = wf.As<Napi::String>().Utf8Value();
+    if (f != "fp8" && f != "source") throw WeftError(Err::BadArgument, "weightFormat must be \"source\" or \"fp8\" (got \"" + f + "\")");
+    opt_.fp8Weights = f == "fp8";
+    if (opt_.fp8Weights && opt_.backend != BackendKind::Cuda)
+      throw WeftError(Err::BadArgument, "FP8 weights run on the cuda backend (on the CPU, quantize to q8_0 or q4_k)");
+  }
   parseTuning(o.Get("tuning"), opt_);
 }
 

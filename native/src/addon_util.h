@@ -61,7 +61,7 @@ inline int intArg(const Napi::Value& v, const char* what) {
 inline DType parseDtype(const std::string& s, const std::string& where) {
   for (int i = 0; i < kNumDTypes; i++)
     if (s == dtypeName(DType(i))) return DType(i);
-  throw WeftError(Err::UnsupportedDtype, where + ": dtype " + s + " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
+  throw WeftError(Err::UnsupportedDtype, where + ": dtype " + s + " is not supported (F32, F16, BF16, F8_E4M3, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
 }
 
 // Reads NativeEngineSpec (src/engine/native.ts) into native structures; throws WeftError.

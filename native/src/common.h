@@ -57,14 +57,17 @@ struct HostBuffer {
   uint64_t size = 0;
 };
 
-// Element types of weights and KV. F32/F16/BF16 are plain arrays; the others are ggml's block
+// Element types of weights and KV. F32/F16/BF16 are plain arrays; Q8_0..Q6_K are ggml's block
 // formats (GGUF files): a row of K elements is K / blockElems(d) blocks of blockBytes(d) bytes.
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7 };
-constexpr int kNumDTypes = 8;
+// F8_E4M3 is OCP FP8 (1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no infinities, 0x7f/0xff
+// NaN, largest 448) as Hugging Face FP8 checkpoints store it; its scales live beside it
+// (WeightView::rowScale).
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, F8_E4M3 = 8 };
+constexpr int kNumDTypes = 9;
 
-inline bool isQuant(DType d) { return int(d) >= int(DType::Q8_0); }
+inline bool isQuant(DType d) { return int(d) >= int(DType::Q8_0) && int(d) <= int(DType::Q6_K); }
 // Bytes per element of a plain type (the quantized ones have no per-element size: use rowBytes).
-inline size_t dtypeSize(DType d) { return d == DType::F32 ? 4 : 2; }
+inline size_t dtypeSize(DType d) { return d == DType::F32 ? 4 : d == DType::F8_E4M3 ? 1 : 2; }
 inline int64_t blockElems(DType d) {
   switch (d) {
     case DType::Q8_0: case DType::Q4_0: return 32;
@@ -76,6 +79,7 @@ inline uint64_t blockBytes(DType d) {
   switch (d) {
     case DType::F32: return 4;
     case DType::F16: case DType::BF16: return 2;
+    case DType::F8_E4M3: return 1;
     case DType::Q8_0: return 34;   // f16 d, 32 x int8
     case DType::Q4_0: return 18;   // f16 d, 16 bytes of nibbles
     case DType::Q4_K: return 144;  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles
@@ -87,7 +91,7 @@ inline uint64_t blockBytes(DType d) {
 // Bytes of a row of `cols` elements (cols must be a multiple of blockElems).
 inline uint64_t rowBytes(DType d, int64_t cols) { return uint64_t(cols / blockElems(d)) * blockBytes(d); }
 inline const char* dtypeName(DType d) {
-  static const char* names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"};
+  static const char* names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "F8_E4M3"};
   return names[int(d)];
 }
 // Element i of a quantized array (dequantizes its block; slow: for vectors and tests only).
@@ -142,8 +146,27 @@ inline uint16_t f32ToF16(float f) {  // round to nearest even
   return uint16_t(sign | r);
 }
 
+// OCP FP8 E4M3 (unscaled) to f32: exact.
+inline float fp8e4m3ToF32(uint8_t b) {
+  const uint32_t sign = uint32_t(b & 0x80) << 24, exp = (b >> 3) & 0xf, mant = b & 7;
+  uint32_t u;
+  if (exp == 0xf && mant == 7) {
+    u = sign | 0x7fc00000u;  // NaN
+  } else if (exp == 0) {
+    const float f = float(mant) * 0.001953125f;  // subnormal: mant * 2^-9
+    std::memcpy(&u, &f, 4);
+    u |= sign;
+  } else {
+    u = sign | (exp + 127 - 7) << 23 | mant << 20;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 inline float loadScalar(const void* p, DType d, size_t i) {
   switch (d) {
+    case DType::F8_E4M3: return fp8e4m3ToF32(static_cast<const uint8_t*>(p)[i]);
     case DType::F32: return static_cast<const float*>(p)[i];
     case DType::F16: return f16ToF32(static_cast<const uint16_t*>(p)[i]);
     case DType::BF16: return bf16ToF32(static_cast<const uint16_t*>(p)[i]);

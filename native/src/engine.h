@@ -30,6 +30,10 @@ struct EngineOptions {
   uint64_t kvMemoryBytes = 256ull << 20;  // on CUDA: at most this, and what device memory allows
   int kvPageTokens = 16;
   DType kvDtype = DType::F32;
+  // CUDA: the layers' matrices as FP8 E4M3 with one scale per output row (quantized on the device at
+  // load, or as an FP8 checkpoint stores them); activations stay bf16/f16, the LM head and embeddings
+  // keep the checkpoint's precision
+  bool fp8Weights = false;
   // CPU kernel settings per kind of step (options.tuning: timed by weft build)
   cpu::KernelTuning tuneDecode1, tuneBatch, tunePrefill;
   // decode1 for a step of one token, batch up to 64 tokens, prefill above

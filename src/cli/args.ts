@@ -204,7 +204,7 @@ export async function readServeOptions(argv: string[], env: NodeJS.ProcessEnv = 
   const engine: EngineOptions = {
     backend: word('backend', ['cpu', 'cuda'] as const), cudaDevice: n('cuda-device'), contexts: n('contexts'), threads: n('threads'),
     kvMemoryBytes: n('kv-memory'), kvPageTokens: n('kv-page-tokens'), kvDtype: word('kv-dtype', ['f32', 'f16'] as const),
-    quantize: word('quantize', ['q8_0', 'q4_k'] as const),
+    quantize: word('quantize', ['q8_0', 'q4_k', 'fp8'] as const),
     maxContext, maxBatchTokens: n('max-batch-tokens'), maxBatchSequences: n('max-batch-sequences'), maxLogitRows: n('max-logit-rows'),
   };
   const gateway: GatewayOptions = {

@@ -7,9 +7,8 @@ import { WeftError, toWeftError } from '../errors.js';
 import { benchEngine, kvBytesFor } from '../engine/benchmark.js';
 import { loadAnyModelConfig } from '../engine/model-source.js';
 import { buildCommand } from './build.js';
-import { Engine, defaultBackend, type BackendName, type SamplingOptions } from '../engine/engine.js';
+import { Engine, ENGINE_QUANTIZE, defaultBackend, type BackendName, type EngineQuantize, type SamplingOptions } from '../engine/engine.js';
 import { generate } from '../engine/generate.js';
-import { PLAN_QUANTIZE, type PlanQuantize } from '../engine/plan.js';
 import { isLoopback } from '../gateway/origin.js';
 import { Gateway } from '../gateway/server.js';
 import { nginxConfCommand } from '../cluster/nginx-conf.js';
@@ -25,11 +24,11 @@ usage:
   weft serve    [--model PATH] [--port 8080] [--host 127.0.0.1] [--tls-cert FILE --tls-key FILE] [--api-keys FILE]
                 [--backend cpu|cuda] [--contexts N] [--threads N] [--kv-memory SIZE] [--max-context N] ...
                 (every serve option below)
-  weft generate [--model PATH] [--quantize q8_0|q4_k] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
+  weft generate [--model PATH] [--quantize q8_0|q4_k|fp8] (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
                 [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
                 [--logprobs N] [--backend cpu|cuda] [--threads N] [--json]
-  weft bench    [--model PATH] [--quantize q8_0|q4_k] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
+  weft bench    [--model PATH] [--quantize q8_0|q4_k|fp8] [--sequences 1,4,16,64] [--prompt-tokens N] [--gen-tokens N]
                 [--backend cpu|cuda] [--threads N] [--json]
   weft build    --model PATH [--quantize q8_0|q4_k] [--out PLAN] [--threads N] [--no-tune] [--json]: the engine
                 plan of a model for this machine (weights quantized and laid out for the kernels, kernel
@@ -84,8 +83,9 @@ SIZE is bytes or 256KiB, 64MiB, 1GiB; N is an integer; SECONDS whole seconds.
   --kv-memory SIZE            the KV pool (default 256MiB; on CUDA at most what device memory leaves)
   --kv-page-tokens N          tokens per KV page (default 16)
   --kv-dtype f32|f16          KV element type (default f32 for f32 checkpoints on the CPU, else f16)
-  --quantize q8_0|q4_k        run the weights quantized (Q8_0; or Q4_K with a Q6_K LM head): the plan is
-                              built once and cached (weft build; default: the model's own types)
+  --quantize q8_0|q4_k|fp8    run the weights quantized (Q8_0; or Q4_K with a Q6_K LM head): the plan is
+                              built once and cached (weft build; default: the model's own types);
+                              fp8 (cuda): FP8 E4M3 matrices with per-row scales, quantized on the GPU at load
   --max-context N             context length, at most the model's max_position_embeddings (the default)
   --max-batch-tokens N        tokens in one step: decode tokens + prefill chunks (default 512)
   --max-batch-sequences N     sequences in one step (default 64)
@@ -149,10 +149,10 @@ each one that is missing when --host is not a loopback address.
 
 const num = (f: Flags, k: string) => f[k] as number | undefined;
 
-function quantizeFlag(v: unknown): PlanQuantize | undefined {
+function quantizeFlag(v: unknown): EngineQuantize | undefined {
   if (v === undefined) return undefined;
-  if (!PLAN_QUANTIZE.includes(v as PlanQuantize)) throw new WeftError('WEFT_BAD_ARGUMENT', `--quantize must be one of ${PLAN_QUANTIZE.join(', ')} (got ${String(v)})`);
-  return v as PlanQuantize;
+  if (!ENGINE_QUANTIZE.includes(v as EngineQuantize)) throw new WeftError('WEFT_BAD_ARGUMENT', `--quantize must be one of ${ENGINE_QUANTIZE.join(', ')} (got ${String(v)})`);
+  return v as EngineQuantize;
 }
 
 function backendFlag(v: unknown): BackendName | undefined {

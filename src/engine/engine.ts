@@ -8,6 +8,10 @@ import { WeftError, toWeftError } from '../errors.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { cudaUnsupported, nativeConfig, type ModelConfig } from './config.js';
 import { PLAN_QUANTIZE, type PlanQuantize } from './plan.js';
+
+/** What Engine.load's `quantize` takes: a CPU plan's quantization, or fp8 on the GPU. */
+export type EngineQuantize = PlanQuantize | 'fp8';
+export const ENGINE_QUANTIZE: readonly EngineQuantize[] = [...PLAN_QUANTIZE, 'fp8'];
 import { prepareModel } from './prepare.js';
 import type { PlanTuning } from './tune.js';
 import { ContextPool, type ContextLease } from './contextPool.js';
@@ -55,9 +59,11 @@ export interface EngineOptions {
   tokenizer?: boolean;
   /**
    * Run the model quantized: Q8_0, or Q4_K (Q6_K LM head). The quantized weights are an engine plan
-   * built once and cached (src/engine/prepare.ts, docs/models.md).
+   * built once and cached (src/engine/prepare.ts, docs/models.md). `fp8` (cuda backend only): the
+   * layers' matrices as FP8 E4M3 with a scale per output row, quantized on the GPU at load
+   * (docs/cuda.md); activations, embeddings and the LM head keep the checkpoint's precision.
    */
-  quantize?: PlanQuantize;
+  quantize?: EngineQuantize;
   /** Progress lines of a load (plan builds). */
   log?: (line: string) => void;
   /** Kernel settings per kind of step (default: the plan's, else the backend's defaults). */
@@ -178,10 +184,11 @@ export class Engine {
   ) {}
 
   static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
-    if (options.quantize !== undefined && !PLAN_QUANTIZE.includes(options.quantize)) {
-      throw new WeftError('WEFT_BAD_ARGUMENT', `quantize must be one of ${PLAN_QUANTIZE.join(', ')} (got ${String(options.quantize)})`);
+    const fp8 = options.quantize === 'fp8';
+    if (options.quantize !== undefined && !fp8 && !PLAN_QUANTIZE.includes(options.quantize as PlanQuantize)) {
+      throw new WeftError('WEFT_BAD_ARGUMENT', `quantize must be one of ${ENGINE_QUANTIZE.join(', ')} (got ${String(options.quantize)})`);
     }
-    const source = await prepareModel(dir, { quantize: options.quantize, log: options.log });
+    const source = await prepareModel(dir, { quantize: fp8 ? undefined : (options.quantize as PlanQuantize | undefined), log: options.log });
     const root = source.path;
     const config = source.config;
     const weights = resolveWeights(config, source.tensors);
@@ -197,6 +204,9 @@ export class Engine {
     if (backend === 'cuda') {
       const missing = cudaUnsupported(config);
       if (missing) throw missing;
+    }
+    if (fp8 && backend !== 'cuda') {
+      throw new WeftError('WEFT_BAD_ARGUMENT', 'quantize fp8 runs on the cuda backend (on the CPU, quantize to q8_0 or q4_k)');
     }
     const kvDtype = options.kvDtype ?? (weights.embed.dtype === 'F32' && backend === 'cpu' ? 'f32' : 'f16');
     if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new WeftError('WEFT_BAD_ARGUMENT', `kvDtype must be f32 or f16 (got ${String(kvDtype)})`);
@@ -219,6 +229,7 @@ export class Engine {
             backend,
             cudaDevice: intOption(options.cudaDevice, 'cudaDevice', 0, 0),
             tuning: options.tuning ?? planTuning(source.plan?.tuning),
+            weightFormat: fp8 ? 'fp8' : 'source',
           },
         }),
     );

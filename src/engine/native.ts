@@ -41,6 +41,8 @@ export interface NativeEngineSpec {
   options: {
     contexts: number; threads: number; maxBatchTokens: number; maxBatchSequences: number; maxLogitRows: number;
     maxContext: number; kvMemoryBytes: number; kvPageTokens: number; kvDtype: 'F32' | 'F16';
+    /** 'fp8': the layers' matrices as FP8 E4M3 on the GPU (cuda only). Default 'source'. */
+    weightFormat?: 'source' | 'fp8';
     backend: 'cpu' | 'cuda'; cudaDevice: number;
     /** Kernel settings per kind of step (src/engine/tune.ts); absent: the backend's defaults. */
     tuning?: { decode1: Record<string, number>; batch: Record<string, number>; prefill: Record<string, number> };

@@ -15,6 +15,9 @@ struct WeightView {
   DType dtype = DType::F32;
   int64_t rows = 0;  // output features (N)
   int64_t cols = 0;  // input features (K)
+  // F8_E4M3 only (FP8 checkpoints, for the CUDA backend): element (r, c) is data[r, c] * rowScale[r].
+  // The CPU backend never sees F8_E4M3 views: the model dequantizes them when it loads for the CPU.
+  const float* rowScale = nullptr;
 };
 
 constexpr int64_t kPanelRows = 16;  // weight rows per unit of work (threads split at this grain)
