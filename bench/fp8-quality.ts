@@ -110,7 +110,7 @@ async function fixtureLogits(dir: string, fx: Fixture, options: EngineOptions): 
   const out: Float32Array[] = [];
   for (let s = 0; s < fx.inputs.length; s++) {
     const n = fx.inputs[s]!.length;
-    const engine = await Engine.load(dir, { ...options, maxContext: fx.max_context?.[s], maxBatchTokens: Math.max(512, n), maxLogitRows: Math.max(64, n), tokenizer: false });
+    const engine = await Engine.load(dir, { ...options, maxContext: fx.max_context?.[s], maxBatchTokens: Math.max(512, n), maxBatchSequences: 1, maxLogitRows: n, tokenizer: false });
     try {
       const seq = engine.createSequence({ ignoreEos: true });
       const [r] = await engine.run([{ sequence: seq, tokens: fx.inputs[s]!, logits: 'all' }]);
