@@ -7,6 +7,15 @@
  *   npm run bench:gateway -- [--sessions 1,16,64,256] [--gen-tokens 128] [--threads 2]
  *                            [--transports ws,uws] [--http] [--repeats 3] [--idle 10000] [--client-procs 1]
  *                            [--typing | --typing-only] [--k6-chat 1,8,32 [--k6-duration 20]]
+ *                            [--backend cpu|cuda] [--model DIR|llama1b|llama8b[,...]] [--contexts 1]
+ *                            [--max-batch-sequences N] [--max-batch-tokens N] [--max-active N]
+ *                            [--skip-profile] [--out FILE.json] [--dir /tmp/weft-bench]
+ * `--backend cuda` defaults to `--model llama1b,llama8b --sessions 1,64,256,1024 --client-procs 4`:
+ * the random bf16 models of bench/bench-model.ts (made by scripts/gpu/make_bench_model.py, given a
+ * tokenizer), one engine per model, each model in a child process of its own. The engine takes up
+ * to 256 sequences a step (`--max-batch-sequences`), every session is admitted at once
+ * (`--max-active`, default the most sessions; the KV pool is sized for them) and the direct run
+ * uses the same scheduler options as the gateway.
  * Each session sends one prompt and streams gen-tokens tokens (EOS and the template's stop string
  * are ignored so that every answer has exactly gen-tokens tokens). Every configuration runs
  * `--repeats` times (more with fewer than 16 sessions: at least 16 TTFT samples per mode), the
@@ -24,25 +33,58 @@
  * session's prompt is sent: in the direct run all prompts are sent in one synchronous loop, so
  * every session's clock starts before that loop, as the clients' prompts all leave at once.
  * Over HTTP a response is timed from sending its POST to its first content chunk.
+ *
+ * After the measured rounds, one more round per mode and session count runs with the main
+ * thread's per-token functions timed (bench/loop-profile.ts): event-loop busy time and its
+ * breakdown in µs per token (a second table; `--skip-profile` leaves it out).
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance as perfHooks } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parseFlags } from '../src/cli/args.js';
+import { kvBytesFor } from '../src/engine/benchmark.js';
+import { loadModelConfig } from '../src/engine/config.js';
 import { Engine } from '../src/engine/engine.js';
 import { Gateway } from '../src/gateway/server.js';
-import { Scheduler } from '../src/scheduler/scheduler.js';
+import { Scheduler, type SchedulerOptions } from '../src/scheduler/scheduler.js';
 import { ChatFormat } from '../src/session/chat-format.js';
 import { Session } from '../src/session/session.js';
 import { tmpdir } from 'node:os';
 import { benchTypingAhead, typingTable, type TypingResult } from './typing-ahead.js';
+import { benchModelDir, ensureBenchTokenizer } from './bench-model.js';
+import { LoopProfiler, profileTable, type LoopProfile, type ProfileRow } from './loop-profile.js';
+
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16'; // as the CLI: steps wait on libuv worker threads
 
 const f = parseFlags(process.argv.slice(2), {
   sessions: 'list', 'gen-tokens': 'number', threads: 'number', transports: 'string', repeats: 'number', idle: 'number', model: 'string', 'client-procs': 'number', 'idle-server': 'string',
   http: 'boolean', typing: 'boolean', 'typing-only': 'boolean', 'typing-model': 'string', dir: 'string', 'k6-chat': 'list', 'k6-duration': 'number',
+  backend: 'string', contexts: 'number', 'max-batch-sequences': 'number', 'max-batch-tokens': 'number', 'max-active': 'number', 'skip-profile': 'boolean', out: 'string',
 });
+const backend = (f.backend as 'cpu' | 'cuda' | undefined) ?? 'cpu';
+const cuda = backend === 'cuda';
+const benchDir = (f.dir as string | undefined) ?? join(tmpdir(), 'weft-bench');
+const models = ((f.model as string | undefined) ?? (cuda ? 'llama1b,llama8b' : join(import.meta.dirname, '..', '..', 'models', 'default'))).split(',');
+// several models: one child process of this script per model (an engine each, its memory freed after)
+if (models.length > 1) {
+  const argv = process.argv.slice(2);
+  const reports: unknown[] = [];
+  for (const [i, m] of models.entries()) {
+    const out = join(tmpdir(), `weft-gateway-bench-${process.pid}-${i}.json`);
+    const rest = argv.filter((a, k) => !['--model', '--out'].includes(a) && !['--model', '--out'].includes(argv[k - 1]!) && !/^--(model|out)=/.test(a));
+    const child = fork(process.argv[1]!, [...rest, '--model', m, '--out', out], { stdio: 'inherit' });
+    const code = await new Promise<number | null>((r) => child.on('exit', r));
+    if (code !== 0) throw new Error(`the bench of ${m} exited with ${code}`);
+    reports.push(JSON.parse(readFileSync(out, 'utf8')));
+  }
+  if (f.out) writeFileSync(f.out as string, JSON.stringify({ models: reports }) + '\n');
+  process.exit(0);
+}
+const modelDir = benchModelDir(models[0]!, benchDir, (s) => process.stderr.write(s + '\n'));
+if (ensureBenchTokenizer(modelDir)) process.stderr.write(`${modelDir}: wrote a tokenizer covering its vocabulary (bench/bench-model.ts)\n`);
 // --k6-chat 1,8,32: the scenario of k6/chat.js (bench/k6-chat.ts, the same turns, metrics and
 // checks) against a `weft serve` child process, so that its numbers compare with k6's
 if (f['k6-chat']) {
@@ -76,14 +118,20 @@ async function typingRuns(runs: number): Promise<TypingResult[]> {
   }
   return out;
 }
-const sessionCounts = (f.sessions as number[] | undefined) ?? [1, 16, 64, 256];
+const sessionCounts = (f.sessions as number[] | undefined) ?? (cuda ? [1, 64, 256, 1024] : [1, 16, 64, 256]);
 const genTokens = (f['gen-tokens'] as number | undefined) ?? 128;
 const transports = ((f.transports as string | undefined) ?? 'ws,uws').split(',') as ('ws' | 'uws')[];
 const repeats = (f.repeats as number | undefined) ?? 3;
 const idle = (f.idle as number | undefined) ?? 0;
-const clientProcs = (f['client-procs'] as number | undefined) ?? 1;
+const clientProcs = (f['client-procs'] as number | undefined) ?? (cuda ? 4 : 1);
 const http = f.http === true;
 const maxN = Math.max(...sessionCounts);
+const maxBatchSequences = (f['max-batch-sequences'] as number | undefined) ?? Math.min(256, maxN);
+const maxActive = (f['max-active'] as number | undefined) ?? maxN;
+// the direct run's scheduler and the gateway's: every session admitted (or queued) at once
+const schedulerOptions: SchedulerOptions = { maxActive, maxQueue: maxN + 16 };
+/** Most prompt tokens the KV pool is sized for (checked once the tokenizer is loaded). */
+const promptBound = 128;
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 const elu_ = perfHooks.eventLoopUtilization.bind(perfHooks);
@@ -102,6 +150,8 @@ interface Sample {
   clientCpuMs: number;
   /** Event loop utilization of this process's main thread. */
   elu: number;
+  /** A profiled round's breakdown of the main thread's time (bench/loop-profile.ts). */
+  profile?: LoopProfile;
 }
 
 const pct = (xs: number[], p: number) => {
@@ -127,8 +177,8 @@ function countSteps(sched: Scheduler): { steps: number; stepMs: number } {
   return c;
 }
 
-async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sample> {
-  const sched = new Scheduler(engine);
+async function direct(engine: Engine, format: ChatFormat, n: number, prof?: LoopProfiler): Promise<Sample> {
+  const sched = new Scheduler(engine, schedulerOptions);
   const steps = countSteps(sched);
   // the sessions exist before the clock starts, as the gateway's are created when a client connects
   const sessions = Array.from({ length: n }, (_, i) => new Session(sched, { format, sampling: { temperature: 0.8, seed: i, ignoreEos: true }, maxTokens: genTokens }));
@@ -136,6 +186,7 @@ async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sa
   const itl: number[] = [];
   let tokens = 0;
   const cpu0 = process.cpuUsage();
+  prof?.start(engine);
   const elu0 = elu_();
   const t0 = performance.now();
   await Promise.all(
@@ -154,9 +205,10 @@ async function direct(engine: Engine, format: ChatFormat, n: number): Promise<Sa
   const wallMs = performance.now() - t0;
   const serverCpuMs = cpuMs(process.cpuUsage(cpu0));
   const elu = elu_(elu0).utilization;
+  const profile = prof?.stop();
   await Promise.all(sessions.map((s) => s.close()));
   await sched.close();
-  return { wallMs, tokens, ttft, itl, ...steps, serverCpuMs, clientCpuMs: 0, elu };
+  return { wallMs, tokens, ttft, itl, ...steps, serverCpuMs, clientCpuMs: 0, elu, profile };
 }
 
 interface ClientResult {
@@ -233,27 +285,29 @@ class Clients {
 }
 
 function newGateway(engine: Engine, transport: 'ws' | 'uws', maxSessions: number): Gateway {
-  const gw = new Gateway({ transport, port: 0, maxSessions, sessionSampling: { ignoreEos: true }, resumeTtlMs: 0 });
+  const gw = new Gateway({ transport, port: 0, maxSessions, sessionSampling: { ignoreEos: true }, resumeTtlMs: 0, scheduler: schedulerOptions });
   gw.attach(engine);
   gw.format = noStopFormat(gw.format!);
   return gw;
 }
 
 /** `front`: protocol v1 over WebSocket, or streamed chat completions over HTTP/SSE. */
-async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number, front: 'ws' | 'http'): Promise<Sample> {
+async function viaGateway(engine: Engine, transport: 'ws' | 'uws', n: number, front: 'ws' | 'http', prof?: LoopProfiler): Promise<Sample> {
   const gw = newGateway(engine, transport, maxN + 16);
   const steps = countSteps(gw.scheduler!);
   const base = (await gw.listen()).url;
   const clients = front === 'ws' ? await Clients.connect(base.replace('http', 'ws') + '/v1/ws', n, clientProcs) : await Clients.connect(base, n, clientProcs, 'http-sse.js');
   const cpu0 = process.cpuUsage();
+  prof?.start(engine);
   const elu0 = elu_();
   const r = await clients.run(genTokens);
   const serverCpuMs = cpuMs(process.cpuUsage(cpu0));
   const elu = elu_(elu0).utilization;
+  const profile = prof?.stop();
   await clients.close();
   await gw.close();
   if (r.bad > 0) throw new Error(`${front} ${transport}: ${r.bad} of ${n} responses were not whole (deltas or completion tokens other than asked, an error, no end)`);
-  return { wallMs: r.wallMs, tokens: r.tokens, ttft: r.ttft, itl: r.itl, ...steps, serverCpuMs, clientCpuMs: r.cpuMs, elu };
+  return { wallMs: r.wallMs, tokens: r.tokens, ttft: r.ttft, itl: r.itl, ...steps, serverCpuMs, clientCpuMs: r.cpuMs, elu, profile };
 }
 
 interface IdleResult {
@@ -289,8 +343,8 @@ async function idleMemory(engine: Engine, transport: 'ws' | 'uws'): Promise<Idle
 
 /** Runs idleMemory in a fresh process of this script. */
 function idleInChild(transport: string): Promise<IdleResult> {
-  const args = ['--idle-server', transport, '--idle', String(idle), '--client-procs', String(clientProcs), '--sessions', String(maxN)];
-  if (f.model) args.push('--model', f.model as string);
+  const args = ['--idle-server', transport, '--idle', String(idle), '--client-procs', String(clientProcs), '--sessions', String(maxN), '--model', modelDir, '--backend', backend];
+  for (const k of ['threads', 'contexts', 'max-batch-sequences', 'max-batch-tokens', 'max-active']) if (f[k] !== undefined) args.push(`--${k}`, String(f[k]));
   const p = fork(process.argv[1]!, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   return new Promise((resolve, reject) => {
     p.once('message', (m) => resolve(m as IdleResult));
@@ -298,21 +352,38 @@ function idleInChild(transport: string): Promise<IdleResult> {
   });
 }
 
-const engine = await Engine.load((f.model as string | undefined) ?? join(import.meta.dirname, '..', '..', 'models', 'default'), {
+const modelConfig = await loadModelConfig(modelDir);
+// KV for every admitted session's prompt and answer (f32 elements bound the CPU's, f16 on CUDA)
+const kvNeeded = kvBytesFor(modelConfig, cuda ? 2 : 4, Math.min(maxActive, maxN) + 8, promptBound + genTokens);
+const engineOptions = {
+  backend,
   threads: f.threads as number | undefined,
-  maxBatchSequences: Math.min(256, maxN),
-  maxLogitRows: Math.min(256, maxN),
-  kvMemoryBytes: 512 * 2 ** 20,
-});
+  contexts: f.contexts as number | undefined,
+  maxBatchTokens: (f['max-batch-tokens'] as number | undefined) ?? (cuda ? 4096 : undefined),
+  maxBatchSequences,
+  maxLogitRows: maxBatchSequences,
+  kvMemoryBytes: cuda ? kvNeeded : Math.max(512 * 2 ** 20, kvNeeded),
+};
+const loadStart = performance.now();
+const engine = await Engine.load(modelDir, engineOptions);
+const loadS = (performance.now() - loadStart) / 1000;
 if (f['idle-server']) {
   process.send!(await idleMemory(engine, f['idle-server'] as 'ws' | 'uws'));
   engine.dispose();
   process.exit(0);
 }
 const format = noStopFormat(new ChatFormat(engine.tokenizer!));
+const promptTokens = format.encode([{ role: 'user', content: prompt(maxN) }]).length;
+if (promptTokens > promptBound) throw new Error(`the prompt is ${promptTokens} tokens, the KV pool was sized for ${promptBound}`);
+const stats = engine.stats();
+const modelLine =
+  `${modelDir}: hidden ${modelConfig.hiddenSize}, ${modelConfig.numLayers} layers, vocab ${modelConfig.vocabSize}; ${backend} on ${stats.device || 'the CPU'}; load ${loadS.toFixed(1)} s; ` +
+  `${stats.contexts} context(s), ≤ ${maxBatchSequences} sequences and ${stats.maxBatchTokens} tokens a step, ${maxActive} active; KV ${(engineOptions.kvMemoryBytes / 2 ** 30).toFixed(2)} GiB; ` +
+  `prompt ${promptTokens} tokens, ${genTokens} generated per session; ${clientProcs} client process(es)`;
+process.stdout.write(modelLine + '\n');
 const modes = ['direct', ...transports.flatMap((t) => (http ? [`gateway ${t}`, `http/sse ${t}`] : [`gateway ${t}`]))];
-async function runOnce(mode: string, n: number): Promise<Sample> {
-  const s = mode === 'direct' ? await direct(engine, format, n) : await viaGateway(engine, mode.split(' ')[1] as 'ws' | 'uws', n, mode.startsWith('http') ? 'http' : 'ws');
+async function runOnce(mode: string, n: number, prof?: LoopProfiler): Promise<Sample> {
+  const s = mode === 'direct' ? await direct(engine, format, n, prof) : await viaGateway(engine, mode.split(' ')[1] as 'ws' | 'uws', n, mode.startsWith('http') ? 'http' : 'ws', prof);
   // every answer has exactly gen-tokens tokens, in every mode
   if (s.tokens !== n * genTokens) throw new Error(`${mode}, ${n} sessions: ${s.tokens} tokens, ${n * genTokens} asked`);
   return s;
@@ -393,12 +464,26 @@ for (const r of rows) {
   );
 }
 process.stdout.write(lines.join('\n') + '\n');
+// one profiled round per configuration, after the measured ones (the wrappers cost time of their own)
+const profiles: ProfileRow[] = [];
+if (!f['skip-profile']) {
+  for (const n of sessionCounts) for (const mode of modes) {
+    const s = await runOnce(mode, n, new LoopProfiler());
+    profiles.push({ mode, sessions: n, tokens: s.tokens, ...s.profile! });
+  }
+  process.stdout.write('\nMain thread while streaming (a profiled round each): busy share of the wall time, then µs per token by where it went\n\n' + profileTable(profiles) + '\n');
+}
 const mem: IdleResult[] = [];
 if (idle > 0) for (const t of transports) mem.push(await idleInChild(t));
 for (const m of mem) {
   process.stdout.write(`idle sessions (${m.transport}): ${m.sessions}, ${(m.rss_bytes_per_session / 1024).toFixed(1)} KiB RSS (${(m.heap_bytes_per_session / 1024).toFixed(1)} KiB JS heap) per session, server process only\n`);
 }
 const typingResult = typing ? await typingRuns(repeats) : undefined;
-process.stdout.write(JSON.stringify({ genTokens, repeats, rows, idle: mem, typing: typingResult }) + '\n');
+const report = {
+  model: modelDir, backend, device: stats.device, config: modelConfig, engine: engineOptions, scheduler: schedulerOptions, promptTokens, genTokens, repeats, clientProcs,
+  rows, profiles, idle: mem, typing: typingResult,
+};
+process.stdout.write(JSON.stringify(report) + '\n');
+if (f.out) writeFileSync(f.out as string, JSON.stringify(report) + '\n');
 engine.dispose();
 process.exit(0);
