@@ -166,7 +166,7 @@ class LoadWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
-      auto model = loadModel(wrap_->cfg_, wrap_->files_, wrap_->tensors_);
+      auto model = loadModel(wrap_->cfg_, wrap_->files_, wrap_->tensors_, wrap_->opt_);
       engine_ = std::make_unique<Engine>(std::move(model), wrap_->opt_);
     } catch (const WeftError& e) {
       code_ = errCode(e.code);

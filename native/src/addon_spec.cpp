@@ -78,6 +78,32 @@ void parseTuning(const Napi::Value& v, EngineOptions& opt) {
   }
 }
 
+// tensors[i].scale = {file, offset, nbytes, dtype, grid: [rows, cols], block: [rows, cols]} (FP8 weights)
+void parseScale(const Napi::Value& v, TensorSpec& ts) {
+  if (v.IsUndefined() || v.IsNull()) return;
+  const std::string where = "tensor " + ts.name + ": scale";
+  if (!v.IsObject()) throw WeftError(Err::BadArgument, where + " must be an object");
+  const Napi::Object o = v.As<Napi::Object>();
+  ScaleSpec& s = ts.scale;
+  s.file = intField(o, "file", -1, true);
+  s.offset = uint64_t(num(o, "offset", 0, true));
+  s.nbytes = uint64_t(num(o, "nbytes", 0, true));
+  s.dtype = parseDtype(o.Get("dtype").ToString().Utf8Value(), where);
+  auto pair = [&](const char* key, int64_t& a, int64_t& b) {
+    const Napi::Value pv = o.Get(key);
+    const Napi::Array arr = pv.IsArray() ? pv.As<Napi::Array>() : Napi::Array::New(o.Env());
+    const double x = arr.Length() == 2 && arr.Get(0u).IsNumber() ? arr.Get(0u).As<Napi::Number>().DoubleValue() : NAN;
+    const double y = arr.Length() == 2 && arr.Get(1u).IsNumber() ? arr.Get(1u).As<Napi::Number>().DoubleValue() : NAN;
+    if (!(x >= 1 && y >= 1 && x <= 1e12 && y <= 1e12) || x != std::floor(x) || y != std::floor(y))
+      throw WeftError(Err::BadArgument, where + "." + key + " must be [rows, cols] of positive integers");
+    a = int64_t(x);
+    b = int64_t(y);
+  };
+  pair("grid", s.gridRows, s.gridCols);
+  pair("block", s.blockRows, s.blockCols);
+  ts.hasScale = true;
+}
+
 }  // namespace
 
 void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions& opt_, std::vector<std::string>& files_,
@@ -152,6 +178,7 @@ void parseEngineSpec(const Napi::Object& spec, ModelConfig& cfg_, EngineOptions&
     ts.dtype = parseDtype(o.Get("dtype").ToString().Utf8Value(), "tensor " + ts.name);
     Napi::Array shape = o.Get("shape").As<Napi::Array>();
     for (uint32_t j = 0; j < shape.Length(); j++) ts.shape.push_back(int64_t(shape.Get(j).As<Napi::Number>().DoubleValue()));
+    parseScale(o.Get("scale"), ts);
     tensors_.push_back(std::move(ts));
   }
   Napi::Value ov = spec.Get("options");

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "cpu/ops.h"
+#include "engine.h"
 
 namespace weft {
 
@@ -43,6 +44,8 @@ namespace {
 struct Resolver {
   const std::vector<std::unique_ptr<MappedFile>>& files;
   std::map<std::string, const TensorSpec*> byName;
+  Model& model;      // owns what FP8 weights become
+  bool cuda = false; // the backend the weights are for
 
   const TensorSpec& spec(const std::string& name) const {
     auto it = byName.find(name);
@@ -74,11 +77,74 @@ struct Resolver {
 
   cpu::WeightView matrix(const std::string& name, int64_t rows, int64_t cols) const {
     const TensorSpec& t = spec(name);
-    return cpu::WeightView{data(t, {rows, cols}), t.dtype, rows, cols};
+    const void* p = data(t, {rows, cols});
+    if (t.dtype == DType::F8_E4M3) return fp8Matrix(t, static_cast<const uint8_t*>(p), rows, cols);
+    if (t.hasScale) throw WeftError(Err::BadArgument, "tensor " + t.name + " is " + dtypeName(t.dtype) + ": only F8_E4M3 weights have scales");
+    return cpu::WeightView{p, t.dtype, rows, cols};
+  }
+
+  // The scale grid of an FP8 weight as f32, checked: its shape against the weight's, every value finite and positive.
+  std::vector<float> scales(const TensorSpec& t, int64_t rows, int64_t cols) const {
+    if (!t.hasScale) throw WeftError(Err::TensorMissing, "FP8 weight " + t.name + " has no scale");
+    const ScaleSpec& s = t.scale;
+    if (s.dtype != DType::F32 && s.dtype != DType::BF16 && s.dtype != DType::F16)
+      throw WeftError(Err::UnsupportedDtype, "the scale of " + t.name + " is " + dtypeName(s.dtype) + " (F32, BF16 or F16)");
+    auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+    if (s.blockRows <= 0 || s.blockCols <= 0 || s.gridRows != ceilDiv(rows, s.blockRows) || s.gridCols != ceilDiv(cols, s.blockCols))
+      throw WeftError(Err::TensorShape, "the scale of " + t.name + " is a " + std::to_string(s.gridRows) + " x " + std::to_string(s.gridCols) +
+                                            " grid of " + std::to_string(s.blockRows) + " x " + std::to_string(s.blockCols) + " blocks, which does not tile [" +
+                                            std::to_string(rows) + ", " + std::to_string(cols) + "]");
+    if (s.file < 0 || size_t(s.file) >= files.size()) throw WeftError(Err::ModelFormat, "the scale of " + t.name + " names no file");
+    const MappedFile& f = *files[s.file];
+    const uint64_t n = uint64_t(s.gridRows) * uint64_t(s.gridCols);
+    if (s.nbytes != n * dtypeSize(s.dtype) || s.offset + s.nbytes > f.size() || s.offset + s.nbytes < s.offset)
+      throw WeftError(Err::ModelFormat, "the scale of " + t.name + " lies outside " + f.path());
+    std::vector<float> out(n);
+    for (uint64_t i = 0; i < n; i++) {
+      out[i] = loadScalar(f.data() + s.offset, s.dtype, i);
+      if (!(out[i] > 0) || !std::isfinite(out[i]))
+        throw WeftError(Err::ModelFormat, "the scale of " + t.name + " holds " + std::to_string(out[i]) + " (at " + std::to_string(i) +
+                                              "): FP8 scales must be finite and positive");
+    }
+    return out;
+  }
+
+  // An F8_E4M3 weight for the backend (model.h, loadModel).
+  cpu::WeightView fp8Matrix(const TensorSpec& t, const uint8_t* q, int64_t rows, int64_t cols) const {
+    const std::vector<float> grid = scales(t, rows, cols);
+    const ScaleSpec& s = t.scale;
+    float lut[256];
+    for (int b = 0; b < 256; b++) lut[b] = fp8e4m3ToF32(uint8_t(b));
+    auto scaleAt = [&](int64_t r, int64_t c) { return grid[size_t((r / s.blockRows) * s.gridCols + c / s.blockCols)]; };
+    const size_t numel = size_t(rows) * size_t(cols);
+    if (cuda && s.gridCols == 1) {  // one scale per row: the mapped bytes as they are
+      std::vector<float>& rowScale = model.ownedF32.emplace_back(size_t(rows));
+      for (int64_t r = 0; r < rows; r++) rowScale[r] = scaleAt(r, 0);
+      cpu::WeightView v{q, DType::F8_E4M3, rows, cols};
+      v.rowScale = rowScale.data();
+      return v;
+    }
+    if (cuda) {  // block scales: bf16 here, requantized per row on the device
+      std::vector<uint16_t>& w = model.ownedBf16.emplace_back(numel);
+      for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) w[size_t(r) * cols + c] = f32ToBf16Bits(lut[q[size_t(r) * cols + c]] * scaleAt(r, c));
+      return cpu::WeightView{w.data(), DType::BF16, rows, cols};
+    }
+    std::vector<float>& w = model.ownedF32.emplace_back(numel);  // CPU: f32, fp8 value x scale
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++) w[size_t(r) * cols + c] = lut[q[size_t(r) * cols + c]] * scaleAt(r, c);
+    return cpu::WeightView{w.data(), DType::F32, rows, cols};
+  }
+
+  static uint16_t f32ToBf16Bits(float x) {  // round to nearest even (finite inputs)
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
   }
 
   std::vector<float> vector(const std::string& name, int64_t n) const {
     const TensorSpec& t = spec(name);
+    if (t.dtype == DType::F8_E4M3) throw WeftError(Err::UnsupportedDtype, "tensor " + name + " is F8_E4M3: only the layers' matrices may be FP8");
     const void* p = data(t, {n});
     std::vector<float> out(n);
     for (int64_t i = 0; i < n; i++) out[i] = loadScalar(p, t.dtype, i);
@@ -151,21 +217,26 @@ float embeddingScale(int hidden, DType dtype) {
 }
 
 cpu::WeightView rowRange(const cpu::WeightView& w, int64_t first, int64_t count) {
-  return cpu::WeightView{static_cast<const uint8_t*>(w.data) + uint64_t(first) * rowBytes(w.dtype, w.cols), w.dtype, count, w.cols};
+  cpu::WeightView v{static_cast<const uint8_t*>(w.data) + uint64_t(first) * rowBytes(w.dtype, w.cols), w.dtype, count, w.cols};
+  if (w.rowScale) v.rowScale = w.rowScale + first;
+  return v;
 }
 
 }  // namespace
 
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
-                                 const std::vector<TensorSpec>& tensors) {
+                                 const std::vector<TensorSpec>& tensors, const EngineOptions& opt) {
   validateConfig(cfg);
   auto m = std::make_unique<Model>();
   m->cfg = cfg;
   for (const auto& f : files) m->files.push_back(std::make_unique<MappedFile>(f));
-  Resolver r{m->files, {}};
+  Resolver r{m->files, {}, *m, opt.backend == BackendKind::Cuda};
   for (const auto& t : tensors) r.byName[t.name] = &t;
 
   const int64_t H = cfg.hidden, D = cfg.headDim, qDim = int64_t(cfg.numHeads) * D, kvDim = int64_t(cfg.numKvHeads) * D;
+  for (const char* name : {"embed", "lm_head"})
+    if (r.byName.count(name) && r.spec(name).dtype == DType::F8_E4M3)
+      throw WeftError(Err::UnsupportedDtype, std::string("tensor ") + name + " is F8_E4M3: embeddings and the LM head stay in float in FP8 checkpoints");
   m->embed = r.matrix("embed", cfg.vocab, H);
   m->lmHead = r.byName.count("lm_head") ? r.matrix("lm_head", cfg.vocab, H) : m->embed;
   // norm weights as f32, with Gemma's (1 + w) folded in

@@ -2,6 +2,7 @@
 // once and shared read-only by every execution context and sequence.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +40,16 @@ struct ModelConfig {
   bool embedScale = false;       // embeddings times sqrt(hidden), rounded to the embedding dtype
 };
 
+// The scales of an F8_E4M3 weight [N, K]: a row-major grid [ceil(N / blockRows), ceil(K / blockCols)]
+// of f32, bf16 or f16 in `file`; element (r, c) of the weight is fp8(r, c) * grid[r / blockRows][c / blockCols]
+// (per tensor: a 1 x 1 grid; per output row: N x 1).
+struct ScaleSpec {
+  int file = -1;
+  uint64_t offset = 0, nbytes = 0;
+  DType dtype = DType::F32;
+  int64_t gridRows = 0, gridCols = 0, blockRows = 0, blockCols = 0;
+};
+
 // Where the JS side found a tensor (it parsed and validated the safetensors headers).
 struct TensorSpec {
   std::string name;
@@ -46,6 +57,8 @@ struct TensorSpec {
   uint64_t offset = 0, nbytes = 0;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
+  bool hasScale = false;  // F8_E4M3 weights only
+  ScaleSpec scale;
 };
 
 class MappedFile {
@@ -83,11 +96,20 @@ struct Model {
   float embedScale = 1;
   DType weightDtype = DType::F32;
   uint64_t weightBytes = 0;     // bytes of the matrices read per step (embedding rows excluded)
+  // FP8 checkpoints (what the views above point at instead of the mapped file): per-row scales of
+  // F8_E4M3 views (CUDA), dequantized matrices (CPU: f32; CUDA, block-scaled weights: bf16 bits)
+  std::deque<std::vector<float>> ownedF32;
+  std::deque<std::vector<uint16_t>> ownedBf16;
 };
+
+struct EngineOptions;
 
 // Maps the files and resolves every tensor; `tensors` maps names to specs (layer tensors named
 // "layers.{i}.q" ... (or "layers.{i}.qkv", "layers.{i}.gate_up" fused) and "embed", "lm_head", "norm").
+// FP8 (F8_E4M3) weights by backend (opt.backend): CUDA keeps the mapped fp8 bytes with one scale per
+// row, or, for block scales, a bf16 copy (requantized per row on the device: opt.fp8Weights); the CPU
+// gets f32 copies (fp8 value x scale, rounded once), so its kernels never see F8_E4M3.
 std::unique_ptr<Model> loadModel(const ModelConfig& cfg, const std::vector<std::string>& files,
-                                 const std::vector<TensorSpec>& tensors);
+                                 const std::vector<TensorSpec>& tensors, const EngineOptions& opt);
 
 }  // namespace weft

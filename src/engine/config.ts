@@ -12,6 +12,7 @@ import { WeftError } from '../errors.js';
 import {
   describe, fmt, optBool, optObject, optPosFinite, optPosInt, posFinite, posInt, tokenId, unsupported, type Json,
 } from './config-fields.js';
+import { parseFp8Config, type Fp8Scheme } from './fp8.js';
 import type { NativeEngineSpec } from './native.js';
 import { parseRope, type RopeScalingLlama3, type RopeScalingLongRope } from './rope-config.js';
 
@@ -66,6 +67,8 @@ export interface ModelConfig {
   finalLogitSoftcap: number | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
+  /** An FP8 checkpoint's quantization_config (src/engine/fp8.ts); absent for float checkpoints. */
+  fp8?: Fp8Scheme;
 }
 
 const ARCH_BY_CLASS: Record<string, Architecture> = {
@@ -291,8 +294,11 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     attnLogitSoftcap: architecture === 'gemma2' ? optPosFinite(obj, 'attn_logit_softcapping', file) : null,
     finalLogitSoftcap: gemma ? optPosFinite(obj, 'final_logit_softcapping', file) : null,
     ...parseTokenIds(obj, vocabSize, file),
+    ...fp8Field(parseFp8Config(json as Json, file)),
   };
 }
+
+const fp8Field = (fp8: Fp8Scheme | null): { fp8?: Fp8Scheme } => (fp8 ? { fp8 } : {});
 
 /** Reads `<dir>/config.json` and normalizes it. Throws WeftError. */
 export async function loadModelConfig(dir: string): Promise<ModelConfig> {

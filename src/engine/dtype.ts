@@ -143,3 +143,32 @@ export async function readTensorF64(t: TensorInfo): Promise<Float64Array> {
 export async function readTensorF32(t: TensorInfo): Promise<Float32Array> {
   return Float32Array.from(await readTensorF64(t));
 }
+
+/** OCP FP8 E4M3 bits -> value (exact; 0x7f/0xff are NaN, no infinities). */
+export function fp8e4m3ToF32(b: number): number {
+  const sign = b & 0x80 ? -1 : 1;
+  const exp = (b >>> 3) & 0xf;
+  const mant = b & 7;
+  if (exp === 0xf && mant === 7) return NaN;
+  return exp === 0 ? sign * mant * 2 ** -9 : sign * (1 + mant / 8) * 2 ** (exp - 7);
+}
+
+const FP8_POSITIVE = Array.from({ length: 127 }, (_, code) => fp8e4m3ToF32(code)); // codes 0..126, increasing
+
+/** value -> OCP FP8 E4M3 bits, round to nearest even, saturating at ±448 (NaN stays NaN). */
+export function f32ToFp8e4m3(x: number): number {
+  if (Number.isNaN(x)) return 0x7f;
+  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
+  const a = Math.abs(x);
+  let lo = 0;
+  let hi = FP8_POSITIVE.length - 1;
+  if (a >= FP8_POSITIVE[hi]!) return sign | hi;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >>> 1;
+    if (FP8_POSITIVE[mid]! <= a) lo = mid;
+    else hi = mid;
+  }
+  const dLo = a - FP8_POSITIVE[lo]!;
+  const dHi = FP8_POSITIVE[hi]! - a;
+  return sign | (dLo < dHi || (dLo === dHi && (lo & 1) === 0) ? lo : hi);
+}

@@ -184,6 +184,7 @@ export async function exportGguf(hfDir: string, outPath: string, opts: ExportGgu
   const out = opts.type ?? 'f16';
   if (!(out in GGUF_FILE_TYPE)) throw new WeftError('WEFT_BAD_ARGUMENT', `GGUF output type ${out} is not one of ${Object.keys(GGUF_FILE_TYPE).join(', ')}`);
   const c = await loadModelConfig(hfDir);
+  if (c.fp8) throw new WeftError('WEFT_UNSUPPORTED_DTYPE', `${hfDir} is an FP8 checkpoint: GGUF export reads float checkpoints only`);
   const arch = ggufExportArch(c);
   const w = resolveWeights(c, await readSafetensorsIndex(hfDir));
   const vocab = await readVocab(hfDir, c);

@@ -16,6 +16,11 @@ export interface NativeTensorSpec {
   nbytes: number;
   dtype: TensorDType;
   shape: number[];
+  /**
+   * F8_E4M3 weights [N, K]: their f32/bf16/f16 scales, a grid [ceil(N / block[0]), ceil(K / block[1])]
+   * (per tensor: grid [1, 1], block [N, K]; per row: [N, 1], [1, K]); the weight is fp8 × scale.
+   */
+  scale?: { file: number; offset: number; nbytes: number; dtype: TensorDType; grid: [number, number]; block: [number, number] };
 }
 
 export interface NativeEngineSpec {

@@ -25,7 +25,7 @@ import { WeftError } from '../errors.js';
 import { ggufTensorInfos, meta as gmeta, readGguf, writeGguf, type GgufMeta, type GgufFile, type GgufTensorToWrite, type GgufValue } from './gguf.js';
 import type { ModelSource } from './model-source.js';
 import type { TokenizerParts } from '../tokenizer/tokenizer.js';
-import { native } from './native.js';
+import { native, type NativeQuantType } from './native.js';
 import type { TensorDType, TensorInfo } from './safetensors.js';
 import { readTensorBytes } from './dtype.js';
 
@@ -152,7 +152,7 @@ function outputType(hfName: string, t: TensorInfo, quantize: PlanQuantize | 'non
 /** A tensor's values as f32 (converted or dequantized natively). */
 async function tensorF32(t: TensorInfo): Promise<Float32Array> {
   const bytes = await readTensorBytes(t);
-  return native().quant.dequantize(t.dtype, bytes, t.shape.reduce((a, b) => a * b, 1));
+  return native().quant.dequantize(t.dtype as NativeQuantType, bytes, t.shape.reduce((a, b) => a * b, 1));
 }
 
 /**
@@ -199,6 +199,9 @@ export async function buildPlan(source: ModelSource, opts: BuildPlanOptions): Pr
   const t0 = performance.now();
   const log = opts.log ?? (() => {});
   const quantize = opts.quantize ?? 'none';
+  if (source.config.fp8) {
+    throw new WeftError('WEFT_UNSUPPORTED_DTYPE', `${source.path} is an FP8 checkpoint: weft runs it as it is (FP8 on cuda, dequantized to f32 on the cpu), not through an engine plan`);
+  }
   const fingerprint = await modelFingerprint(source);
   const identity: PlanIdentity = { format: PLAN_FORMAT, version: weftVersion(), cpu: cpuIdentity(), source: { path: source.path, kind: source.kind, fingerprint }, quantize };
   const lmHeadName = source.tensors.has('lm_head.weight') ? 'lm_head.weight' : 'model.embed_tokens.weight';
@@ -214,7 +217,7 @@ export async function buildPlan(source: ModelSource, opts: BuildPlanOptions): Pr
         if (type === t.dtype) return readTensorBytes(t);
         const values = await tensorF32(t);
         if (type === 'F32') return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-        return native().quant.quantize(type, values);
+        return native().quant.quantize(type as NativeQuantType, values);
       },
     });
   }

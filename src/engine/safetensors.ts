@@ -12,8 +12,11 @@ import { WeftError } from '../errors.js';
 
 export type DType = 'F32' | 'F16' | 'BF16';
 
-/** What a tensor of a model file may hold: plain floats, or ggml's block formats (GGUF files). */
-export type TensorDType = DType | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+/**
+ * What a tensor of a model file may hold: plain floats, FP8 E4M3 (FP8 checkpoints: its scales are
+ * tensors of their own, src/engine/fp8.ts), or ggml's block formats (GGUF files).
+ */
+export type TensorDType = DType | 'F8_E4M3' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
 
 export interface TensorInfo {
   name: string;
@@ -26,6 +29,8 @@ export interface TensorInfo {
 }
 
 export const DTYPE_BYTES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };
+/** Bytes per element of the dtypes a safetensors checkpoint may hold. */
+const ELEMENT_BYTES: Record<string, number> = { ...DTYPE_BYTES, F8_E4M3: 1 };
 
 /** dtypes the safetensors format defines (used to tell "unsupported" from "garbage"). */
 const KNOWN_DTYPES = new Set([
@@ -132,14 +137,15 @@ function parseHeader(json: unknown, file: string, dataStart: number, dataLen: nu
         `tensor "${name}": data_offsets [${begin}, ${end}] run past the data section (${dataLen} bytes; truncated file?)`,
       );
     }
-    if (dtype !== 'F32' && dtype !== 'F16' && dtype !== 'BF16') {
+    const elementBytes = ELEMENT_BYTES[dtype];
+    if (elementBytes === undefined) {
       throw new WeftError(
         'WEFT_UNSUPPORTED_DTYPE',
-        `${file}: tensor "${name}" has dtype ${dtype}; only F32, F16 and BF16 are supported`,
+        `${file}: tensor "${name}" has dtype ${dtype}; only F32, F16, BF16 and F8_E4M3 (FP8 checkpoints) are supported`,
       );
     }
     const numel = (shape as number[]).reduce((a, b) => a * b, 1);
-    const expect = numel * DTYPE_BYTES[dtype];
+    const expect = numel * elementBytes;
     if (end - begin !== expect) {
       throw fmtErr(
         file,
@@ -147,7 +153,7 @@ function parseHeader(json: unknown, file: string, dataStart: number, dataLen: nu
       );
     }
     ranges.push({ begin, end, name });
-    out.push({ name, file, dtype, shape: [...(shape as number[])], offset: dataStart + begin, nbytes: end - begin });
+    out.push({ name, file, dtype: dtype as TensorDType, shape: [...(shape as number[])], offset: dataStart + begin, nbytes: end - begin });
   }
   ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let maxEnd = 0;

@@ -1,9 +1,11 @@
 /**
  * Maps an architecture's tensor names (Hugging Face layout) to TensorInfos and checks every
- * shape against config.json.
+ * shape against config.json. In an FP8 checkpoint, each FP8 linear weight's scale tensor is found
+ * beside it (src/engine/fp8.ts).
  */
 import { WeftError } from '../errors.js';
 import type { ModelConfig } from './config.js';
+import { fp8Scale, type Fp8Scale } from './fp8.js';
 import type { NativeTensorSpec } from './native.js';
 import type { TensorInfo } from './safetensors.js';
 
@@ -39,6 +41,8 @@ export interface ModelWeights {
   norm: TensorInfo;
   /** = embed when the embeddings are tied */
   lmHead: TensorInfo;
+  /** The scales of the FP8 (F8_E4M3) linear weights, by weight; empty for a float checkpoint. */
+  scales: Map<TensorInfo, Fp8Scale>;
 }
 
 function shapeStr(s: readonly number[]): string {
@@ -65,7 +69,9 @@ function prefixes(tensors: Map<string, TensorInfo>): { model: string; lmHead: st
 
 /** Finds every tensor the architecture needs and checks its shape. Throws WeftError. */
 export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorInfo>): ModelWeights {
-  const get = (name: string, shape: number[]): TensorInfo => {
+  const scales = new Map<TensorInfo, Fp8Scale>();
+  /** `linear`: a layer's projection, which an FP8 checkpoint may store as F8_E4M3 with a scale. */
+  const get = (name: string, shape: number[], linear = false): TensorInfo => {
     const t = tensors.get(name);
     if (!t) {
       throw new WeftError(
@@ -79,8 +85,15 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
         `tensor "${name}" in ${t.file} has shape ${shapeStr(t.shape)}, expected ${shapeStr(shape)} from config.json`,
       );
     }
+    if (t.dtype === 'F8_E4M3') {
+      if (!linear) {
+        throw new WeftError('WEFT_UNSUPPORTED_DTYPE', `${t.file}: tensor "${name}" is F8_E4M3; only the layers' linear weights may be FP8 (embeddings, LM head, norms and biases stay in float)`);
+      }
+      scales.set(t, fp8Scale(config.fp8, tensors, t));
+    }
     return t;
   };
+  const linear = (name: string, shape: number[]): TensorInfo => get(name, shape, true);
 
   const H = config.hiddenSize;
   const D = config.headDim;
@@ -100,25 +113,25 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
     let attn: Pick<LayerWeights, 'qkv' | 'q' | 'k' | 'v'>;
     let mlp: Pick<LayerWeights, 'gateUp' | 'gate' | 'up'>;
     if (fused || tensors.has(`${a}qkv_proj.weight`)) {
-      const qkv = get(`${a}qkv_proj.weight`, [qDim + 2 * kvDim, H]);
+      const qkv = linear(`${a}qkv_proj.weight`, [qDim + 2 * kvDim, H]);
       attn = { qkv, q: rowRange(qkv, 'q', 0, qDim), k: rowRange(qkv, 'k', qDim, kvDim), v: rowRange(qkv, 'v', qDim + kvDim, kvDim) };
     } else {
-      attn = { q: get(`${a}q_proj.weight`, [qDim, H]), k: get(`${a}k_proj.weight`, [kvDim, H]), v: get(`${a}v_proj.weight`, [kvDim, H]) };
+      attn = { q: linear(`${a}q_proj.weight`, [qDim, H]), k: linear(`${a}k_proj.weight`, [kvDim, H]), v: linear(`${a}v_proj.weight`, [kvDim, H]) };
     }
     // fused in Phi-3 checkpoints, and in engine plans (weft build) of every architecture
     if (fused || tensors.has(`${p}mlp.gate_up_proj.weight`)) {
-      const gateUp = get(`${p}mlp.gate_up_proj.weight`, [2 * F, H]);
+      const gateUp = linear(`${p}mlp.gate_up_proj.weight`, [2 * F, H]);
       mlp = { gateUp, gate: rowRange(gateUp, 'gate', 0, F), up: rowRange(gateUp, 'up', F, F) };
     } else {
-      mlp = { gate: get(`${p}mlp.gate_proj.weight`, [F, H]), up: get(`${p}mlp.up_proj.weight`, [F, H]) };
+      mlp = { gate: linear(`${p}mlp.gate_proj.weight`, [F, H]), up: linear(`${p}mlp.up_proj.weight`, [F, H]) };
     }
     const lw: LayerWeights = {
       inputNorm: get(`${p}input_layernorm.weight`, [H]),
       ...attn,
-      o: get(`${a}o_proj.weight`, [H, qDim]),
+      o: linear(`${a}o_proj.weight`, [H, qDim]),
       postNorm: get(gemma ? `${p}pre_feedforward_layernorm.weight` : `${p}post_attention_layernorm.weight`, [H]),
       ...mlp,
-      down: get(`${p}mlp.down_proj.weight`, [H, F]),
+      down: linear(`${p}mlp.down_proj.weight`, [H, F]),
     };
     if (config.attentionBias) {
       lw.qBias = get(`${a}q_proj.bias`, [qDim]);
@@ -138,18 +151,26 @@ export function resolveWeights(config: ModelConfig, tensors: Map<string, TensorI
   }
   const norm = get(`${model}norm.weight`, [H]);
   const lmHead = config.tieWordEmbeddings ? embed : get(lmHeadName, [V, H]);
-  return { embed, layers, norm, lmHead };
+  return { embed, layers, norm, lmHead, scales };
 }
 
 /** The files to map and each tensor's place in them, under the native engine's names. */
 export function tensorSpecs(weights: ModelWeights): { files: string[]; specs: NativeTensorSpec[] } {
   const files: string[] = [];
   const specs: NativeTensorSpec[] = [];
+  const fileIndex = (f: string): number => {
+    const i = files.indexOf(f);
+    return i >= 0 ? i : files.push(f) - 1;
+  };
   const add = (name: string, t: TensorInfo | undefined) => {
     if (!t) return;
-    let file = files.indexOf(t.file);
-    if (file < 0) file = files.push(t.file) - 1;
-    specs.push({ name, file, offset: t.offset, nbytes: t.nbytes, dtype: t.dtype, shape: t.shape });
+    const spec: NativeTensorSpec = { name, file: fileIndex(t.file), offset: t.offset, nbytes: t.nbytes, dtype: t.dtype, shape: t.shape };
+    const s = weights.scales.get(t);
+    if (s) {
+      const { tensor: st, block, grid } = s;
+      spec.scale = { file: fileIndex(st.file), offset: st.offset, nbytes: st.nbytes, dtype: st.dtype, grid, block };
+    }
+    specs.push(spec);
   };
   add('embed', weights.embed);
   if (weights.lmHead !== weights.embed) add('lm_head', weights.lmHead);

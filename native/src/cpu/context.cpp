@@ -307,6 +307,12 @@ class CpuBackend : public Backend {
  public:
   const char* name() const override { return "cpu"; }
   std::unique_ptr<ExecContext> makeContext(const Model& model, const EngineOptions& opt, KvPool&) override {
+    // loadModel dequantizes FP8 weights for the CPU: its kernels have no F8_E4M3 path
+    auto fp8 = [](const cpu::WeightView& w) { return w.dtype == DType::F8_E4M3; };
+    bool any = fp8(model.embed) || fp8(model.lmHead);
+    for (const LayerWeights& L : model.layers)
+      for (const cpu::WeightView* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) any = any || fp8(*w);
+    if (any) throw WeftError(Err::UnsupportedDtype, "the cpu backend does not compute on F8_E4M3 weights (they are dequantized at load)");
     return std::make_unique<CpuContext>(model, opt);
   }
   HostBuffer parkPages(KvPool& kv, const std::vector<int>& pages) override {
