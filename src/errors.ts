@@ -53,6 +53,8 @@ export const ERRORS = {
   WEFT_BACKEND_UNAVAILABLE: { status: 501, retryable: false, summary: 'The requested backend (cuda) was not built or no GPU is present.' },
   WEFT_DEVICE_OUT_OF_MEMORY: { status: 507, retryable: true, summary: 'GPU memory ran out (weights, KV pages or a step workspace); the step changed nothing.' },
   WEFT_DEVICE_ERROR: { status: 500, retryable: false, summary: 'A CUDA or cuBLAS call failed (launch failure, device fault); the message names the call.' },
+  WEFT_DEVICE_TIMEOUT: { status: 503, retryable: true, summary: "A step's GPU work did not finish within the watchdog time; its context is set aside until its stream drains, other contexts keep serving." },
+  WEFT_DEVICE_LOST: { status: 503, retryable: false, summary: 'The GPU context is unusable (a kernel fault, a lost device); every step fails until the process restarts.' },
   WEFT_INTERNAL: { status: 500, retryable: false, summary: 'An unexpected internal failure; the message says where.' },
 } as const;
 

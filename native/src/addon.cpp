@@ -28,6 +28,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod("setSampling", &EngineWrap::SetSampling),
                            InstanceMethod("step", &EngineWrap::Step),
                            InstanceMethod("stats", &EngineWrap::Stats),
+                           InstanceMethod("contextReady", &EngineWrap::ContextReady),
+                           InstanceMethod("injectFault", &EngineWrap::InjectFault),
+                           InstanceMethod("releaseFault", &EngineWrap::ReleaseFault),
                            InstanceMethod("dispose", &EngineWrap::Dispose),
                        });
   }
@@ -147,8 +150,26 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("maxLogitRows", e.options().maxLogitRows);
       o.Set("sequences", double(e.numSequences()));
       o.Set("weightBytes", double(e.model().weightBytes));
+      o.Set("deviceWeightBytes", double(e.backend().deviceWeightBytes()));
+      o.Set("weightFormat", e.options().fp8Weights ? "fp8" : "source");
+      o.Set("deviceLost", e.backend().lost());
       return o;
     });
+  }
+  // contextReady(ctx): false while a timed-out step of the context may still run on the device
+  Napi::Value ContextReady(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] { return Napi::Boolean::New(info.Env(), engine().reapStuck(intArg(info[0], "contextReady: context"))); });
+  }
+  // injectFault(ctx, kind) / releaseFault(ctx): test hooks (WEFT_FAULT_INJECTION=1), see ExecContext
+  Napi::Value InjectFault(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] {
+      if (info.Length() < 2 || !info[1].IsString()) throw WeftError(Err::BadArgument, "injectFault(context, kind): kind must be a string");
+      engine().injectFault(intArg(info[0], "injectFault: context"), info[1].As<Napi::String>().Utf8Value());
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value ReleaseFault(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&] { engine().releaseFault(intArg(info[0], "releaseFault: context")); return info.Env().Undefined(); });
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     disposed_ = true;
@@ -263,7 +284,7 @@ class StepWorker : public Napi::AsyncWorker {
     deferred_.Resolve(results);
   }
   void OnError(const Napi::Error& err) override {
-    wrap_->engine_->finish(ctx_, entries_, false);
+    wrap_->engine_->finish(ctx_, entries_, false, code_ == std::string("WEFT_DEVICE_TIMEOUT"));
     wrap_->inflight_--;
     wrap_->settled();
     deferred_.Reject(codedError(Env(), code_, err.Message(), seq_).Value());

@@ -30,6 +30,15 @@ class ExecContext {
   // Worker thread, after the step's tokens were committed to the sequences: samples entry i
   // from logits row rowOf[i] (skipped when -1).
   virtual void sampleRows(std::vector<StepEntry>& entries, const std::vector<int>& rowOf, int vocab, std::vector<StepOutput>& out) = 0;
+  // JS thread: after a step failed with WEFT_DEVICE_TIMEOUT, whether the context's late work has
+  // finished (it serves again then). Contexts without a watchdog are always drained.
+  virtual bool drained() { return true; }
+  // Test hook (WEFT_FAULT_INJECTION=1): the next step of this context meets `kind` (CUDA: "launch",
+  // "oom", "hang", "trap"); releaseFault ends a "hang".
+  virtual void injectFault(const std::string& kind) {
+    throw WeftError(Err::BadArgument, "fault \"" + kind + "\": fault injection exists on the cuda backend only");
+  }
+  virtual void releaseFault() {}
 };
 
 class Backend {
@@ -51,6 +60,8 @@ class Backend {
   // Device facts for stats (empty on CPU).
   virtual std::string deviceName() const { return ""; }
   virtual uint64_t deviceWeightBytes() const { return 0; }
+  // The device can run nothing more in this process (CUDA: a sticky error).
+  virtual bool lost() const { return false; }
 };
 
 std::unique_ptr<Backend> makeCpuBackend();

@@ -14,7 +14,7 @@ enum class Err {
   ModelNotFound, ModelFormat, UnsupportedArch, UnsupportedDtype, TensorMissing, TensorShape, Tokenizer,
   BadArgument, TokenOutOfRange, ContextOverflow, BatchTooLarge, KvExhausted, SequenceNotFound,
   SequenceParked, SequenceBusy, ContextBusy, Cancelled, Disposed, Internal, BackendUnavailable,
-  DeviceOutOfMemory, Device,
+  DeviceOutOfMemory, Device, DeviceTimeout, DeviceLost,
 };
 
 inline const char* errCode(Err e) {
@@ -41,6 +41,8 @@ inline const char* errCode(Err e) {
     case Err::BackendUnavailable: return "WEFT_BACKEND_UNAVAILABLE";
     case Err::DeviceOutOfMemory: return "WEFT_DEVICE_OUT_OF_MEMORY";
     case Err::Device: return "WEFT_DEVICE_ERROR";
+    case Err::DeviceTimeout: return "WEFT_DEVICE_TIMEOUT";
+    case Err::DeviceLost: return "WEFT_DEVICE_LOST";
   }
   return "WEFT_INTERNAL";
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -135,6 +136,7 @@ void Engine::setSampling(int64_t id, const SamplingParams& p) {
 
 void Engine::prepare(int ctx, std::vector<StepEntry>& entries) {
   if (ctx < 0 || ctx >= int(contexts_.size())) throw WeftError(Err::BadArgument, "context " + std::to_string(ctx) + " does not exist");
+  reapStuck();
   if (contexts_[ctx]->busy) throw WeftError(Err::ContextBusy, "context " + std::to_string(ctx) + " is running a step");
   if (entries.empty()) throw WeftError(Err::BadArgument, "a step needs at least one sequence");
   if (int(entries.size()) > opt_.maxBatchSequences)
@@ -209,13 +211,47 @@ void Engine::execute(int ctx, std::vector<StepEntry>& entries, std::vector<StepO
   }
 }
 
-void Engine::finish(int ctx, std::vector<StepEntry>& entries, bool ok) {
+void Engine::finish(int ctx, std::vector<StepEntry>& entries, bool ok, bool stuck) {
+  if (stuck && !ok) {
+    // the step's work may still run and write its KV pages: sequences, pages and context stay
+    // claimed until the context drains (reapStuck)
+    stuck_[ctx] = entries;
+    return;
+  }
   for (StepEntry& e : entries) {
     Sequence& s = *e.seq;
     if (!ok) releaseTail(s, s.numTokens);
     s.busy = false;
   }
   contexts_[ctx]->busy = false;
+}
+
+bool Engine::reapStuck(int ctx) {
+  for (auto it = stuck_.begin(); it != stuck_.end();) {
+    if (contexts_[it->first]->drained()) {
+      const int c = it->first;
+      std::vector<StepEntry> entries = std::move(it->second);
+      it = stuck_.erase(it);
+      finish(c, entries, false);
+    } else {
+      ++it;
+    }
+  }
+  if (ctx < 0) return stuck_.empty();
+  if (ctx >= int(contexts_.size())) throw WeftError(Err::BadArgument, "context " + std::to_string(ctx) + " does not exist");
+  return stuck_.count(ctx) == 0;
+}
+
+void Engine::injectFault(int ctx, const std::string& kind) {
+  const char* on = std::getenv("WEFT_FAULT_INJECTION");
+  if (!on || std::string(on) != "1") throw WeftError(Err::BadArgument, "fault injection is a test hook: set WEFT_FAULT_INJECTION=1");
+  if (ctx < 0 || ctx >= int(contexts_.size())) throw WeftError(Err::BadArgument, "context " + std::to_string(ctx) + " does not exist");
+  contexts_[ctx]->injectFault(kind);
+}
+
+void Engine::releaseFault(int ctx) {
+  if (ctx < 0 || ctx >= int(contexts_.size())) throw WeftError(Err::BadArgument, "context " + std::to_string(ctx) + " does not exist");
+  contexts_[ctx]->releaseFault();
 }
 
 }  // namespace weft

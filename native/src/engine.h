@@ -3,6 +3,7 @@
 // Engine::execute, which runs a prepared step on a worker thread with the context it holds.
 #pragma once
 #include <atomic>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -106,7 +107,13 @@ class Engine {
   // Worker thread: runs the step, then commits the sequences' new tokens.
   void execute(int ctx, std::vector<StepEntry>& entries, std::vector<StepOutput>& out);
   // JS thread, after execute (ok or not): releases the claims; on failure returns the new pages.
-  void finish(int ctx, std::vector<StepEntry>& entries, bool ok);
+  // `stuck` (the step failed with WEFT_DEVICE_TIMEOUT): the claims stay until the context drains.
+  void finish(int ctx, std::vector<StepEntry>& entries, bool ok, bool stuck = false);
+  // JS thread: releases the claims of timed-out steps whose context drained; whether `ctx` (or,
+  // with -1, every context) is free of such a step now.
+  bool reapStuck(int ctx = -1);
+  void injectFault(int ctx, const std::string& kind);
+  void releaseFault(int ctx);
 
  private:
   void releaseTail(Sequence& s, int keepTokens);
@@ -116,6 +123,7 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<KvPool> kv_;
   std::vector<std::unique_ptr<ExecContext>> contexts_;
+  std::map<int, std::vector<StepEntry>> stuck_;  // context -> the timed-out step's entries
   std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
   int64_t nextId_ = 1;
 };

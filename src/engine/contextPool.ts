@@ -1,6 +1,8 @@
 /**
  * Leases execution contexts one step at a time. A caller waits (FIFO) when all are busy; an
- * AbortSignal withdraws a waiting request with WEFT_CANCELLED.
+ * AbortSignal withdraws a waiting request with WEFT_CANCELLED. A context whose step timed out on
+ * the device (WEFT_DEVICE_TIMEOUT) is set aside: when its lease is released it is not handed out
+ * again until `ready()` says its late work has drained (polled every 50 ms meanwhile).
  */
 import { WeftError } from '../errors.js';
 
@@ -12,6 +14,8 @@ export interface ContextLease {
 export class ContextPool {
   private readonly free: number[];
   private readonly waiters: { resolve: (lease: ContextLease) => void; reject: (err: Error) => void; signal?: AbortSignal; onAbort?: () => void }[] = [];
+  private readonly aside = new Map<number, { ready: () => boolean; released: boolean }>();
+  private poll: NodeJS.Timeout | undefined;
 
   constructor(readonly size: number) {
     this.free = Array.from({ length: size }, (_, i) => size - 1 - i);
@@ -23,6 +27,46 @@ export class ContextPool {
 
   get numWaiting(): number {
     return this.waiters.length;
+  }
+
+  /** Contexts set aside after a device timeout, not yet drained. */
+  get numSetAside(): number {
+    return this.aside.size;
+  }
+
+  /** Context `index` (leased now) returns to service only once `ready()` is true. */
+  setAside(index: number, ready: () => boolean): void {
+    this.aside.set(index, { ready, released: false });
+  }
+
+  private checkAside(): void {
+    for (const [index, a] of this.aside) {
+      if (!a.released) continue;
+      let ok = false;
+      try {
+        ok = a.ready();
+      } catch {
+        ok = false; // the engine was disposed: the context stays out
+      }
+      if (ok) {
+        this.aside.delete(index);
+        this.giveBack(index);
+      }
+    }
+    if (![...this.aside.values()].some((a) => a.released) && this.poll) {
+      clearInterval(this.poll);
+      this.poll = undefined;
+    }
+  }
+
+  private giveBack(index: number): void {
+    const next = this.waiters.shift();
+    if (next) {
+      if (next.onAbort) next.signal?.removeEventListener('abort', next.onAbort);
+      next.resolve(this.lease(index));
+    } else {
+      this.free.push(index);
+    }
   }
 
   /** A lease now, or null when every context is busy. */
@@ -56,13 +100,17 @@ export class ContextPool {
       release: () => {
         if (released) return;
         released = true;
-        const next = this.waiters.shift();
-        if (next) {
-          if (next.onAbort) next.signal?.removeEventListener('abort', next.onAbort);
-          next.resolve(this.lease(index));
-        } else {
-          this.free.push(index);
+        const a = this.aside.get(index);
+        if (a) {
+          a.released = true;
+          this.checkAside();
+          if (this.aside.has(index) && !this.poll) {
+            this.poll = setInterval(() => this.checkAside(), 50);
+            this.poll.unref();
+          }
+          return;
         }
+        this.giveBack(index);
       },
     };
   }

@@ -31,6 +31,8 @@ __global__ void __launch_bounds__(kThreads) attentionMmaKernel(const float* __re
   constexpr int LD = D + 8;  // halves per shared row (16-byte pad: conflict-free fragment loads)
   __shared__ __align__(16) __half sK[kKeys * LD];
   __shared__ __align__(16) __half sV[kKeys * LD];
+  gridDepLaunchDependents();
+  gridDepWait();
   const int tile = blockIdx.x, g = blockIdx.y;
   if (ix.tileSlot[tile] >= 0) return;  // a single-token tile: the split kernel's
   const int t0 = ix.tileTok0[tile], nt = ix.tileCount[tile];
@@ -179,11 +181,11 @@ void attentionMma(const float* qkv, int qkvDim, const KvLayout& kv, int layer, c
                   void* out, bool bf16, cudaStream_t s) {
   const dim3 grid(numTiles, kv.kvHeads);
   if (kv.headDim == 64) {
-    if (bf16) attentionMmaKernel<64, __nv_bfloat16><<<grid, kThreads, 0, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__nv_bfloat16*>(out));
-    else attentionMmaKernel<64, __half><<<grid, kThreads, 0, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__half*>(out));
+    if (bf16) launch(attentionMmaKernel<64, __nv_bfloat16>, grid, kThreads, 0, s, qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__nv_bfloat16*>(out));
+    else launch(attentionMmaKernel<64, __half>, grid, kThreads, 0, s, qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__half*>(out));
   } else {
-    if (bf16) attentionMmaKernel<128, __nv_bfloat16><<<grid, kThreads, 0, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__nv_bfloat16*>(out));
-    else attentionMmaKernel<128, __half><<<grid, kThreads, 0, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__half*>(out));
+    if (bf16) launch(attentionMmaKernel<128, __nv_bfloat16>, grid, kThreads, 0, s, qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__nv_bfloat16*>(out));
+    else launch(attentionMmaKernel<128, __half>, grid, kThreads, 0, s, qkv, qkvDim, kv, layer, ix, numHeads, static_cast<__half*>(out));
   }
 }
 

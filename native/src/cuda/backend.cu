@@ -32,6 +32,24 @@ void uploadMatrix(uint8_t* dst, const cpu::WeightView& w, bool bf16) {
     WEFT_CU(cudaMemcpy(dst, w.data, n * 2, cudaMemcpyHostToDevice));
     return;
   }
+  if (w.dtype == DType::F8_E4M3) {
+    // an FP8 checkpoint's matrix where the device keeps bf16/f16: dequantized on the host
+    const uint64_t cols = uint64_t(w.cols), rowsPer = std::max<uint64_t>(1, (1ull << 22) / cols);
+    std::vector<uint16_t> staging(rowsPer * cols);
+    const uint8_t* src = static_cast<const uint8_t*>(w.data);
+    for (uint64_t r0 = 0; r0 < uint64_t(w.rows); r0 += rowsPer) {
+      const uint64_t r1 = std::min<uint64_t>(uint64_t(w.rows), r0 + rowsPer);
+      for (uint64_t r = r0; r < r1; r++) {
+        const float sc = w.rowScale ? w.rowScale[r] : 1.f;
+        for (uint64_t c = 0; c < cols; c++) {
+          const float f = fp8e4m3ToF32(src[r * cols + c]) * sc;
+          staging[(r - r0) * cols + c] = bf16 ? f32ToBf16(f) : f32ToF16(f);
+        }
+      }
+      WEFT_CU(cudaMemcpy(dst + r0 * cols * 2, staging.data(), (r1 - r0) * cols * 2, cudaMemcpyHostToDevice));
+    }
+    return;
+  }
   if (isQuant(w.dtype)) {
     // GGUF block formats: dequantized a row at a time on the host, uploaded as f16/bf16
     const uint64_t cols = uint64_t(w.cols), rb = rowBytes(w.dtype, w.cols);
@@ -65,17 +83,43 @@ void uploadFloats(DeviceBuffer& buf, const std::vector<float>& v) {
   if (!v.empty()) WEFT_CU(cudaMemcpy(buf.ptr, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
 }
 
-// Stacks matrices with the same column count into one device matrix (q|k|v, gate|up).
-void uploadStacked(DeviceBuffer& buf, std::initializer_list<const cpu::WeightView*> parts, bool bf16) {
+// Stacks matrices with the same column count into one device matrix (q|k|v, gate|up). With fp8:
+// an FP8 checkpoint's matrix (with its row scales) is copied as it is; any other is uploaded as
+// bf16/f16 into `staging` and quantized per row on the device.
+void uploadStacked(DeviceMatrix& m, std::initializer_list<const cpu::WeightView*> parts, bool bf16, bool fp8, DeviceBuffer& staging) {
   uint64_t rows = 0;
   for (auto* p : parts) rows += uint64_t(p->rows);
   const uint64_t cols = uint64_t((*parts.begin())->cols);
-  buf.alloc(rows * cols * 2);
-  uint8_t* dst = buf.as<uint8_t>();
-  for (auto* p : parts) {
-    uploadMatrix(dst, *p, bf16);
-    dst += uint64_t(p->rows) * cols * 2;
+  m.rows = int64_t(rows);
+  m.cols = int64_t(cols);
+  if (!fp8) {
+    m.w.alloc(rows * cols * 2);
+    uint8_t* dst = m.w.as<uint8_t>();
+    for (auto* p : parts) {
+      uploadMatrix(dst, *p, bf16);
+      dst += uint64_t(p->rows) * cols * 2;
+    }
+    return;
   }
+  m.w.alloc(rows * cols);
+  m.scale.alloc(rows * 4);
+  uint64_t r0 = 0;
+  for (auto* p : parts) {
+    const uint64_t n = uint64_t(p->rows) * cols;
+    uint8_t* dst = m.w.as<uint8_t>() + r0 * cols;
+    float* sc = m.scale.as<float>() + r0;
+    if (p->dtype == DType::F8_E4M3 && p->rowScale) {
+      WEFT_CU(cudaMemcpy(dst, p->data, n, cudaMemcpyHostToDevice));
+      WEFT_CU(cudaMemcpy(sc, p->rowScale, uint64_t(p->rows) * 4, cudaMemcpyHostToDevice));
+    } else {
+      if (staging.bytes < n * 2) staging.alloc(n * 2);
+      uploadMatrix(staging.as<uint8_t>(), *p, bf16);
+      quantizeFp8(staging.ptr, dst, sc, p->rows, int(cols), bf16, nullptr);
+      WEFT_CU(cudaGetLastError());
+    }
+    r0 += uint64_t(p->rows);
+  }
+  WEFT_CU(cudaDeviceSynchronize());  // staging is reused by the next matrix
 }
 
 }  // namespace
@@ -112,13 +156,21 @@ CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(
   std::vector<float> invFreq(model.invFreq.begin(), model.invFreq.end());
   uploadFloats(w.invFreq, invFreq);
   w.layers.resize(c.numLayers);
+  w.fp8 = opt.fp8Weights;
+  for (const LayerWeights& L : model.layers)
+    for (const cpu::WeightView* v : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      if (v->dtype == DType::F8_E4M3) w.fp8 = true;
+  if (w.fp8 && (c.hidden % 16 != 0 || (c.numHeads * c.headDim) % 16 != 0 || c.ffn % 16 != 0))
+    throw WeftError(Err::UnsupportedArch, "FP8 weights on the GPU need hidden size, query width and FFN width divisible by 16");
+  DeviceBuffer staging;  // fp8: one matrix as bf16/f16 before it is quantized
   for (int l = 0; l < c.numLayers; l++) {
     const LayerWeights& L = model.layers[l];
     DeviceLayer& d = w.layers[l];
-    uploadStacked(d.qkv, {&L.q, &L.k, &L.v}, w.bf16);
-    uploadStacked(d.o, {&L.o}, w.bf16);
-    uploadStacked(d.gateUp, {&L.gate, &L.up}, w.bf16);
-    uploadStacked(d.down, {&L.down}, w.bf16);
+    uploadStacked(d.qkv, {&L.q, &L.k, &L.v}, w.bf16, w.fp8, staging);
+    uploadStacked(d.o, {&L.o}, w.bf16, w.fp8, staging);
+    uploadStacked(d.gateUp, {&L.gate, &L.up}, w.bf16, w.fp8, staging);
+    uploadStacked(d.down, {&L.down}, w.bf16, w.fp8, staging);
+    for (const DeviceMatrix* m : {&d.qkv, &d.o, &d.gateUp, &d.down}) w.maxMatrixElems = std::max<uint64_t>(w.maxMatrixElems, uint64_t(m->rows * m->cols));
     uploadFloats(d.inputNorm, L.inputNorm);
     uploadFloats(d.postNorm, L.postNorm);
     if (!L.qBias.empty()) {
@@ -129,7 +181,7 @@ CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(
     }
   }
   w.bytes = w.embed.bytes + w.lmHead.bytes;
-  for (const DeviceLayer& d : w.layers) w.bytes += d.qkv.bytes + d.o.bytes + d.gateUp.bytes + d.down.bytes;
+  for (const DeviceLayer& d : w.layers) w.bytes += d.qkv.bytes() + d.o.bytes() + d.gateUp.bytes() + d.down.bytes();
   WEFT_CU(cudaStreamCreateWithFlags(&transfer, cudaStreamNonBlocking));
   WEFT_CU(cudaEventCreateWithFlags(&transferDone, cudaEventDisableTiming));
   WEFT_CU(cudaEventRecord(transferDone, transfer));
@@ -150,7 +202,8 @@ uint64_t CudaBackend::contextBytes(const EngineOptions& opt) const {
   const uint64_t q = uint64_t(c.numHeads) * D, kv = uint64_t(c.numKvHeads) * D;
   const uint64_t act = T * H * 4 + std::max(T, R) * H * 2 + T * (q + 2 * kv) * 4 + T * q * 2 + T * c.ffn * 2 * 4 +
                        T * c.ffn * 2 + T * D * 4 + R * uint64_t(c.vocab) * 8;
-  return act + (32ull << 20) + (64ull << 20);  // cuBLAS workspace, index and graphs
+  const uint64_t fp8Scratch = weights.fp8 ? weights.maxMatrixElems * 2 : 0;
+  return act + fp8Scratch + (32ull << 20) + (64ull << 20);  // cuBLAS workspace, index and graphs
 }
 
 uint64_t CudaBackend::kvBudget(uint64_t requested) {

@@ -12,14 +12,24 @@
 
 namespace weft::cuda {
 
+// A weight matrix on the device: bf16/f16, or FP8 E4M3 with one f32 scale per row (`scale` set).
+struct DeviceMatrix {
+  DeviceBuffer w, scale;
+  int64_t rows = 0, cols = 0;
+  bool fp8() const { return scale.ptr != nullptr; }
+  uint64_t bytes() const { return w.bytes + scale.bytes; }
+};
+
 struct DeviceLayer {
-  DeviceBuffer qkv, o, gateUp, down;  // (q|k|v rows, hidden), (hidden, q), (gate|up rows, hidden), (hidden, ffn)
+  DeviceMatrix qkv, o, gateUp, down;  // (q|k|v rows, hidden), (hidden, q), (gate|up rows, hidden), (hidden, ffn)
   DeviceBuffer inputNorm, postNorm;   // f32
   DeviceBuffer qkvBias;               // f32, empty when the model has no attention bias
 };
 
 struct DeviceWeights {
   bool bf16 = false;                   // activation/weight dtype on the device: bf16, else f16
+  bool fp8 = false;                    // the layers' matrices are FP8 E4M3 (DeviceMatrix::scale)
+  uint64_t maxMatrixElems = 0;         // largest layer matrix (the FP8 dequantization workspace)
   DeviceBuffer embed, lmHead, finalNorm, invFreq;
   const void* lmHeadPtr = nullptr;     // embed's buffer when the embeddings are tied
   std::vector<DeviceLayer> layers;
@@ -43,10 +53,26 @@ class CudaContext : public ExecContext {
   // tile first/count/slot (nTiles), then the page lists; the sampler rows follow on the host side.
   StepIndex indexFor(int nT, int nR, int nTiles) const;
   void gemm(const void* W, const void* X, float* Y, int N, int T, int K, float beta);
+  void gemm(const DeviceMatrix& W, const void* X, float* Y, float beta);
+  void enqueueFault();  // the injected fault, if any, at the start of a step
+  void captureGraphsOnce();
   void init(const Model& model, const EngineOptions& opt, KvPool& kv);
   void release();  // frees what init made (also after a failed init)
   void captureGraphs();
   void ensurePenaltyCapacity(size_t n);
+
+ public:
+  bool drained() override;
+  void injectFault(const std::string& kind) override;
+  void releaseFault() override;
+
+ private:
+  bool pdl_ = false;              // programmatic dependent launch in this context's forward passes
+  int64_t watchdogNs_ = 0;        // a step's GPU work longer than this: WEFT_DEVICE_TIMEOUT
+  cudaStream_t stuckStream_ = nullptr;  // the stream of a step that timed out, until it drains
+  std::string fault_;             // injected fault for the next step
+  PinnedBuffer hangFlag_;         // mapped host memory a "hang" kernel spins on
+  DeviceBuffer wscratch_;         // FP8: a layer matrix dequantized for cuBLAS (steps over kGemvMaxTokens rows)
 
   CudaBackend& be_;
   const Model& model_;
@@ -54,6 +80,7 @@ class CudaContext : public ExecContext {
   KvLayout kvl_{};
   bool mma_ = false;  // tensor-core attention for multi-token tiles
   int qkvDim_ = 0, maxTileTokens_ = 1, maxTokens_ = 0, maxRows_ = 0, pageCap_ = 0, scratchPage_ = 0;
+  int curT_ = 0;  // tokens of the forward pass being enqueued (gemm of a layer matrix)
   cudaStream_t stream_ = nullptr;        // the stream of the step in flight: one of the two below
   cudaStream_t decodeStream_ = nullptr;  // highest priority: decode-only steps (and their graphs)
   cudaStream_t prefillStream_ = nullptr; // lowest priority: steps with prompt tokens
@@ -101,6 +128,7 @@ class CudaBackend : public Backend {
   void restorePages(KvPool& kv, const std::vector<int>& pages, const HostBuffer& from) override;
   std::string deviceName() const override { return deviceName_; }
   uint64_t deviceWeightBytes() const override { return weights.bytes; }
+  bool lost() const override { return stickyError() != cudaSuccess; }
 
   int device = 0;
   DeviceWeights weights;

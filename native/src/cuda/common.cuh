@@ -3,17 +3,45 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <string>
+#include <utility>
 
 #include "../common.h"
 
 namespace weft::cuda {
 
+// Errors that leave the CUDA context unusable for the rest of the process (a kernel's memory
+// fault, a trap, a lost device): every later call fails with the same error.
+inline bool isStickyError(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc: case cudaErrorAssert: case cudaErrorECCUncorrectable: case cudaErrorDevicesUnavailable:
+    case cudaErrorContextIsDestroyed: case cudaErrorLaunchTimeout: case cudaErrorUnknown:
+#if CUDART_VERSION >= 12000
+    case cudaErrorDeviceUninitialized:
+#endif
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Set once a sticky error was seen (common.cu): the backend then answers WEFT_DEVICE_LOST.
+void noteStickyError(cudaError_t e);
+cudaError_t stickyError();  // cudaSuccess while none was seen
+
 inline void check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return;
   cudaGetLastError();  // clear a non-sticky error so later calls start clean
+  if (isStickyError(e)) {
+    noteStickyError(e);
+    throw WeftError(Err::DeviceLost, std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                                         "); the GPU context is unusable: restart the process");
+  }
   const Err code = e == cudaErrorMemoryAllocation ? Err::DeviceOutOfMemory : Err::Device;
   throw WeftError(code, std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
@@ -40,6 +68,43 @@ inline void check(cublasStatus_t s, const char* what) {
 
 #define WEFT_CU(call) ::weft::cuda::check((call), #call)
 
+// Programmatic dependent launch (sm_90): a kernel launched with the attribute may begin while the
+// kernel before it in the stream is still running. Every kernel launched through launch() calls
+// gridDepWait() before it reads what an earlier kernel wrote or writes what one reads; what it does
+// before (loading weights, which no kernel writes) overlaps the previous kernel's tail. Each calls
+// gridDepLaunchDependents() first: the next kernel's blocks may then be scheduled as soon as every
+// block of this one has started. Without the attribute both are no-ops.
+__device__ __forceinline__ void gridDepWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void gridDepLaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launch() adds the attribute on this thread (the context sets it around a forward pass;
+// WEFT_CUDA_NO_PDL=1 turns it off for the process).
+bool& pdlOnThisThread();
+bool pdlAllowed();  // sm_90 or later and not WEFT_CUDA_NO_PDL
+
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdlOnThisThread() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "launching a kernel");
+}
+
 // Memory owned by one object, freed on destruction: device memory (DeviceBuffer) or pinned host
 // memory (PinnedBuffer: page-locked, so copies to and from it are asynchronous).
 struct DeviceMemory {
@@ -60,6 +125,16 @@ struct Buffer {
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   Buffer(Buffer&& o) noexcept : ptr(o.ptr), bytes(o.bytes) { o.ptr = nullptr; o.bytes = 0; }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      if (ptr) Memory::put(ptr);
+      ptr = o.ptr;
+      bytes = o.bytes;
+      o.ptr = nullptr;
+      o.bytes = 0;
+    }
+    return *this;
+  }
   ~Buffer() { if (ptr) Memory::put(ptr); }
   void alloc(size_t n) {
     if (ptr) Memory::put(ptr);

@@ -12,6 +12,17 @@ namespace weft::cuda {
 
 namespace {
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Launches of this thread use PDL while one of these lives (the forward pass of a context with it).
+struct PdlScope {
+  bool saved;
+  explicit PdlScope(bool on) : saved(pdlOnThisThread()) { pdlOnThisThread() = on; }
+  ~PdlScope() { pdlOnThisThread() = saved; }
+};
+
+int64_t nowNs() {
+  return int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
 }  // namespace
 
 CudaContext::CudaContext(CudaBackend& backend, const Model& model, const EngineOptions& opt, KvPool& kv)
@@ -41,6 +52,13 @@ void CudaContext::init(const Model& model, const EngineOptions& opt, KvPool& kv)
   WEFT_CU(cudaStreamCreateWithPriority(&decodeStream_, cudaStreamNonBlocking, greatestPriority));
   WEFT_CU(cudaStreamCreateWithPriority(&prefillStream_, cudaStreamNonBlocking, leastPriority));
   stream_ = decodeStream_;
+  pdl_ = pdlAllowed();
+  // WEFT_CUDA_WATCHDOG_MS: how long a step's GPU work may take (default 10 s; 0: no limit)
+  const char* wd = getenv("WEFT_CUDA_WATCHDOG_MS");
+  watchdogNs_ = int64_t((wd && *wd ? std::atof(wd) : 10000.0) * 1e6);
+  hangFlag_.alloc(64);
+  std::memset(hangFlag_.ptr, 0, 64);
+  if (be_.weights.fp8) wscratch_.alloc(be_.weights.maxMatrixElems * 2);
   if (D % 8 != 0) throw WeftError(Err::UnsupportedArch, "the CUDA backend needs a head dimension divisible by 8 (got " + std::to_string(D) + ")");
   WEFT_CU(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   check(cublasCreate(&blas_), "cublasCreate");
@@ -101,15 +119,30 @@ void CudaContext::init(const Model& model, const EngineOptions& opt, KvPool& kv)
   // tiles hold one token)
   const int64_t slotCap = maxTileTokens_ == 1 ? std::max<int64_t>(T, opt.maxBatchSequences) : opt.maxBatchSequences;
   partial_.alloc(slotCap * c.numHeads * kAttentionSplits * (D + 2) * 4);
-  captureGraphs();
+  captureGraphsOnce();
+}
+
+// Captures the decode graphs with PDL; should this driver refuse PDL in a capture, without it.
+void CudaContext::captureGraphsOnce() {
+  try {
+    captureGraphs();
+  } catch (const WeftError& e) {
+    if (!pdl_ || e.code == Err::DeviceOutOfMemory || e.code == Err::DeviceLost) throw;
+    fprintf(stderr, "weft cuda: capturing the decode graphs with programmatic dependent launch failed (%s); capturing without it\n", e.what());
+    for (auto& g : graphs_) cudaGraphExecDestroy(g.second);
+    graphs_.clear();
+    pdl_ = false;
+    captureGraphs();
+  }
 }
 
 CudaContext::~CudaContext() { release(); }
 
 void CudaContext::release() {
   cudaSetDevice(be_.device);
+  if (stuckStream_) releaseFault();  // a hang of our own making ends now
   for (cudaStream_t s : {decodeStream_, prefillStream_})
-    if (s) cudaStreamSynchronize(s);
+    if (s && !(stuckStream_ == s && cudaStreamQuery(s) == cudaErrorNotReady) && stickyError() == cudaSuccess) cudaStreamSynchronize(s);
   for (auto& g : graphs_) cudaGraphExecDestroy(g.second);
   if (blas_) cublasDestroy(blas_);
   if (done_) cudaEventDestroy(done_);
@@ -121,14 +154,66 @@ void CudaContext::release() {
   decodeStream_ = prefillStream_ = stream_ = nullptr;
 }
 
+// Grows the penalty buffers; on failure (out of memory) the old ones stay as they were.
 void CudaContext::ensurePenaltyCapacity(size_t n) {
   if (n <= penaltyCap_) return;
   const size_t cap = std::max(n, penaltyCap_ * 2);
-  penaltyCap_ = 0;  // stays 0 should an allocation fail
-  penalties_.alloc(cap * sizeof(int2));
-  penaltyOrig_.alloc(cap * 4);
-  hostPenalties_.alloc(cap * sizeof(int2));
+  DeviceBuffer pen(cap * sizeof(int2)), orig(cap * 4);
+  PinnedBuffer host(cap * sizeof(int2));
+  penalties_ = std::move(pen);
+  penaltyOrig_ = std::move(orig);
+  hostPenalties_ = std::move(host);
   penaltyCap_ = cap;
+}
+
+bool CudaContext::drained() {
+  if (!stuckStream_) return true;
+  const cudaError_t e = cudaStreamQuery(stuckStream_);
+  if (e == cudaErrorNotReady) return false;
+  cudaGetLastError();
+  stuckStream_ = nullptr;
+  std::memset(hangFlag_.ptr, 0, 64);
+  return true;
+}
+
+void CudaContext::injectFault(const std::string& kind) {
+  if (kind != "launch" && kind != "oom" && kind != "hang" && kind != "trap")
+    throw WeftError(Err::BadArgument, "fault must be launch, oom, hang or trap (got \"" + kind + "\")");
+  fault_ = kind;
+}
+
+void CudaContext::releaseFault() { reinterpret_cast<volatile int*>(hangFlag_.ptr)[0] = 1; }
+
+// The injected fault meets this step where a real one would: a launch the runtime refuses, a
+// workspace that cannot grow, GPU work that does not finish, a kernel that faults.
+void CudaContext::enqueueFault() {
+  const std::string kind = std::move(fault_);
+  fault_.clear();
+  if (kind == "launch") {
+    check(faultBadLaunch(stream_), "launching a kernel (injected)");
+  } else if (kind == "oom") {
+    size_t freeBytes = 0, total = 0;
+    WEFT_CU(cudaMemGetInfo(&freeBytes, &total));
+    ensurePenaltyCapacity(total / sizeof(int2) + 1);  // more than the device has
+  } else if (kind == "hang") {
+    reinterpret_cast<volatile int*>(hangFlag_.ptr)[0] = 0;
+    faultHang(hangFlag_.as<int>(), 120.0, stream_);
+  } else if (kind == "trap") {
+    faultTrap(stream_);
+  }
+}
+
+// The same for a layer matrix: FP8 ones run the FP8 GEMV, or are dequantized into the workspace
+// for cuBLAS when the step has more rows than the GEMV takes.
+void CudaContext::gemm(const DeviceMatrix& W, const void* X, float* Y, float beta) {
+  const int N = int(W.rows), K = int(W.cols);
+  if (!W.fp8()) return gemm(W.w.ptr, X, Y, N, curT_, K, beta);
+  if (curT_ <= kGemvMaxTokens) {
+    gemvFp8(W.w.as<uint8_t>(), W.scale.as<float>(), X, Y, N, curT_, K, beta != 0.f, be_.weights.bf16, stream_);
+    return;
+  }
+  dequantFp8(W.w.as<uint8_t>(), W.scale.as<float>(), wscratch_.ptr, N, K, be_.weights.bf16, stream_);
+  gemm(wscratch_.ptr, X, Y, N, curT_, K, beta);
 }
 
 // Y[T, N] (f32) = X[T, K] . W[N, K]^T (+ beta Y): column-major Y^T = W^T' X^T with W as K x N.
@@ -158,8 +243,9 @@ void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles
   const ModelConfig& c = model_.cfg;
   const DeviceWeights& w = be_.weights;
   const bool bf = w.bf16;
-  const int H = c.hidden, D = c.headDim, F = c.ffn, qDim = c.numHeads * D;
+  const int H = c.hidden, D = c.headDim;
   float* x = x_.as<float>();
+  curT_ = T;
   // sharing: cuBLAS and the attention grid keep to about half of the SMs, the decode steps of the
   // other contexts (on higher-priority streams) get the rest
   check(cublasSetSmCountTarget(blas_, shareGpu ? std::max(1, be_.smCount / 2) : 0), "cublasSetSmCountTarget");
@@ -171,7 +257,7 @@ void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles
     // attention: norm, q|k|v in one GEMM, RoPE + KV store, paged attention, output projection
     // added into the residual stream (accumulate / cuBLAS beta = 1)
     rmsnorm(x, nullptr, L.inputNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
-    gemm(L.qkv.ptr, xb_.ptr, qkv_.as<float>(), qkvDim_, T, H, 0.f);
+    gemm(L.qkv, xb_.ptr, qkv_.as<float>(), 0.f);
     ropeStoreKv(qkv_.as<float>(), L.qkvBias.as<float>(), cos_.as<float>(), sin_.as<float>(), ix, kvl_, l, T, c.numHeads, stream_);
     if (mma_ && anyMulti) {
       attentionMma(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, c.numHeads, att_.ptr, bf, stream_);
@@ -181,12 +267,12 @@ void CudaContext::enqueueForward(const StepIndex& ix, int T, int R, int numTiles
       attention(qkv_.as<float>(), qkvDim_, kvl_, l, ix, numTiles, tileTokens, c.numHeads, att_.ptr, bf, partial_.as<float>(), anySplit,
                 false, attnBlocks, stream_);
     }
-    gemm(L.o.ptr, att_.ptr, x, H, T, qDim, 1.f);
+    gemm(L.o, att_.ptr, x, 1.f);
     // MLP: norm, gate|up in one GEMM, SwiGLU, down projection added into the residual stream
     rmsnorm(x, nullptr, L.postNorm.as<float>(), xb_.ptr, T, H, c.rmsEps, bf, stream_);
-    gemm(L.gateUp.ptr, xb_.ptr, gateUp_.as<float>(), 2 * F, T, H, 0.f);
-    siluMul(gateUp_.as<float>(), h_.ptr, T, F, bf, stream_);
-    gemm(L.down.ptr, h_.ptr, x, H, T, F, 1.f);
+    gemm(L.gateUp, xb_.ptr, gateUp_.as<float>(), 0.f);
+    siluMul(gateUp_.as<float>(), h_.ptr, T, c.ffn, bf, stream_);
+    gemm(L.down, h_.ptr, x, 1.f);
   }
   if (R == 0) return;
   rmsnorm(x, ix.rowToken, w.finalNorm.as<float>(), xb_.ptr, R, H, c.rmsEps, bf, stream_);
@@ -198,6 +284,7 @@ void CudaContext::captureGraphs() {
   for (int b : kGraphBatchSizes) {
     if (b > limit) break;
     cudaGraph_t graph = nullptr;
+    PdlScope pdl(pdl_);
     WEFT_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
       enqueueForward(indexFor(b, b, b), b, b, b, 1, true, false, false);
@@ -221,7 +308,12 @@ void CudaContext::beforeStep() {
 }
 
 void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>& entries, std::vector<StepOutput>& out) {
+  if (const cudaError_t lost = stickyError(); lost != cudaSuccess)
+    throw WeftError(Err::DeviceLost, std::string("the GPU context was lost to ") + cudaGetErrorName(lost) + " in an earlier step; restart the process");
+  if (stuckStream_ && !drained())
+    throw WeftError(Err::DeviceTimeout, "this context's previous step is still running on the GPU");
   WEFT_CU(cudaSetDevice(be_.device));
+  PdlScope pdlScope(pdl_);
   const ModelConfig& c = model.cfg;
   const int V = c.vocab, PT = kv.pageTokens();
   int* hi = hostIndex_.as<int>();
@@ -341,7 +433,6 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
   stream_ = decodeOnly ? decodeStream_ : prefillStream_;
   // A prefill shares the GPU when another step is in flight or a decode step ran in the last 50 ms
   // (a decode loop has short gaps between its steps).
-  auto nowNs = [] { return int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count()); };
   const int othersInFlight = be_.stepsInFlight.fetch_add(1);
   if (decodeOnly) be_.lastDecodeNs = nowNs();
   const bool shareGpu = !decodeOnly && (othersInFlight > 0 || nowNs() - be_.lastDecodeNs.load() < 50'000'000);
@@ -353,7 +444,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
       if (decode) be.lastDecodeNs = now();
       be.stepsInFlight.fetch_sub(1);
     }
-  } leave{be_, decodeOnly, +nowNs};
+  } leave{be_, decodeOnly, &nowNs};
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
   // WEFT_CUDA_TIMING=1: each step prints its GPU time (events around the forward) to stderr
   static const bool timing = getenv("WEFT_CUDA_TIMING") != nullptr;
@@ -379,6 +470,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     const size_t rowsOff = ((size_t(ix.pageIdx - index_.as<int>()) + P) * 4 + 15) / 16 * 16;
     std::memcpy(packed + rowsOff, rows, numSample * sizeof(SampleRow));
     WEFT_CU(cudaMemcpyAsync(index_.ptr, packed, rowsOff + numSample * sizeof(SampleRow), cudaMemcpyHostToDevice, stream_));
+    if (!fault_.empty()) enqueueFault();
     if (numPen > 0) WEFT_CU(cudaMemcpyAsync(penalties_.ptr, hostPenalties_.ptr, numPen * sizeof(int2), cudaMemcpyHostToDevice, stream_));
     if (timing) cudaEventRecord(ev0, stream_);
     if (graphB > 0) WEFT_CU(cudaGraphLaunch(graphs_[graphB], stream_));
@@ -397,8 +489,23 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
     WEFT_CU(cudaEventRecord(done_, stream_));
     // this (worker) thread polls until the GPU is done (lower latency than a blocking wait; the
     // JS thread never synchronizes)
+    // the watchdog: GPU work still not done after watchdogNs_ fails the step with
+    // WEFT_DEVICE_TIMEOUT; the context is then set aside until its stream drains (drained())
     cudaError_t st;
-    while ((st = cudaEventQuery(done_)) == cudaErrorNotReady) std::this_thread::yield();
+    const int64_t t0 = nowNs();
+    int polls = 0;
+    while ((st = cudaEventQuery(done_)) == cudaErrorNotReady) {
+      if (++polls < 20000) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));  // a long step: stop spinning
+        if (watchdogNs_ > 0 && nowNs() - t0 > watchdogNs_) {
+          stuckStream_ = stream_;
+          throw WeftError(Err::DeviceTimeout, "a step's GPU work did not finish within " + std::to_string(watchdogNs_ / 1000000) +
+                                                  " ms (the watchdog); this context is set aside until its stream drains");
+        }
+      }
+    }
     WEFT_CU(st);
     if (timing) {
       float ms = 0;
@@ -408,8 +515,21 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
       cudaEventDestroy(ev1);
     }
   } catch (...) {
-    cudaStreamSynchronize(stream_);  // nothing of this step may still run against the workspace
+    // nothing of this step may still run against the workspace (a timed-out step is waited for
+    // by drained() instead; after a sticky error nothing runs any more)
+    if (!stuckStream_ && stickyError() == cudaSuccess) {
+      const cudaError_t e = cudaStreamSynchronize(stream_);
+      if (isStickyError(e)) noteStickyError(e);
+    }
     cudaGetLastError();
+    if (stickyError() != cudaSuccess && !stuckStream_) {
+      try {
+        throw;
+      } catch (const WeftError& e) {
+        if (e.code == Err::DeviceLost) throw;
+        throw WeftError(Err::DeviceLost, std::string(e.what()) + "; the GPU context is unusable: restart the process");
+      }
+    }
     throw;
   }
   const float* hl = hostLogits_.as<float>();

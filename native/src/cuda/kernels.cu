@@ -33,6 +33,8 @@ __device__ float blockSum(float v, float* red) {
 }
 
 __global__ void ropeTableKernel(const int* pos, const float* invFreq, float* cosv, float* sinv, int T, int half) {
+  gridDepLaunchDependents();
+  gridDepWait();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= T * half) return;
   const int t = i / half, j = i % half;
@@ -43,6 +45,8 @@ __global__ void ropeTableKernel(const int* pos, const float* invFreq, float* cos
 
 template <typename W>
 __global__ void embedKernel(const int* tok, const W* table, float* x, int H) {
+  gridDepLaunchDependents();
+  gridDepWait();
   const int t = blockIdx.x;
   const W* row = table + int64_t(tok[t]) * H;
   for (int i = threadIdx.x; i < H; i += blockDim.x) x[int64_t(t) * H + i] = toF(row[i]);
@@ -53,6 +57,8 @@ template <typename W>
 __global__ void __launch_bounds__(512) rmsnormKernel(const float* __restrict__ x, const int* __restrict__ rows, const float* __restrict__ w,
                                                      W* __restrict__ out, int H, float eps) {
   __shared__ float red[32];
+  gridDepLaunchDependents();
+  gridDepWait();
   const int r = blockIdx.x;
   const float* xr = x + int64_t(rows ? rows[r] : r) * H;
   W* o = out + int64_t(r) * H;
@@ -91,6 +97,8 @@ template <typename KV>
 __global__ void ropeStoreKernel(float* __restrict__ qkv, const float* __restrict__ bias, const float* __restrict__ cosv,
                                 const float* __restrict__ sinv, StepIndex ix,
                                 KvLayout kv, int layer, int numHeads) {
+  gridDepLaunchDependents();
+  gridDepWait();
   const int t = blockIdx.x, D = kv.headDim, half = D / 2, nkv = kv.kvHeads;
   const int qDim = numHeads * D, kvDim = nkv * D, dim = qDim + 2 * kvDim;
   float* row = qkv + int64_t(t) * dim;
@@ -249,6 +257,8 @@ __device__ void attendTile(const float* qkv, int qkvDim, const KvLayout& kv, int
 template <typename KV, typename W>
 __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int layer, StepIndex ix, int numHeads,
                                 int tileTokens, W* out, float* partial, bool splitOnly, int numTiles) {
+  gridDepLaunchDependents();
+  gridDepWait();
   for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
     attendTile<KV, W>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, out, partial, splitOnly, tile);
     __syncthreads();
@@ -258,6 +268,8 @@ __global__ void attentionKernel(const float* qkv, int qkvDim, KvLayout kv, int l
 // Merges the split partials of each single-token tile, splits in order: one block per (tile, head).
 template <typename W>
 __global__ void attentionCombineKernel(const float* partial, StepIndex ix, int numHeads, int D, int numSplits, W* out) {
+  gridDepLaunchDependents();
+  gridDepWait();
   const int slot = ix.tileSlot[blockIdx.x];
   if (slot < 0) return;
   const int h = blockIdx.y, t = ix.tileTok0[blockIdx.x];
@@ -277,22 +289,21 @@ __global__ void attentionCombineKernel(const float* partial, StepIndex ix, int n
 }
 
 // Y[t, n] (f32) = sum_k X[t, k] W[n, k] (+ Y[t, n]) for a few tokens (decode): one warp per output
-// row reads the row once with 16-byte loads (several in flight) and keeps one sum per token; the
-// reduction order is fixed, so a row's result does not depend on the other tokens.
+// row reads the row once with 16-byte loads (two batches of four in flight per lane) and keeps one
+// sum per token; the reduction order is fixed, so a row's result does not depend on the other
+// tokens. The first batch of weights is loaded before waiting for the previous kernel (PDL): the
+// weights are constant, so their first bytes arrive while that kernel finishes.
 // (Fusing the RMSNorm or SwiGLU into the X loads was tried: every warp then recomputes the inputs,
 // which made the step slower, 1.8 vs 1.5 ms at 1 token and 2.6x slower at 8.)
-template <typename W, int T>
-__global__ void __launch_bounds__(256) gemvKernel(const W* __restrict__ w, const W* __restrict__ x, float* __restrict__ y,
-                                                  int N, int K, bool accumulate) {
-  const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + int64_t(n) * K);
-  const int kv = K / 8;  // 16-byte vectors per row
-  float acc[T];
-#pragma unroll
-  for (int t = 0; t < T; t++) acc[t] = 0.f;
-  auto fma8 = [&](const uint4& wv, int i) {
+constexpr int kGemvUnroll = 4;
+
+// Weight formats of the GEMV: 16 bytes of a row hold 8 bf16/f16 (Plain) or 16 FP8 E4M3 (Fp8) elements.
+template <typename W>
+struct PlainRow {
+  static constexpr int kPerVec = 8;
+  __device__ static float scale(const float*, int) { return 1.f; }
+  template <int T>
+  __device__ static void fma(const uint4& wv, const W* __restrict__ x, int K, int i, float* acc) {
     const W* we = reinterpret_cast<const W*>(&wv);
 #pragma unroll
     for (int t = 0; t < T; t++) {
@@ -301,41 +312,134 @@ __global__ void __launch_bounds__(256) gemvKernel(const W* __restrict__ w, const
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[t] += toF(we[e]) * toF(xe[e]);
     }
-  };
-  constexpr int U = 4;
-  int i = lane;
-  for (; i + 32 * (U - 1) < kv; i += 32 * U) {
-    uint4 wv[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) wv[u] = __ldg(wr + i + 32 * u);
-#pragma unroll
-    for (int u = 0; u < U; u++) fma8(wv[u], i + 32 * u);
   }
-  for (; i < kv; i += 32) fma8(__ldg(wr + i), i);
+};
+
+template <typename W>
+struct Fp8Row {
+  static constexpr int kPerVec = 16;
+  __device__ static float scale(const float* s, int n) { return s[n]; }
+  template <int T>
+  __device__ static void fma(const uint4& wv, const W* __restrict__ x, int K, int i, float* acc) {
+    float wf[16];
+    const __nv_fp8x2_storage_t* w2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&wv);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(w2[e], __NV_E4M3));
+      const float2 f = __half22float2(h);
+      wf[2 * e] = f.x;
+      wf[2 * e + 1] = f.y;
+    }
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+      const uint4* xr = reinterpret_cast<const uint4*>(x + int64_t(t) * K) + 2 * i;
+      const uint4 xa = __ldg(xr), xb = __ldg(xr + 1);
+      const W* ea = reinterpret_cast<const W*>(&xa);
+      const W* eb = reinterpret_cast<const W*>(&xb);
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[t] += wf[e] * toF(ea[e]);
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[t] += wf[8 + e] * toF(eb[e]);
+    }
+  }
+};
+
+template <typename Row, typename W, int T>
+__global__ void __launch_bounds__(256) gemvKernel(const uint4* __restrict__ w, const float* __restrict__ rowScale,
+                                                  const W* __restrict__ x, float* __restrict__ y, int N, int K, bool accumulate) {
+  gridDepLaunchDependents();
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (n >= N) return;  // a whole warp: its row does not exist
+  const int kv = K / Row::kPerVec;  // 16-byte vectors per row
+  const uint4* wr = w + int64_t(n) * kv;
+  constexpr int U = kGemvUnroll;
+  uint4 cur[U], nxt[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) cur[u] = lane + 32 * u < kv ? __ldg(wr + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+  gridDepWait();  // x (and y, when accumulating) are the previous kernels'
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; t++) acc[t] = 0.f;
+  for (int base = 0; base < kv; base += 32 * U) {
+    const int next = base + 32 * U;
+#pragma unroll
+    for (int u = 0; u < U; u++) nxt[u] = next + lane + 32 * u < kv ? __ldg(wr + next + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if (base + lane + 32 * u < kv) Row::template fma<T>(cur[u], x, K, base + lane + 32 * u, acc);
+#pragma unroll
+    for (int u = 0; u < U; u++) cur[u] = nxt[u];
+  }
+  const float sc = Row::scale(rowScale, n);
 #pragma unroll
   for (int t = 0; t < T; t++) {
-    const float v = warpSum(acc[t]);
+    const float v = warpSum(acc[t]) * sc;
     if (lane == 0) y[int64_t(t) * N + n] = accumulate ? y[int64_t(t) * N + n] + v : v;
   }
 }
 
-template <typename W>
-void gemvT(const W* w, const W* x, float* y, int N, int T, int K, bool acc, cudaStream_t s) {
+template <typename Row, typename W>
+void gemvT(const void* w, const float* scale, const W* x, float* y, int N, int T, int K, bool acc, cudaStream_t s) {
   const dim3 grid((N + 7) / 8);
+  const uint4* wv = static_cast<const uint4*>(w);
   switch (T) {
-    case 1: gemvKernel<W, 1><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    case 2: gemvKernel<W, 2><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    case 3: gemvKernel<W, 3><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    case 4: gemvKernel<W, 4><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    case 5: gemvKernel<W, 5><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    case 6: gemvKernel<W, 6><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    case 7: gemvKernel<W, 7><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
-    default: gemvKernel<W, 8><<<grid, 256, 0, s>>>(w, x, y, N, K, acc); break;
+    case 1: launch(gemvKernel<Row, W, 1>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    case 2: launch(gemvKernel<Row, W, 2>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    case 3: launch(gemvKernel<Row, W, 3>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    case 4: launch(gemvKernel<Row, W, 4>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    case 5: launch(gemvKernel<Row, W, 5>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    case 6: launch(gemvKernel<Row, W, 6>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    case 7: launch(gemvKernel<Row, W, 7>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
+    default: launch(gemvKernel<Row, W, 8>, grid, 256, 0, s, wv, scale, x, y, N, K, acc); break;
   }
+}
+
+// FP8 rows to the activation dtype (the GEMMs of more than kGemvMaxTokens rows run on cuBLAS).
+template <typename W>
+__global__ void dequantFp8Kernel(const uint4* __restrict__ w, const float* __restrict__ scale, W* __restrict__ out, int64_t vecs, int vecsPerRow) {
+  gridDepLaunchDependents();
+  gridDepWait();  // out is the workspace an earlier GEMM read
+  for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < vecs; v += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 q = __ldg(w + v);
+    const float sc = scale[v / vecsPerRow];
+    const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&q);
+    W o[16];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
+      o[2 * e] = fromF<W>(f.x * sc);
+      o[2 * e + 1] = fromF<W>(f.y * sc);
+    }
+    uint4* dst = reinterpret_cast<uint4*>(out) + 2 * v;
+    dst[0] = *reinterpret_cast<const uint4*>(&o[0]);
+    dst[1] = *reinterpret_cast<const uint4*>(&o[8]);
+  }
+}
+
+// One block per row: scale = max |w| / 448 (1 for a zero row), w8 = E4M3(w / scale), saturating.
+template <typename W>
+__global__ void quantizeFp8Kernel(const W* __restrict__ w, uint8_t* __restrict__ w8, float* __restrict__ scale, int K) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const W* row = w + r * K;
+  float m = 0.f;
+  for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(toF(row[i])));
+  m = warpMax(m);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = (threadIdx.x & 31) < int(blockDim.x >> 5) ? red[threadIdx.x & 31] : 0.f;
+  m = warpMax(m);
+  const float sc = m > 0.f && isfinite(m) ? m / 448.f : 1.f;
+  if (threadIdx.x == 0) scale[r] = sc;
+  for (int i = threadIdx.x; i < K; i += blockDim.x) w8[r * K + i] = __nv_cvt_float_to_fp8(toF(row[i]) / sc, __NV_SATFINITE, __NV_E4M3);
 }
 
 template <typename W>
 __global__ void siluMulKernel(const float* gu, W* h, int F) {
+  gridDepLaunchDependents();
+  gridDepWait();
   const int t = blockIdx.y;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < F; i += gridDim.x * blockDim.x) {
     const float g = gu[int64_t(t) * 2 * F + i], u = gu[int64_t(t) * 2 * F + F + i];
@@ -343,28 +447,52 @@ __global__ void siluMulKernel(const float* gu, W* h, int F) {
   }
 }
 
+__device__ __forceinline__ unsigned long long globalTimerNs() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Fault injection (test:cuda): a kernel stuck until the host sets *flag (or limitNs passed), a
+// kernel that traps (a sticky device fault), and a launch the runtime refuses.
+__global__ void hangKernel(const volatile int* flag, unsigned long long limitNs) {
+  const unsigned long long t0 = globalTimerNs();
+  while (*flag == 0 && globalTimerNs() - t0 < limitNs) __nanosleep(100000);
+}
+__global__ void trapKernel() { __trap(); }
+__global__ void noopKernel() {}
+
 }  // namespace
+
+void faultHang(const int* hostFlag, double limitSeconds, cudaStream_t s) {
+  hangKernel<<<1, 1, 0, s>>>(hostFlag, (unsigned long long)(limitSeconds * 1e9));
+}
+void faultTrap(cudaStream_t s) { trapKernel<<<1, 1, 0, s>>>(); }
+cudaError_t faultBadLaunch(cudaStream_t s) {
+  noopKernel<<<1, 4096, 0, s>>>();  // more threads than a block may have
+  return cudaGetLastError();
+}
 
 void ropeTable(const int* pos, const float* invFreq, float* cosv, float* sinv, int T, int half, cudaStream_t s) {
   const int n = T * half;
-  ropeTableKernel<<<(n + 255) / 256, 256, 0, s>>>(pos, invFreq, cosv, sinv, T, half);
+  launch(ropeTableKernel, dim3((n + 255) / 256), 256, 0, s, pos, invFreq, cosv, sinv, T, half);
 }
 
 void embed(const int* tok, const void* table, float* x, int T, int H, bool bf16, cudaStream_t s) {
-  if (bf16) embedKernel<<<T, 256, 0, s>>>(tok, static_cast<const __nv_bfloat16*>(table), x, H);
-  else embedKernel<<<T, 256, 0, s>>>(tok, static_cast<const __half*>(table), x, H);
+  if (bf16) launch(embedKernel<__nv_bfloat16>, dim3(T), 256, 0, s, tok, static_cast<const __nv_bfloat16*>(table), x, H);
+  else launch(embedKernel<__half>, dim3(T), 256, 0, s, tok, static_cast<const __half*>(table), x, H);
 }
 
 void rmsnorm(const float* x, const int* rows, const float* w, void* out, int R, int H, float eps, bool bf16, cudaStream_t s) {
   const int threads = H <= 2048 ? 128 : H <= 4096 ? 256 : 512;
-  if (bf16) rmsnormKernel<<<R, threads, 0, s>>>(x, rows, w, static_cast<__nv_bfloat16*>(out), H, eps);
-  else rmsnormKernel<<<R, threads, 0, s>>>(x, rows, w, static_cast<__half*>(out), H, eps);
+  if (bf16) launch(rmsnormKernel<__nv_bfloat16>, dim3(R), threads, 0, s, x, rows, w, static_cast<__nv_bfloat16*>(out), H, eps);
+  else launch(rmsnormKernel<__half>, dim3(R), threads, 0, s, x, rows, w, static_cast<__half*>(out), H, eps);
 }
 
 void ropeStoreKv(float* qkv, const float* bias, const float* cosv, const float* sinv, const StepIndex& ix,
                  const KvLayout& kv, int layer, int T, int numHeads, cudaStream_t s) {
-  if (kv.f16) ropeStoreKernel<__half><<<T, 512, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
-  else ropeStoreKernel<float><<<T, 512, 0, s>>>(qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
+  if (kv.f16) launch(ropeStoreKernel<__half>, dim3(T), 512, 0, s, qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
+  else launch(ropeStoreKernel<float>, dim3(T), 512, 0, s, qkv, bias, cosv, sinv, ix, kv, layer, numHeads);
 }
 
 size_t attentionSmem(int tileTokens, int group, int headDim) {
@@ -397,27 +525,46 @@ void attention(const float* qkv, int qkvDim, const KvLayout& kv, int layer, cons
   const size_t smem = attentionSmem(tileTokens, numHeads / kv.kvHeads, kv.headDim);
   const int threads = kAttentionThreads;
   if (kv.f16) {
-    if (bf16) attentionKernel<__half, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, splitOnly, numTiles);
-    else attentionKernel<__half, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, splitOnly, numTiles);
+    if (bf16) launch(attentionKernel<__half, __nv_bfloat16>, grid, threads, smem, s, qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, splitOnly, numTiles);
+    else launch(attentionKernel<__half, __half>, grid, threads, smem, s, qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, splitOnly, numTiles);
   } else {
-    if (bf16) attentionKernel<float, __nv_bfloat16><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, splitOnly, numTiles);
-    else attentionKernel<float, __half><<<grid, threads, smem, s>>>(qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, splitOnly, numTiles);
+    if (bf16) launch(attentionKernel<float, __nv_bfloat16>, grid, threads, smem, s, qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__nv_bfloat16*>(out), partial, splitOnly, numTiles);
+    else launch(attentionKernel<float, __half>, grid, threads, smem, s, qkv, qkvDim, kv, layer, ix, numHeads, tileTokens, static_cast<__half*>(out), partial, splitOnly, numTiles);
   }
   if (!anySplit) return;
   const dim3 cgrid(numTiles, numHeads);
-  if (bf16) attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__nv_bfloat16*>(out));
-  else attentionCombineKernel<<<cgrid, 64, 0, s>>>(partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__half*>(out));
+  if (bf16) launch(attentionCombineKernel<__nv_bfloat16>, cgrid, 64, 0, s, partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__nv_bfloat16*>(out));
+  else launch(attentionCombineKernel<__half>, cgrid, 64, 0, s, partial, ix, numHeads, kv.headDim, kAttentionSplits, static_cast<__half*>(out));
 }
 
 void gemv(const void* w, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s) {
-  if (bf16) gemvT(static_cast<const __nv_bfloat16*>(w), static_cast<const __nv_bfloat16*>(x), y, N, T, K, accumulate, s);
-  else gemvT(static_cast<const __half*>(w), static_cast<const __half*>(x), y, N, T, K, accumulate, s);
+  if (bf16) gemvT<PlainRow<__nv_bfloat16>>(w, nullptr, static_cast<const __nv_bfloat16*>(x), y, N, T, K, accumulate, s);
+  else gemvT<PlainRow<__half>>(w, nullptr, static_cast<const __half*>(x), y, N, T, K, accumulate, s);
+}
+
+void gemvFp8(const uint8_t* w, const float* scale, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s) {
+  if (bf16) gemvT<Fp8Row<__nv_bfloat16>>(w, scale, static_cast<const __nv_bfloat16*>(x), y, N, T, K, accumulate, s);
+  else gemvT<Fp8Row<__half>>(w, scale, static_cast<const __half*>(x), y, N, T, K, accumulate, s);
+}
+
+void dequantFp8(const uint8_t* w, const float* scale, void* out, int64_t N, int K, bool bf16, cudaStream_t s) {
+  const int64_t vecs = N * K / 16;
+  const int blocks = int(std::min<int64_t>((vecs + 255) / 256, 132 * 16));
+  const uint4* wv = reinterpret_cast<const uint4*>(w);
+  if (bf16) launch(dequantFp8Kernel<__nv_bfloat16>, dim3(blocks), 256, 0, s, wv, scale, static_cast<__nv_bfloat16*>(out), vecs, K / 16);
+  else launch(dequantFp8Kernel<__half>, dim3(blocks), 256, 0, s, wv, scale, static_cast<__half*>(out), vecs, K / 16);
+}
+
+void quantizeFp8(const void* w, uint8_t* w8, float* scale, int64_t N, int K, bool bf16, cudaStream_t s) {
+  if (N == 0) return;
+  if (bf16) quantizeFp8Kernel<<<unsigned(N), 256, 0, s>>>(static_cast<const __nv_bfloat16*>(w), w8, scale, K);
+  else quantizeFp8Kernel<<<unsigned(N), 256, 0, s>>>(static_cast<const __half*>(w), w8, scale, K);
 }
 
 void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s) {
   const dim3 grid((F + 255) / 256 < 64 ? (F + 255) / 256 : 64, T);
-  if (bf16) siluMulKernel<<<grid, 256, 0, s>>>(gu, static_cast<__nv_bfloat16*>(h), F);
-  else siluMulKernel<<<grid, 256, 0, s>>>(gu, static_cast<__half*>(h), F);
+  if (bf16) launch(siluMulKernel<__nv_bfloat16>, grid, 256, 0, s, gu, static_cast<__nv_bfloat16*>(h), F);
+  else launch(siluMulKernel<__half>, grid, 256, 0, s, gu, static_cast<__half*>(h), F);
 }
 
 }  // namespace weft::cuda

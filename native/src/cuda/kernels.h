@@ -57,6 +57,20 @@ void attentionMma(const float* qkv, int qkvDim, const KvLayout& kv, int layer, c
 // Y[t, n] (f32) = X[t, :] . W[n, :] (+ Y) for T <= kGemvMaxTokens (K a multiple of 8): the decode GEMV.
 constexpr int kGemvMaxTokens = 8;
 void gemv(const void* w, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s);
+// FP8 E4M3 weights with one f32 scale per row: Y[t, n] = scale[n] * X[t, :] . W8[n, :] (+ Y), K a
+// multiple of 16, T <= kGemvMaxTokens.
+void gemvFp8(const uint8_t* w, const float* scale, const void* x, float* y, int N, int T, int K, bool accumulate, bool bf16, cudaStream_t s);
+// out[n, k] (bf16/f16) = W8[n, k] * scale[n] (K a multiple of 16): the larger GEMMs dequantize a
+// matrix into the context's workspace and run on cuBLAS.
+void dequantFp8(const uint8_t* w, const float* scale, void* out, int64_t N, int K, bool bf16, cudaStream_t s);
+// At load: scale[n] = max_k |w[n, k]| / 448 (1 for a zero row), W8 = E4M3(w / scale), saturating.
+void quantizeFp8(const void* w, uint8_t* w8, float* scale, int64_t N, int K, bool bf16, cudaStream_t s);
+// Fault injection (test:cuda, WEFT_FAULT_INJECTION=1): a kernel spinning until *hostFlag (pinned,
+// mapped) is non-zero or limitSeconds pass; a kernel that traps; a launch the runtime refuses
+// (returns its error: cudaErrorInvalidConfiguration).
+void faultHang(const int* hostFlag, double limitSeconds, cudaStream_t s);
+void faultTrap(cudaStream_t s);
+cudaError_t faultBadLaunch(cudaStream_t s);
 // h[t, i] = silu(gu[t, i]) * gu[t, F + i]
 void siluMul(const float* gu, void* h, int T, int F, bool bf16, cudaStream_t s);
 
