@@ -51,6 +51,9 @@ matrices ~ N(0, 1/fan_in) (attention not uniform, logits O(1)), RMSNorm weights 
 
 `python3 scripts/gpu/hf_fixtures.py --self-test --tokenizer T` checks the pure-python parts
 (tokenizer trimming, JSON formatting) without torch.
+
+FP8 checkpoints (fp8_* fixtures, test/engine-fp8.test.ts) come from scripts/gpu/fp8_fixtures.py, which
+reuses this file's configs, initialization and float64 patches.
 """
 import argparse
 import copy
