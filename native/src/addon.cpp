@@ -389,6 +389,18 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       return Napi::Number::New(info.Env(), cudaCopyBandwidth(device, uint64_t(bytes)));
     });
   }));
+  // cudaMemInfo(device = 0) -> {free, total} bytes of device memory now (all processes' use counted)
+  exports.Set("cudaMemInfo", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      const int device = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+      uint64_t freeBytes = 0, total = 0;
+      cudaMemInfo(device, freeBytes, total);
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("free", double(freeBytes));
+      o.Set("total", double(total));
+      return o;
+    });
+  }));
 #if defined(__AVX512F__)
   exports.Set("simd", "avx512");
 #elif WEFT_SIMD

@@ -72,5 +72,6 @@ int cudaDeviceCount();
 // Device-to-device copy bandwidth in bytes/s (read + write counted), best of several copies of
 // `bytes`; blocks the calling thread (benchmarks only).
 double cudaCopyBandwidth(int device, uint64_t bytes);
+void cudaMemInfo(int device, uint64_t& freeBytes, uint64_t& total);
 
 }  // namespace weft

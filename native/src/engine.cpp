@@ -263,5 +263,6 @@ std::unique_ptr<Backend> makeCudaBackend(const Model&, const EngineOptions&) {
 }
 int cudaDeviceCount() { return 0; }
 double cudaCopyBandwidth(int, uint64_t) { throw WeftError(Err::BackendUnavailable, "this build of weft has no CUDA backend"); }
+void cudaMemInfo(int, uint64_t&, uint64_t&) { throw WeftError(Err::BackendUnavailable, "this build of weft has no CUDA backend"); }
 }  // namespace weft
 #endif

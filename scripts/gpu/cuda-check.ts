@@ -10,12 +10,16 @@
  *
  *   node dist/scripts/gpu/cuda-check.js [--quick]   (--quick: a subset, for compute-sanitizer)
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bf16ToF32, encodeFloats, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32, readTensorF32 } from '../../src/engine/dtype.js';
 import { Engine, type SamplingOptions, type Sequence } from '../../src/engine/engine.js';
+import { native } from '../../src/engine/native.js';
+import { readSafetensorsHeader, writeSafetensors } from '../../src/engine/safetensors.js';
 import { makeTinyModel } from '../make-tiny-model.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -99,6 +103,45 @@ async function fixtures(): Promise<void> {
         engine.dispose();
       }
       assert(worst <= 3e-2, `logits rel err ${worst.toExponential(2)} > 3e-2`);
+      return `max rel err ${worst.toExponential(2)}`;
+    });
+  }
+}
+
+/** FP8 checkpoints (scripts/gpu/fp8_fixtures.py: torch's fp8 values, float64 reference of the
+ * dequantized model) on the GPU: per-tensor and per-channel scales run as stored; block scales are
+ * requantized per row (one more rounding), so they get a looser bound and no greedy check. */
+async function fp8Checkpoints(): Promise<void> {
+  const { existsSync, readdirSync } = await import('node:fs');
+  const names = existsSync(HF) ? readdirSync(HF).filter((n) => n.startsWith('fp8_') && existsSync(join(HF, n, 'logits.json'))) : [];
+  if (names.length === 0) console.log('note no FP8 checkpoint fixtures in test/fixtures/hf (scripts/gpu/fp8_fixtures.py writes them)');
+  for (const name of names) {
+    await check(`FP8 checkpoint ${name} on cuda vs the float64 reference`, async () => {
+      const dir = join(HF, name);
+      const fx = JSON.parse(readFileSync(join(dir, 'logits.json'), 'utf8')) as { inputs: number[][]; logits: number[][][]; greedy: number[][] };
+      const block = name.includes('block');
+      const engine = await Engine.load(dir, { backend: 'cuda', tokenizer: false });
+      let worst = 0;
+      try {
+        const V = engine.config.vocabSize;
+        assert(engine.stats().weightFormat === 'fp8', `weightFormat ${engine.stats().weightFormat}`);
+        for (let s = 0; s < fx.inputs.length; s++) {
+          const seq = engine.createSequence({ ignoreEos: true });
+          const [r] = await engine.run([{ sequence: seq, tokens: fx.inputs[s]!, logits: 'all' }]);
+          for (let p = 0; p < fx.inputs[s]!.length; p++) worst = Math.max(worst, relErr(rowOf(r!.logits!, V, p), fx.logits[s]![p]!));
+          const out = [argmax(rowOf(r!.logits!, V, fx.inputs[s]!.length - 1))];
+          while (out.length < fx.greedy[s]!.length) {
+            const [d] = await engine.run([{ sequence: seq, tokens: [out.at(-1)!], sample: true }]);
+            out.push(d!.token!);
+          }
+          if (!block) assert(same(out, fx.greedy[s]!), `input ${s}: greedy ${out.join(',')} != reference ${fx.greedy[s]!.join(',')}`);
+          seq.free();
+        }
+      } finally {
+        engine.dispose();
+      }
+      const bound = block ? 1e-1 : 3e-2;
+      assert(worst <= bound, `logits rel err ${worst.toExponential(2)} > ${bound}`);
       return `max rel err ${worst.toExponential(2)}`;
     });
   }
@@ -267,10 +310,259 @@ async function prefillAttention(dir: string): Promise<void> {
   });
 }
 
+/** Rewrites a bf16 model's layer matrices so that every row is FP8 E4M3 values times a power of two
+ * whose largest magnitude is 448 times it: quantizing such a row to FP8 with a per-row scale loses
+ * nothing, so an fp8 engine must compute what the bf16 engine computes (to summation order). */
+async function makeFp8Exact(dir: string): Promise<void> {
+  const file = join(dir, 'model.safetensors');
+  const infos = await readSafetensorsHeader(file);
+  const out = [];
+  for (const t of infos) {
+    const v = await readTensorF32(t);
+    if (/layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$/.test(t.name)) {
+      const K = t.shape[1]!;
+      for (let r = 0; r < t.shape[0]!; r++) {
+        const row = v.subarray(r * K, (r + 1) * K);
+        let amax = 0, at = 0;
+        row.forEach((x, i) => { if (Math.abs(x) > amax) { amax = Math.abs(x); at = i; } });
+        const sc = 2 ** Math.ceil(Math.log2(amax / 448));
+        for (let i = 0; i < K; i++) row[i] = fp8e4m3ToF32(f32ToFp8e4m3(row[i]! / sc)) * sc;
+        row[at] = Math.sign(row[at]! || 1) * 448 * sc;
+        for (let i = 0; i < K; i++) assert(bf16ToF32(f32ToBf16(row[i]!)) === row[i], `${t.name}: ${row[i]} is not exact in bf16`);
+      }
+    }
+    out.push({ name: t.name, dtype: t.dtype as string, shape: t.shape, data: encodeFloats(v, t.dtype as 'BF16') });
+  }
+  await writeSafetensors(file, out, { format: 'pt' });
+}
+
+/** FP8 weights: exact on an FP8-representable model (GEMV at 1..8 tokens, dequantize + cuBLAS
+ * above), close on a random one, PDL on and off bit-identical. */
+async function fp8Checks(tmp: string): Promise<void> {
+  const exact = join(tmp, 'fp8exact');
+  await makeTinyModel(exact, { arch: 'llama', dtype: 'bf16', seed: 31, layers: 2, vocab: 512, hidden: 256, heads: 4, kvHeads: 2, ffn: 512 });
+  await makeFp8Exact(exact);
+  const prompt = Array.from({ length: 40 }, (_, i) => (i * 29 + 3) % 512);
+  const run = async (dir: string, opts: { quantize?: 'fp8' }) => {
+    const engine = await Engine.load(dir, { backend: 'cuda', tokenizer: false, maxBatchTokens: 128, ...opts });
+    try {
+      const seq = engine.createSequence({ ignoreEos: true });
+      const [p] = await engine.run([{ sequence: seq, tokens: prompt, logits: 'all' }]);
+      const g = await gen(engine, seq, [argmax(rowOf(p!.logits!, 512, prompt.length - 1))], 24);
+      // a batch of 8 (the GEMV's widest) equals the sequence alone
+      const seqs = Array.from({ length: 8 }, () => engine.createSequence({ ignoreEos: true }));
+      let rs = await engine.step(lease(0), seqs.map((q, i) => ({ sequence: q, tokens: i === 3 ? prompt : prompt.slice(i), sample: true })));
+      const batched = [rs[3]!.token!];
+      for (let i = 1; i < 25; i++) {
+        rs = await engine.step(lease(0), seqs.map((q, j) => ({ sequence: q, tokens: [rs[j]!.token!], sample: true })));
+        batched.push(rs[3]!.token!);
+      }
+      return { prefill: p!.logits!, decode: g.first, tokens: [argmax(rowOf(p!.logits!, 512, prompt.length - 1)), ...g.tokens], batched, stats: engine.stats() };
+    } finally {
+      engine.dispose();
+    }
+  };
+  await check('fp8: an FP8-representable model equals its bf16 run (prefill via cuBLAS, decode GEMV, batch of 8)', async () => {
+    const b = await run(exact, {});
+    const f = await run(exact, { quantize: 'fp8' });
+    assert(f.stats.weightFormat === 'fp8', `weightFormat ${f.stats.weightFormat}`);
+    assert(f.stats.deviceWeightBytes < b.stats.deviceWeightBytes, `fp8 device bytes ${f.stats.deviceWeightBytes} >= bf16 ${b.stats.deviceWeightBytes}`);
+    let ePre = 0;
+    for (let p = 0; p < prompt.length; p++) ePre = Math.max(ePre, relErr(rowOf(f.prefill, 512, p), rowOf(b.prefill, 512, p)));
+    const eDec = relErr(f.decode, b.decode);
+    assert(ePre <= 1e-5, `prefill logits rel err ${ePre}`);
+    assert(eDec <= 1e-3, `decode logits rel err ${eDec}`);
+    assert(same(f.tokens, b.tokens), `fp8 ${f.tokens.join(',')} != bf16 ${b.tokens.join(',')}`);
+    assert(same(f.batched, f.tokens), `fp8 batch of 8 ${f.batched.join(',')} != alone ${f.tokens.join(',')}`);
+    return `prefill rel err ${ePre.toExponential(2)}, decode ${eDec.toExponential(2)}, device bytes ${f.stats.deviceWeightBytes} vs ${b.stats.deviceWeightBytes}`;
+  });
+  const rnd = join(tmp, 'fp8rnd');
+  await makeTinyModel(rnd, { arch: 'llama', dtype: 'bf16', seed: 32, layers: 2, vocab: 512, hidden: 256, heads: 4, kvHeads: 2, ffn: 512 });
+  await check('fp8: random bf16 weights quantized on the GPU stay close (logits within 5%)', async () => {
+    const b = await run(rnd, {});
+    const f = await run(rnd, { quantize: 'fp8' });
+    let e = 0, agree = 0;
+    for (let p = 0; p < prompt.length; p++) {
+      e = Math.max(e, relErr(rowOf(f.prefill, 512, p), rowOf(b.prefill, 512, p)));
+      if (argmax(rowOf(f.prefill, 512, p)) === argmax(rowOf(b.prefill, 512, p))) agree++;
+    }
+    assert(e <= 5e-2, `prefill logits rel err ${e}`);
+    assert(same(f.batched, f.tokens), 'fp8 batch of 8 differs from alone');
+    return `max rel err ${e.toExponential(2)}, top-1 agreement ${agree}/${prompt.length}`;
+  });
+  await check('programmatic dependent launch on and off: bit-identical logits and tokens', async () => {
+    const on = await run(rnd, {});
+    process.env.WEFT_CUDA_NO_PDL = '1';
+    let off;
+    try {
+      off = await run(rnd, {});
+    } finally {
+      delete process.env.WEFT_CUDA_NO_PDL;
+    }
+    assert(on.prefill.every((x, i) => x === off.prefill[i]) && on.decode.every((x, i) => x === off.decode[i]), 'logits differ');
+    assert(same(on.tokens, off.tokens) && same(on.batched, off.batched), 'tokens differ');
+  });
+}
+
+const codeOf = async (p: Promise<unknown>): Promise<string> => {
+  try {
+    await p;
+    return 'none';
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  }
+};
+
+/** Injected device faults: a refused launch, a workspace that cannot grow, a stuck stream (the
+ * watchdog), each with its code, the sequence as before and the other context serving. */
+async function faults(dir: string): Promise<void> {
+  process.env.WEFT_FAULT_INJECTION = '1';
+  process.env.WEFT_CUDA_WATCHDOG_MS = '400';
+  const engine = await Engine.load(dir, { backend: 'cuda', tokenizer: false, contexts: 2, kvMemoryBytes: 64 << 20 });
+  delete process.env.WEFT_CUDA_WATCHDOG_MS;
+  const PROMPT = [12, 200, 7, 91, 33, 480, 5, 18];
+  try {
+    const ref = await gen(engine, engine.createSequence({ ignoreEos: true }), PROMPT, 12);
+    for (const [kind, want] of [['launch', 'WEFT_DEVICE_ERROR'], ['oom', 'WEFT_DEVICE_OUT_OF_MEMORY']] as const) {
+      await check(`fault ${kind}: ${want}, the sequence as before, then it continues`, async () => {
+        const seq = engine.createSequence({ ignoreEos: true, repetitionPenalty: kind === 'oom' ? 1.0001 : 1 });
+        const head = await gen(engine, seq, PROMPT, 4);
+        const before = seq.info();
+        engine.native.injectFault(0, kind);
+        const code = await codeOf(engine.step(lease(0), [{ sequence: seq, tokens: [head.tokens.at(-1)!], sample: true }]));
+        assert(code === want, `got ${code}`);
+        const after = seq.info();
+        assert(after.numTokens === before.numTokens && after.numPages === before.numPages && !after.busy, `state ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+        const tail = await gen(engine, seq, [head.tokens.at(-1)!], 8, 0);
+        if (kind === 'launch') assert(same([...head.tokens, ...tail.tokens], ref.tokens), 'continuation changed');
+      });
+    }
+    await check('fault hang: the watchdog fails the step (WEFT_DEVICE_TIMEOUT), the other context keeps serving, the context returns once drained', async () => {
+      const stuck = engine.createSequence({ ignoreEos: true });
+      const head = await gen(engine, stuck, PROMPT, 4);
+      const before = stuck.info();
+      const other = engine.createSequence({ ignoreEos: true });
+      let next = PROMPT, otherSteps = 0, stop = false;
+      const loop = (async () => {
+        while (!stop) {
+          const [r] = await engine.step(lease(1), [{ sequence: other, tokens: next, sample: true }]);
+          next = [r!.token!];
+          otherSteps++;
+        }
+      })();
+      engine.native.injectFault(0, 'hang');
+      const t0 = performance.now();
+      const code = await codeOf(engine.step(lease(0), [{ sequence: stuck, tokens: [head.tokens.at(-1)!], sample: true }]));
+      const waited = performance.now() - t0;
+      assert(code === 'WEFT_DEVICE_TIMEOUT', `got ${code}`);
+      const during = otherSteps;
+      assert(stuck.info().busy, 'the stuck step released its sequence while its work may still run');
+      assert(!engine.native.contextReady(0), 'context 0 ready while stuck');
+      assert((await codeOf(engine.step(lease(0), [{ sequence: engine.createSequence(), tokens: [1] }]))) === 'WEFT_CONTEXT_BUSY', 'a stuck context took a step');
+      await new Promise((r) => setTimeout(r, 200));
+      assert(otherSteps > during, 'context 1 stopped while context 0 was stuck');
+      engine.native.releaseFault(0);
+      const t1 = performance.now();
+      while (!engine.native.contextReady(0)) {
+        assert(performance.now() - t1 < 10000, 'context 0 did not drain');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      stop = true;
+      await loop;
+      const after = stuck.info();
+      assert(after.numTokens === before.numTokens && after.numPages === before.numPages && !after.busy, `state ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+      const tail = await gen(engine, stuck, [head.tokens.at(-1)!], 8, 0);
+      assert(same([...head.tokens, ...tail.tokens], ref.tokens), 'continuation changed');
+      return `timeout after ${waited.toFixed(0)} ms; context 1 took ${otherSteps} steps meanwhile`;
+    });
+    await check('fault hang through the context pool: the context is set aside, steps go to the other one', async () => {
+      const a = engine.createSequence({ ignoreEos: true });
+      engine.native.injectFault(0, 'hang');
+      // the pool hands out context 0 first when both are free
+      const code = await codeOf(engine.run([{ sequence: a, tokens: PROMPT, sample: true }]));
+      assert(code === 'WEFT_DEVICE_TIMEOUT', `got ${code}`);
+      assert(engine.contexts.numSetAside === 1, `set aside: ${engine.contexts.numSetAside}`);
+      const b = engine.createSequence({ ignoreEos: true });
+      for (let i = 0; i < 3; i++) await engine.run([{ sequence: b, tokens: i === 0 ? PROMPT : [5], sample: true }]);
+      engine.native.releaseFault(0);
+      const t1 = performance.now();
+      while (engine.contexts.numSetAside > 0) {
+        assert(performance.now() - t1 < 10000, 'context 0 did not come back');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert(engine.contexts.numFree === 2, `free contexts ${engine.contexts.numFree}`);
+    });
+  } finally {
+    engine.dispose();
+    delete process.env.WEFT_FAULT_INJECTION;
+  }
+  await check('fault trap (a sticky device fault) in a child process: WEFT_DEVICE_LOST, every later step too, no crash', async () => {
+    const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child-trap', dir], { encoding: 'utf8', env: { ...process.env, WEFT_FAULT_INJECTION: '1' }, timeout: 120000 });
+    const line = (r.stdout ?? '').split('\n').find((l) => l.startsWith('{')) ?? '';
+    assert(r.status === 0 && r.signal === null, `child exit ${r.status} ${r.signal}: ${r.stderr?.slice(-500)}`);
+    const o = JSON.parse(line) as { first: string; second: string; lost: boolean; other: string };
+    assert(o.first === 'WEFT_DEVICE_LOST' && o.second === 'WEFT_DEVICE_LOST' && o.other === 'WEFT_DEVICE_LOST' && o.lost, line);
+    return line;
+  });
+}
+
+async function childTrap(dir: string): Promise<void> {
+  const engine = await Engine.load(dir, { backend: 'cuda', tokenizer: false, contexts: 2, kvMemoryBytes: 64 << 20 });
+  const seq = engine.createSequence({ ignoreEos: true });
+  await engine.step(lease(0), [{ sequence: seq, tokens: [1, 2, 3], sample: true }]);
+  engine.native.injectFault(0, 'trap');
+  const first = await codeOf(engine.step(lease(0), [{ sequence: seq, tokens: [4], sample: true }]));
+  const second = await codeOf(engine.step(lease(0), [{ sequence: seq, tokens: [4], sample: true }]));
+  const other = await codeOf(engine.step(lease(1), [{ sequence: engine.createSequence(), tokens: [4], sample: true }]));
+  const lost = engine.stats().deviceLost;
+  engine.dispose();
+  console.log(JSON.stringify({ first, second, other, lost }));
+}
+
+/** KV sizing with another process on the GPU: a child holds most of the memory; a load asking
+ * for more KV than is free gets what is free (less the workspaces), never more. */
+async function memorySizing(dir: string): Promise<void> {
+  await check('KV pool sized from the memory other processes leave (never over-committed)', async () => {
+    const { free, total } = native().cudaMemInfo();
+    const hog = Math.floor(free - 6 * 2 ** 30);
+    const child = (await import('node:child_process')).spawn(process.execPath, [fileURLToPath(import.meta.url), '--child-hog', dir, String(hog)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let out = '';
+        child.stdout!.on('data', (d) => { out += d; if (out.includes('holding')) resolve(); });
+        child.on('exit', (c) => reject(new Error(`hog exited ${c}`)));
+      });
+      const left = native().cudaMemInfo().free;
+      assert(left < 7 * 2 ** 30, `the child holds too little: ${left} free`);
+      const engine = await Engine.load(dir, { backend: 'cuda', tokenizer: false, kvMemoryBytes: 100 * 2 ** 30 });
+      const st = engine.stats();
+      const kvBytes = st.kvPagesTotal * st.kvPageTokens * st.kvBytesPerToken;
+      const after = native().cudaMemInfo().free;
+      engine.dispose();
+      assert(kvBytes < left && after > 256 * 2 ** 20, `KV ${kvBytes} of ${left} free, ${after} left after the load`);
+      return `total ${(total / 2 ** 30).toFixed(1)} GiB, ${(left / 2 ** 30).toFixed(2)} GiB free beside the child, KV got ${(kvBytes / 2 ** 30).toFixed(2)} GiB, ${(after / 2 ** 20).toFixed(0)} MiB left`;
+    } finally {
+      child.kill('SIGTERM');
+    }
+  });
+}
+
+async function childHog(dir: string, bytes: number): Promise<void> {
+  const engine = await Engine.load(dir, { backend: 'cuda', tokenizer: false, kvMemoryBytes: bytes });
+  console.log(`holding ${engine.stats().kvPagesTotal} pages`);
+  await new Promise((r) => setTimeout(r, 600000));
+}
+
 async function main(): Promise<void> {
+  const at = process.argv.indexOf('--child-trap');
+  if (at > 0) return childTrap(process.argv[at + 1]!);
+  const hogAt = process.argv.indexOf('--child-hog');
+  if (hogAt > 0) return childHog(process.argv[hogAt + 1]!, Number(process.argv[hogAt + 2]));
   const tmp = mkdtempSync(join(tmpdir(), 'weft-cuda-'));
   try {
     await fixtures();
+    await fp8Checkpoints();
+    await fp8Checks(tmp);
     const inv = join(tmp, 'inv');
     await makeTinyModel(inv, { arch: 'llama', dtype: 'f16', seed: 21, layers: 2, vocab: 512, hidden: 128, heads: 4, kvHeads: 2, ffn: 256 });
     await invariance(inv);
@@ -278,6 +570,9 @@ async function main(): Promise<void> {
     await makeTinyModel(wide, { arch: 'llama', dtype: 'bf16', seed: 9, layers: 2, vocab: 600, hidden: 512, heads: 4, kvHeads: 1, ffn: 512, maxPos: 1024 });
     await prefillAttention(wide);
     if (!quick) {
+      // (not under compute-sanitizer: the injected faults are CUDA errors on purpose)
+      await faults(inv);
+      await memorySizing(inv);
       await cpuVsCuda(join(ROOT, 'models', 'default'), 'default model', [5, 60, 7, 91, 33, 120, 5, 18], 48);
       await cpuVsCuda(inv, 'tiny f16 llama', [12, 200, 7, 91, 33, 480, 5, 18], 48);
       const q = join(tmp, 'qwen');

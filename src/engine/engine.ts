@@ -308,7 +308,10 @@ export class Engine {
     try {
       results = await this.native.step(lease.index, nativeEntries);
     } catch (err) {
-      throw toWeftError(err);
+      const e = toWeftError(err);
+      // the step's GPU work did not finish: the context serves again once it drained
+      if (e.code === 'WEFT_DEVICE_TIMEOUT') this.contexts.setAside(lease.index, () => !this.disposed && this.native.contextReady(lease.index));
+      throw e;
     }
     return results.map((r, i) => ({ ...r, sequence: entries[i]!.sequence }));
   }
@@ -320,6 +323,16 @@ export class Engine {
       return await this.step(lease, entries);
     } finally {
       lease.release();
+    }
+  }
+
+  /** The GPU context is unusable (a sticky device fault): every step fails with WEFT_DEVICE_LOST. */
+  get deviceLost(): boolean {
+    if (this.disposed) return false;
+    try {
+      return this.native.stats().deviceLost === true;
+    } catch {
+      return false;
     }
   }
 

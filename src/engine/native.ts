@@ -77,6 +77,8 @@ export interface NativeStats {
   kvPagesTotal: number; kvPagesFree: number; kvPageTokens: number; kvBytesPerToken: number; kvDtype: 'F32' | 'F16';
   contexts: number; contextsBusy: number; threadsPerContext: number; maxContext: number; maxBatchTokens: number;
   maxBatchSequences: number; maxLogitRows: number; sequences: number; weightBytes: number;
+  /** Bytes of weights in device memory (cuda; 0 on the CPU), weight format, and whether the GPU context was lost. */
+  deviceWeightBytes: number; weightFormat: 'source' | 'fp8'; deviceLost: boolean;
   backend: 'cpu' | 'cuda'; device: string;
 }
 
@@ -91,6 +93,11 @@ export interface NativeEngine {
   setSampling(id: number, params: NativeSampling): void;
   step(context: number, entries: NativeStepEntry[]): Promise<NativeStepResult[]>;
   stats(): NativeStats;
+  /** false while a step of this context that timed out on the device may still be running there. */
+  contextReady(context: number): boolean;
+  /** Test hooks (WEFT_FAULT_INJECTION=1, cuda): the context's next step meets the fault; releaseFault ends a hang. */
+  injectFault(context: number, kind: 'launch' | 'oom' | 'hang' | 'trap'): void;
+  releaseFault(context: number): void;
   dispose(): void;
 }
 
@@ -107,6 +114,8 @@ export interface NativeAddon {
   cudaDeviceCount(): number;
   /** Device-to-device copy bandwidth in bytes/s (read + write), for benchmarks. */
   cudaCopyBandwidth(bytes?: number, device?: number): number;
+  /** Device memory free and total now, in bytes (every process's allocations counted). */
+  cudaMemInfo(device?: number): { free: number; total: number };
   /** ggml block formats (native/src/addon_quant.cpp). */
   quant: NativeQuant;
 }

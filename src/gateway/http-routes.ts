@@ -37,6 +37,8 @@ export class HttpRoutes {
     if (path === '/readyz') {
       if (this.closing() || gw.draining) return text(503, 'draining\n');
       if (!gw.scheduler) return text(503, 'loading\n');
+      // a sticky GPU fault: every step fails (WEFT_DEVICE_LOST) until the process restarts
+      if (gw.engine?.deviceLost) return text(503, 'device lost: restart the process\n');
       // Redis down: this instance still serves its own sessions (ready), and says what it cannot do
       const redis = gw.cluster ? (gw.cluster.up ? 'redis: up\n' : 'redis: down (serving this instance\'s sessions; no takeover, no shared budgets)\n') : '';
       return text(200, `ready\n${redis}`);

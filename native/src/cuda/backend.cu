@@ -225,6 +225,12 @@ void CudaBackend::attachKv(KvPool& kv) {
 
 std::unique_ptr<ExecContext> CudaBackend::makeContext(const Model& model, const EngineOptions& opt, KvPool& kv) {
   WEFT_CU(cudaSetDevice(device));
+  // free memory read again: another process may have taken some since the KV pool was sized
+  size_t freeBytes = 0, total = 0;
+  WEFT_CU(cudaMemGetInfo(&freeBytes, &total));
+  if (freeBytes < contextBytes(opt))
+    throw WeftError(Err::DeviceOutOfMemory, "device memory: " + std::to_string(freeBytes >> 20) + " MiB free, a context needs about " +
+                                                std::to_string(contextBytes(opt) >> 20) + " MiB (other processes on this GPU?)");
   return std::make_unique<CudaContext>(*this, model, opt, kv);
 }
 
@@ -315,6 +321,15 @@ double cudaCopyBandwidth(int device, uint64_t bytes) {
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   return 2.0 * double(bytes) / (double(best) * 1e-3);
+}
+
+void cudaMemInfo(int device, uint64_t& freeBytes, uint64_t& total) {
+  using cuda::check;
+  WEFT_CU(cudaSetDevice(device));
+  size_t f = 0, t = 0;
+  WEFT_CU(cudaMemGetInfo(&f, &t));
+  freeBytes = f;
+  total = t;
 }
 
 int cudaDeviceCount() {
