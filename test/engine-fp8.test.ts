@@ -309,6 +309,8 @@ describe('bad FP8 checkpoints fail with their code', () => {
     await expectLoadFails(tensorCk.tensors, withQuant(tensorCk, { quant_method: 'fp8', ignored_layers: ['model.layers.0.self_attn.q_proj'] }), 'WEFT_MODEL_FORMAT', /as not quantized/);
     await expectLoadFails(blockCk.tensors, withQuant(blockCk, { quant_method: 'fp8', weight_block_size: [128] }), 'WEFT_MODEL_FORMAT', /weight_block_size/);
     await expectLoadFails(tensorCk.tensors, withQuant(tensorCk, 'fp8'), 'WEFT_MODEL_FORMAT', /quantization_config/);
+    const badRegex = { ...(channelCk.config.quantization_config as object), ignore: ['re:(lm_head'] };
+    await expectLoadFails(channelCk.tensors, withQuant(channelCk, badRegex), 'WEFT_MODEL_FORMAT', /regular expression/);
   });
 
   test('non-finite or non-positive scales: WEFT_MODEL_FORMAT from the native loader', async () => {

@@ -93,7 +93,16 @@ function parseCompressedTensors(q: Json, file: string): Fp8Scheme {
   if (format !== undefined && format !== null && format !== 'float-quantized') {
     throw dtypeErr(file, `quantization_config.format is ${describe(format)}; FP8 weights are "float-quantized"`);
   }
-  return { method: 'compressed-tensors', block, scaleSuffix: 'weight_scale', ignore: stringList(q, 'ignore', file) };
+  const ignore = stringList(q, 'ignore', file);
+  for (const entry of ignore) {
+    if (!entry.startsWith('re:')) continue;
+    try {
+      new RegExp(entry.slice(3));
+    } catch {
+      throw fmt(file, `field "quantization_config.ignore" holds ${describe(entry)}, not a valid regular expression`);
+    }
+  }
+  return { method: 'compressed-tensors', block, scaleSuffix: 'weight_scale', ignore };
 }
 
 /** config.json's quantization_config as an FP8 scheme; null when there is none. Throws WeftError. */
