@@ -151,7 +151,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("sequences", double(e.numSequences()));
       o.Set("weightBytes", double(e.model().weightBytes));
       o.Set("deviceWeightBytes", double(e.backend().deviceWeightBytes()));
-      o.Set("weightFormat", e.options().fp8Weights ? "fp8" : "source");
+      o.Set("weightFormat", e.backend().weightFormat());
       o.Set("deviceLost", e.backend().lost());
       return o;
     });

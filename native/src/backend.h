@@ -62,6 +62,8 @@ class Backend {
   virtual uint64_t deviceWeightBytes() const { return 0; }
   // The device can run nothing more in this process (CUDA: a sticky error).
   virtual bool lost() const { return false; }
+  // "fp8" when layer matrices are FP8 on the device, else "source"
+  virtual const char* weightFormat() const { return "source"; }
 };
 
 std::unique_ptr<Backend> makeCpuBackend();

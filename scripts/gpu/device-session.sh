@@ -26,7 +26,7 @@ case "$stage" in
 check)
   t0=$SECONDS
   mkdir -p "$OUT/fx"
-  python3 scripts/gpu/fp8_fixtures.py --out test/fixtures/hf > "$OUT/fp8_fixtures.log" 2>&1 && cp -r test/fixtures/hf/fp8_* "$OUT/fx/"
+  python3 scripts/gpu/fp8_fixtures.py --out test/fixtures/hf > "$OUT/fp8_fixtures.log" 2>&1 && tar -cf "$OUT/fp8-fixtures.tar" test/fixtures/hf/fp8_* test/fixtures/hf/manifest.json
   tail -5 "$OUT/fp8_fixtures.log"
   echo "== fixtures $((SECONDS - t0)) s"
   bash scripts/gpu/test-cuda.sh > "$OUT/test-cuda.log" 2>&1

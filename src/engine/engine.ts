@@ -230,7 +230,7 @@ export class Engine {
             cudaDevice: intOption(options.cudaDevice, 'cudaDevice', 0, 0),
             tuning: options.tuning ?? planTuning(source.plan?.tuning),
             // an FP8 checkpoint runs as FP8 on the GPU (block-scaled weights requantized per row there)
-            weightFormat: fp8 || (backend === 'cuda' && weights.scales.size > 0) ? 'fp8' : 'source',
+            weightFormat: fp8 ? 'fp8' : 'source',
           },
         }),
     );

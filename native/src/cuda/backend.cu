@@ -83,12 +83,18 @@ void uploadFloats(DeviceBuffer& buf, const std::vector<float>& v) {
   if (!v.empty()) WEFT_CU(cudaMemcpy(buf.ptr, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
 }
 
-// Stacks matrices with the same column count into one device matrix (q|k|v, gate|up). With fp8:
-// an FP8 checkpoint's matrix (with its row scales) is copied as it is; any other is uploaded as
-// bf16/f16 into `staging` and quantized per row on the device.
-void uploadStacked(DeviceMatrix& m, std::initializer_list<const cpu::WeightView*> parts, bool bf16, bool fp8, DeviceBuffer& staging) {
+// Stacks matrices with the same column count into one device matrix (q|k|v, gate|up). FP8 when
+// `quantize` (--quantize fp8) or when every part is an FP8 checkpoint's (per-row scales): an FP8
+// part is copied as it is (with its row scales), any other uploaded as bf16/f16 into `staging` and
+// quantized per row on the device. Otherwise bf16/f16 (FP8 parts dequantized on the host).
+void uploadStacked(DeviceMatrix& m, std::initializer_list<const cpu::WeightView*> parts, bool bf16, bool quantize, DeviceBuffer& staging) {
   uint64_t rows = 0;
-  for (auto* p : parts) rows += uint64_t(p->rows);
+  bool allFp8 = true;  // an FP8 checkpoint's matrix stays FP8 (the layers it left in bf16 stay bf16)
+  for (auto* p : parts) {
+    rows += uint64_t(p->rows);
+    allFp8 = allFp8 && p->dtype == DType::F8_E4M3 && p->rowScale;
+  }
+  const bool fp8 = quantize || allFp8;
   const uint64_t cols = uint64_t((*parts.begin())->cols);
   m.rows = int64_t(rows);
   m.cols = int64_t(cols);
@@ -156,21 +162,24 @@ CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(
   std::vector<float> invFreq(model.invFreq.begin(), model.invFreq.end());
   uploadFloats(w.invFreq, invFreq);
   w.layers.resize(c.numLayers);
-  w.fp8 = opt.fp8Weights;
+  bool anyFp8 = opt.fp8Weights;
   for (const LayerWeights& L : model.layers)
     for (const cpu::WeightView* v : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
-      if (v->dtype == DType::F8_E4M3) w.fp8 = true;
-  if (w.fp8 && (c.hidden % 16 != 0 || (c.numHeads * c.headDim) % 16 != 0 || c.ffn % 16 != 0))
+      if (v->dtype == DType::F8_E4M3) anyFp8 = true;
+  if (anyFp8 && (c.hidden % 16 != 0 || (c.numHeads * c.headDim) % 16 != 0 || c.ffn % 16 != 0))
     throw WeftError(Err::UnsupportedArch, "FP8 weights on the GPU need hidden size, query width and FFN width divisible by 16");
   DeviceBuffer staging;  // fp8: one matrix as bf16/f16 before it is quantized
   for (int l = 0; l < c.numLayers; l++) {
     const LayerWeights& L = model.layers[l];
     DeviceLayer& d = w.layers[l];
-    uploadStacked(d.qkv, {&L.q, &L.k, &L.v}, w.bf16, w.fp8, staging);
-    uploadStacked(d.o, {&L.o}, w.bf16, w.fp8, staging);
-    uploadStacked(d.gateUp, {&L.gate, &L.up}, w.bf16, w.fp8, staging);
-    uploadStacked(d.down, {&L.down}, w.bf16, w.fp8, staging);
-    for (const DeviceMatrix* m : {&d.qkv, &d.o, &d.gateUp, &d.down}) w.maxMatrixElems = std::max<uint64_t>(w.maxMatrixElems, uint64_t(m->rows * m->cols));
+    uploadStacked(d.qkv, {&L.q, &L.k, &L.v}, w.bf16, opt.fp8Weights, staging);
+    uploadStacked(d.o, {&L.o}, w.bf16, opt.fp8Weights, staging);
+    uploadStacked(d.gateUp, {&L.gate, &L.up}, w.bf16, opt.fp8Weights, staging);
+    uploadStacked(d.down, {&L.down}, w.bf16, opt.fp8Weights, staging);
+    for (const DeviceMatrix* m : {&d.qkv, &d.o, &d.gateUp, &d.down}) {
+      w.maxMatrixElems = std::max<uint64_t>(w.maxMatrixElems, uint64_t(m->rows * m->cols));
+      w.fp8 = w.fp8 || m->fp8();
+    }
     uploadFloats(d.inputNorm, L.inputNorm);
     uploadFloats(d.postNorm, L.postNorm);
     if (!L.qBias.empty()) {

@@ -129,6 +129,7 @@ class CudaBackend : public Backend {
   std::string deviceName() const override { return deviceName_; }
   uint64_t deviceWeightBytes() const override { return weights.bytes; }
   bool lost() const override { return stickyError() != cudaSuccess; }
+  const char* weightFormat() const override { return weights.fp8 ? "fp8" : "source"; }
 
   int device = 0;
   DeviceWeights weights;
