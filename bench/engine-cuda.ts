@@ -7,7 +7,7 @@
  * a 4k-token prompt. Then FP8 weights (`quantize: 'fp8'`, --no-fp8 leaves them out): the same model
  * loaded with fp8, measured the same way and reported as fp8 / bf16, with its bandwidth use computed
  * from the bytes an fp8 step reads. And programmatic dependent launch (--no-pdl-compare leaves it
- * out): decode at 1 sequence with PDL on and off (an engine loaded with WEFT_CUDA_NO_PDL=1), for
+ * out): decode at 1 sequence with PDL on and off (an engine loaded with WEFT_CUDA_PDL=1), for
  * bf16 and fp8.
  *
  *   npm run bench:engine -- --backend cuda [--models llama1b,llama8b] [--sequences 1,8,64,256]
@@ -36,8 +36,8 @@ const f = parseFlags(process.argv.slice(2), {
 });
 const fp8On = !f['no-fp8'] && f.fp8 !== false;
 const pdlCompare = !f['no-pdl-compare'] && f['pdl-compare'] !== false;
-if (pdlCompare && process.env.WEFT_CUDA_NO_PDL !== undefined) {
-  throw new Error('WEFT_CUDA_NO_PDL is set, so every engine would run without PDL and --pdl-compare has nothing to compare: unset it, or pass --no-pdl-compare');
+if (pdlCompare && process.env.WEFT_CUDA_PDL !== undefined) {
+  throw new Error('WEFT_CUDA_PDL is set, so every engine would run with PDL and --pdl-compare has nothing to compare: unset it, or pass --no-pdl-compare');
 }
 const models = ((f.models as string | undefined) ?? 'llama1b,llama8b').split(',');
 const sequences = (f.sequences as number[] | undefined) ?? [1, 8, 64, 256];
@@ -90,19 +90,20 @@ async function decode1(engine: Engine): Promise<number> {
 }
 
 /**
- * Decode at 1 sequence with PDL on (`on`) and off (an engine `load` makes with WEFT_CUDA_NO_PDL=1,
- * which the native side reads when it creates the contexts), alternating, best of 3 each.
+ * Decode at 1 sequence with PDL off (`off`: the default) and on (an engine `load` makes with
+ * WEFT_CUDA_PDL=1, which the native side reads when it creates the contexts), alternating, best of
+ * 3 each.
  */
-async function comparePdl(on: Engine, load: () => Promise<Engine>): Promise<{ on: number; off: number }> {
-  process.env.WEFT_CUDA_NO_PDL = '1';
-  let off: Engine;
+async function comparePdl(off: Engine, load: () => Promise<Engine>): Promise<{ on: number; off: number }> {
+  process.env.WEFT_CUDA_PDL = '1';
+  let on: Engine;
   try {
-    off = await load();
+    on = await load();
   } finally {
-    delete process.env.WEFT_CUDA_NO_PDL;
+    delete process.env.WEFT_CUDA_PDL;
   }
   try {
-    await benchEngine(off, { sequences: [1], promptTokens: 64, genTokens: 8 }); // warm-up
+    await benchEngine(on, { sequences: [1], promptTokens: 64, genTokens: 8 }); // warm-up
     const best = { on: 0, off: 0 };
     for (let round = 0; round < 3; round++) {
       best.on = Math.max(best.on, await decode1(on));
@@ -110,7 +111,7 @@ async function comparePdl(on: Engine, load: () => Promise<Engine>): Promise<{ on
     }
     return best;
   } finally {
-    off.dispose();
+    on.dispose();
   }
 }
 
@@ -307,7 +308,7 @@ for (const shape of models) {
     rows.push(`| load (s) | ${fmt(fp8.loadS, 1)} | ${fmt(loadS, 1)} | |`);
   }
   if (Object.keys(pdl).length) {
-    rows.push('', `| programmatic dependent launch: decode tok/s at 1 sequence (best of 3) | PDL on | PDL off (WEFT_CUDA_NO_PDL=1) | on / off |`, '|---|---|---|---|');
+    rows.push('', `| programmatic dependent launch: decode tok/s at 1 sequence (best of 3) | PDL on (WEFT_CUDA_PDL=1) | PDL off (default) | on / off |`, '|---|---|---|---|');
     for (const [kind, r] of Object.entries(pdl)) {
       rows.push('error' in r ? `| ${kind} | FAILED: ${r.error} | | |` : `| ${kind} | ${fmt(r.on)} | ${fmt(r.off)} | ${ratio(r.on, r.off)} |`);
     }

@@ -23,9 +23,11 @@ bool& pdlOnThisThread() {
 }
 
 // Read when a context is made (so that a benchmark can load one engine with and one without).
+// Off unless WEFT_CUDA_PDL=1: measured on an H200 (docs/cuda.md), decode at 1 sequence ran 8-10%
+// slower with it.
 bool pdlAllowed() {
-  const char* v = std::getenv("WEFT_CUDA_NO_PDL");
-  if (v && *v && *v != '0') return false;
+  const char* v = std::getenv("WEFT_CUDA_PDL");
+  if (!v || std::string(v) != "1") return false;
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
     cudaGetLastError();

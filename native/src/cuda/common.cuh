@@ -86,9 +86,9 @@ __device__ __forceinline__ void gridDepLaunchDependents() {
 }
 
 // Whether launch() adds the attribute on this thread (the context sets it around a forward pass;
-// WEFT_CUDA_NO_PDL=1 turns it off for the process).
+// WEFT_CUDA_PDL=1 turns it on: off by default, it measured slower).
 bool& pdlOnThisThread();
-bool pdlAllowed();  // sm_90 or later and not WEFT_CUDA_NO_PDL
+bool pdlAllowed();  // sm_90 or later and WEFT_CUDA_PDL=1
 
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
