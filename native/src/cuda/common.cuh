@@ -19,7 +19,7 @@ inline bool isStickyError(cudaError_t e) {
   switch (e) {
     case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorHardwareStackError:
     case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
-    case cudaErrorInvalidPc: case cudaErrorAssert: case cudaErrorECCUncorrectable: case cudaErrorDevicesUnavailable:
+    case cudaErrorInvalidPc: case cudaErrorAssert: case cudaErrorECCUncorrectable:
     case cudaErrorContextIsDestroyed: case cudaErrorLaunchTimeout: case cudaErrorUnknown:
 #if CUDART_VERSION >= 12000
     case cudaErrorDeviceUninitialized:
