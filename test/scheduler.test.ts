@@ -261,6 +261,40 @@ describe('scheduler', () => {
   });
 });
 
+describe('device failures', () => {
+  test('a step that times out on the device (WEFT_DEVICE_TIMEOUT) ends each of its requests with that code, no one-by-one retries; later requests run', async () => {
+    // the CPU backend has no device to time out: the step fails as the CUDA backend's would.
+    // One context, so that the three requests share every step.
+    const one = await Engine.load(dir, { threads: 1, contexts: 1, kvMemoryBytes: 16 << 20 });
+    const sched = new Scheduler(one);
+    const real = one.step.bind(one);
+    let calls = 0, failAt = 3;
+    const { WeftError } = await import('../src/errors.js');
+    one.step = async (lease, entries) => {
+      calls++;
+      if (calls === failAt) throw new WeftError('WEFT_DEVICE_TIMEOUT', "a step's GPU work did not finish within 10000 ms (the watchdog)");
+      return real(lease, entries);
+    };
+    try {
+      const reqs = Array.from({ length: 3 }, (_, i) => sched.submit({ tokens: prompt(i), sampling: sampling(7 + i), maxTokens: 16 }));
+      const outs = await Promise.all(reqs.map((r) => collect(r)));
+      for (const o of outs) {
+        expect(o.done.finishReason).toBe('error');
+        expect(o.done.error?.code).toBe('WEFT_DEVICE_TIMEOUT');
+        expect(o.tokens.length).toBeLessThan(16);
+      }
+      expect(calls).toBe(failAt); // nothing retried after the failed step
+      failAt = -1;
+      const after = await collect(sched.submit({ tokens: prompt(9), sampling: sampling(9), maxTokens: 8 }));
+      expect(after.done.finishReason).toBe('length');
+      expect(after.tokens).toEqual((await generate(one, prompt(9), { ...sampling(9), maxTokens: 8 })).tokens);
+      expect(one.stats().sequences).toBe(0);
+    } finally {
+      one.dispose();
+    }
+  });
+});
+
 describe('KV pressure', () => {
   let small: Engine;
   beforeAll(async () => {

@@ -385,8 +385,12 @@ export class Scheduler {
       this.fail(newest.req, e);
       return;
     }
-    if (rest.length === 1) {
-      this.fail(rest[0]!.req, e);
+    // the device, not a request, failed: each request of the step ends with that error (its
+    // sequence keeps the state it had before the step; a timed-out context is set aside and its
+    // sequences stay busy until it drains), rather than a retry one by one that would meet
+    // WEFT_SEQUENCE_BUSY or the same lost device
+    if (rest.length === 1 || e.code === 'WEFT_DEVICE_TIMEOUT' || e.code === 'WEFT_DEVICE_LOST') {
+      for (const b of rest) this.fail(b.req, e);
       return;
     }
     for (const b of rest) b.req.isolate = true;
