@@ -17,27 +17,37 @@
  *       [--max-tokens N] [--batch N] [--fixtures llama,qwen2] [--skip-fixtures] [--skip-ppl]
  *
  * `--backend cpu` runs only the CPU engine (fixtures against their reference, the CPU perplexity):
- * the harness's own check on a machine without a GPU. Prints markdown tables and one JSON line,
+ * the harness's own check on a machine without a GPU. `--backend cpu --fp8-checkpoint` adds FP8 on
+ * the CPU: each model is written as the FP8 checkpoint that holds exactly the weights the CUDA
+ * backend's `quantize: 'fp8'` holds (src/engine/fp8-quantize.ts: rounded to the GPU's bf16/f16
+ * weight type, then E4M3 per row with scale max|row| / 448), to a temp dir, and run on the CPU
+ * beside the unquantized model ("cpu-fp8" vs "cpu"). The CPU computes in f32 (activations and the
+ * dequantized fp8 × scale weights), so that difference is the weights' quantization alone; the GPU
+ * adds its bf16/f16 activations on top, which its unquantized engine has as well. Prints markdown tables and one JSON line,
  * also written to $OUT/fp8-quality.json when OUT is set. Exits 1 when any engine fails to load or
  * step (the tables still print what ran).
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseFlags } from '../src/cli/args.js';
 import { kvBytesFor } from '../src/engine/benchmark.js';
 import { cudaUnsupported, loadModelConfig } from '../src/engine/config.js';
 import { Engine, type EngineOptions } from '../src/engine/engine.js';
+import { writeFp8Checkpoint } from '../src/engine/fp8-quantize.js';
 import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const FIXTURES = join(ROOT, 'test', 'fixtures', 'hf');
 const f = parseFlags(process.argv.slice(2), {
   backend: 'string', model: 'string', text: 'string', window: 'number', 'max-tokens': 'number', batch: 'number',
-  fixtures: 'string', 'skip-fixtures': 'boolean', 'skip-ppl': 'boolean',
+  fixtures: 'string', 'skip-fixtures': 'boolean', 'skip-ppl': 'boolean', 'fp8-checkpoint': 'boolean',
 });
 const backend = (f.backend as string | undefined) ?? 'cuda';
 if (backend !== 'cuda' && backend !== 'cpu') throw new Error(`--backend must be cuda or cpu (got ${backend})`);
+const fp8Checkpoint = f['fp8-checkpoint'] === true;
+if (fp8Checkpoint && backend !== 'cpu') throw new Error('--fp8-checkpoint runs on the CPU backend: pass --backend cpu');
 const log = (s: string) => process.stderr.write(s + '\n');
 const errors: string[] = [];
 const fail = (what: string, err: unknown) => {
@@ -46,11 +56,34 @@ const fail = (what: string, err: unknown) => {
   log(`ERROR ${msg}`);
 };
 
-/** The engines compared: cuda unquantized and fp8 (then the CPU for reference), or the CPU alone. */
-type Variant = 'cuda' | 'cuda-fp8' | 'cpu';
-const VARIANTS: Variant[] = backend === 'cuda' ? ['cuda', 'cuda-fp8', 'cpu'] : ['cpu'];
+/**
+ * The engines compared: cuda unquantized and fp8 (then the CPU for reference), or the CPU alone,
+ * or (--fp8-checkpoint) the CPU on the model and on its FP8 checkpoint.
+ */
+type Variant = 'cuda' | 'cuda-fp8' | 'cpu' | 'cpu-fp8';
+const VARIANTS: Variant[] = backend === 'cuda' ? ['cuda', 'cuda-fp8', 'cpu'] : fp8Checkpoint ? ['cpu', 'cpu-fp8'] : ['cpu'];
 const variantOptions = (v: Variant): EngineOptions =>
-  v === 'cpu' ? { backend: 'cpu' } : { backend: 'cuda', quantize: v === 'cuda-fp8' ? 'fp8' : undefined };
+  v === 'cpu' || v === 'cpu-fp8' ? { backend: 'cpu' } : { backend: 'cuda', quantize: v === 'cuda-fp8' ? 'fp8' : undefined };
+
+/** --fp8-checkpoint: each model's FP8 checkpoint, written once to a temp dir (removed at exit). */
+const fp8Tmp = fp8Checkpoint ? mkdtempSync(join(tmpdir(), 'weft-fp8-quality-')) : '';
+const fp8Dirs = new Map<string, Promise<string>>();
+/** what each model's weights were rounded to before E4M3 (the GPU's weight type) */
+const fp8Round = new Map<string, string>();
+const fp8DirOf = (dir: string): Promise<string> => {
+  let p = fp8Dirs.get(dir);
+  if (!p) {
+    p = writeFp8Checkpoint(dir, join(fp8Tmp, `m${fp8Dirs.size}`)).then((r) => {
+      log(`fp8 checkpoint of ${dir}: ${r.quantized.length} matrices rounded to ${r.round}, then E4M3 per row (${(r.bytes / 1e6).toFixed(2)} MB)`);
+      fp8Round.set(dir, r.round);
+      return r.dir;
+    });
+    fp8Dirs.set(dir, p);
+  }
+  return p;
+};
+/** Where variant `v` loads model `dir` from. */
+const variantDir = async (v: Variant, dir: string): Promise<string> => (v === 'cpu-fp8' ? fp8DirOf(dir) : dir);
 
 // ---------------------------------------------------------------------------------------- metrics
 
@@ -140,13 +173,17 @@ async function fixtureSection(): Promise<{ results: FixtureResult[]; skipped: { 
       skipped.push({ name, reason: refused.message.replace(/^the CUDA backend does not implement /, '').replace(/, which this .*$/, '') });
       continue;
     }
+    if (fp8Checkpoint && config.fp8) {
+      skipped.push({ name, reason: 'already an FP8 checkpoint' });
+      continue;
+    }
     const fx = JSON.parse(readFileSync(join(dir, 'logits.json'), 'utf8')) as Fixture;
     const ref = fx.logits_f64 ?? fx.logits;
     const vocab = config.vocabSize;
     const got: Partial<Record<Variant, Float32Array[]>> = {};
     for (const v of VARIANTS) {
       try {
-        got[v] = await fixtureLogits(dir, fx, variantOptions(v));
+        got[v] = await fixtureLogits(await variantDir(v, dir), fx, variantOptions(v));
       } catch (err) {
         fail(`fixture ${name} on ${v}`, err);
       }
@@ -166,13 +203,14 @@ async function fixtureSection(): Promise<{ results: FixtureResult[]; skipped: { 
     const compared: Record<string, Diff> = {};
     const pairs: [string, Variant, Variant | 'ref'][] = backend === 'cuda'
       ? [['fp8 vs cuda', 'cuda-fp8', 'cuda'], ['cuda vs ref', 'cuda', 'ref'], ['fp8 vs ref', 'cuda-fp8', 'ref'], ['cpu vs ref', 'cpu', 'ref']]
+      : fp8Checkpoint ? [['fp8 vs cpu', 'cpu-fp8', 'cpu'], ['cpu vs ref', 'cpu', 'ref'], ['fp8 vs ref', 'cpu-fp8', 'ref']]
       : [['cpu vs ref', 'cpu', 'ref']];
     for (const [label, a, b] of pairs) {
       const d = compare(a, b);
       if (d) compared[label] = d;
     }
     results.push({ name, weights: fx.weights_dtype, reference: fx.logits_f64 ? 'float64' : 'transformers f32', compared });
-    log(`fixture ${name}: ` + Object.entries(compared).map(([k, d]) => `${k} max ${d.maxOverRms.toExponential(2)} rms ${d.rmsOverRms.toExponential(2)}`).join('; '));
+    log(`fixture ${name}: ` + Object.entries(compared).map(([k, d]) => `${k} max/max ${d.maxRel.toExponential(2)} max/rms ${d.maxOverRms.toExponential(2)} rms ${d.rmsOverRms.toExponential(2)}`).join('; '));
   }
   return { results, skipped };
 }
@@ -216,7 +254,7 @@ async function perplexitySection() {
   for (const v of VARIANTS) {
     const t = performance.now();
     try {
-      engines.set(v, await Engine.load(modelDir, {
+      engines.set(v, await Engine.load(await variantDir(v, modelDir), {
         ...variantOptions(v), maxBatchTokens: batch * window, maxBatchSequences: batch, maxLogitRows: batch * window, tokenizer: false,
         kvMemoryBytes: kvBytesFor(config, 4, batch, window) * 2,
       }));
@@ -227,7 +265,7 @@ async function perplexitySection() {
   }
   const live = [...engines.keys()];
   const acc = new Map(live.map((v) => [v, { nll: 0, top1: 0, stepS: 0 }]));
-  const pairs: [Variant, Variant][] = ([['cuda-fp8', 'cuda'], ['cuda', 'cpu'], ['cuda-fp8', 'cpu']] as [Variant, Variant][]).filter(([a, b]) => engines.has(a) && engines.has(b));
+  const pairs: [Variant, Variant][] = ([['cuda-fp8', 'cuda'], ['cuda', 'cpu'], ['cuda-fp8', 'cpu'], ['cpu-fp8', 'cpu']] as [Variant, Variant][]).filter(([a, b]) => engines.has(a) && engines.has(b));
   const pairAcc = pairs.map(() => ({ kl: 0, agree: 0, maxNll: 0 }));
   let targets = 0;
   for (let w = 0; w < starts.length; w += batch) {
@@ -291,15 +329,19 @@ if (!f['skip-fixtures']) {
   try {
     const { results, skipped } = await fixtureSection();
     report.fixtures = { results, skipped };
-    const labels = backend === 'cuda' ? ['fp8 vs cuda', 'cuda vs ref', 'fp8 vs ref', 'cpu vs ref'] : ['cpu vs ref'];
+    const labels = backend === 'cuda' ? ['fp8 vs cuda', 'cuda vs ref', 'fp8 vs ref', 'cpu vs ref']
+      : fp8Checkpoint ? ['fp8 vs cpu', 'cpu vs ref', 'fp8 vs ref'] : ['cpu vs ref'];
     out.push('### Logits on the transformers fixtures (every position of every input)', '',
-      'Each cell: max |Δlogit| / RMS · RMS(Δlogit) / RMS · top-1 agreement, where RMS is that of the second operand\'s logits over every position and vocabulary entry ' +
-      '(cuda: the unquantized CUDA engine; ref: the fixture\'s float64 logits, transformers\' f32 ones where it has none). "cuda" is the unquantized engine (bf16 weights as bf16, f32 as f16); "fp8": `quantize: \'fp8\'`.', '',
+      'Each cell: max |Δlogit| / max |b| (per position, the worst position) · RMS(Δlogit) / RMS(b) (over every position and vocabulary entry) · top-1 agreement, for "a vs b" ' +
+      '(ref: the fixture\'s float64 logits, transformers\' f32 ones where it has none). ' +
+      (fp8Checkpoint
+        ? '"cpu" is the CPU engine on the model (f32 activations); "fp8" the CPU engine on the model\'s FP8 checkpoint holding the weights of the CUDA backend\'s `quantize: \'fp8\'` (rounded to the GPU\'s weight type, bf16 for a bf16 model and f16 for an f32 one, then E4M3 per row), dequantized to f32: the weights\' quantization alone.'
+        : '"cuda" is the unquantized CUDA engine (bf16 weights as bf16, f32 as f16); "fp8": `quantize: \'fp8\'`.'), '',
       `| fixture | weights | reference | ${labels.join(' | ')} |`, `|---|---|---|${labels.map(() => '---|').join('')}`);
     for (const r of results) {
-      out.push(`| ${r.name} | ${r.weights} | ${r.reference} | ${labels.map((l) => { const d = r.compared[l]; return d ? `${e(d.maxOverRms)} · ${e(d.rmsOverRms)} · ${pc(d.top1)}` : 'FAILED'; }).join(' | ')} |`);
+      out.push(`| ${r.name} | ${r.weights} | ${r.reference} | ${labels.map((l) => { const d = r.compared[l]; return d ? `${e(d.maxRel)} · ${e(d.rmsOverRms)} · ${pc(d.top1)}` : 'FAILED'; }).join(' | ')} |`);
     }
-    if (skipped.length) out.push('', 'Skipped (the CUDA backend refuses them): ' + skipped.map((s) => `${s.name} (${s.reason})`).join('; ') + '.');
+    if (skipped.length) out.push('', `Skipped${fp8Checkpoint ? '' : ' (the CUDA backend refuses them)'}: ` + skipped.map((s) => `${s.name} (${s.reason})`).join('; ') + '.');
   } catch (err) {
     fail('fixtures', err);
   }
@@ -316,20 +358,25 @@ if (!f['skip-ppl']) {
       out.push(`| ${r.variant} | ${r.ppl.toFixed(4)} | ${r.nll.toFixed(5)} | ${pc(r.top1)} | ${base ? `${r.ppl >= base.ppl ? '+' : ''}${pc(r.ppl / base.ppl - 1)}` : '—'} | ${r.stepS.toFixed(2)} |`);
     }
     if (p.pairs.length) {
-      out.push('', '| pair (a vs baseline b) | mean KL(b ‖ a) per token (nats) | argmax agreement | max |Δ NLL of the target| |', '|---|---|---|---|');
+      out.push('', '| pair (a vs baseline b) | mean KL(b ‖ a) per token (nats) | argmax agreement | max \\|Δ NLL of the target\\| |', '|---|---|---|---|');
       for (const q of p.pairs) out.push(`| ${q.a} vs ${q.b} | ${e(q.meanKl)} | ${pc(q.argmaxAgree)} | ${q.maxAbsNllDiff.toFixed(4)} |`);
     }
-    const fp8 = p.results.find((r) => r.variant === 'cuda-fp8'), bf = p.results.find((r) => r.variant === 'cuda');
+    const fp8 = p.results.find((r) => r.variant === 'cuda-fp8' || r.variant === 'cpu-fp8'), bf = p.results.find((r) => r.variant === (fp8?.variant === 'cpu-fp8' ? 'cpu' : 'cuda'));
     if (fp8 && bf) {
       const rel = fp8.ppl / bf.ppl - 1;
       report.fp8PerplexityRelDiff = rel;
-      out.push('', `fp8 perplexity vs unquantized cuda: ${rel >= 0 ? '+' : ''}${pc(rel)} — goal within 1%: ${Math.abs(rel) <= 0.01 ? 'met' : 'NOT met'}.`);
+      out.push('', `fp8 perplexity vs unquantized ${bf.variant}: ${rel >= 0 ? '+' : ''}${(100 * rel).toFixed(3)}% — goal within 1%: ${Math.abs(rel) <= 0.01 ? 'met' : 'NOT met'}.`);
+      if (fp8.variant === 'cpu-fp8') {
+        out.push('', `On the CPU both run f32 activations and "cpu-fp8" holds the GPU's FP8 weights (rounded to ${fp8Round.get(p.model) ?? '?'} as the GPU holds it, then E4M3 per row) dequantized to f32, so this is the weights' quantization effect alone; ` +
+          'the GPU adds f16 activations (bf16 for a bf16 model) on top, which its unquantized engine has as well.');
+      }
     }
   } catch (err) {
     fail('perplexity', err);
   }
 }
 
+if (fp8Tmp) rmSync(fp8Tmp, { recursive: true, force: true });
 report.errors = errors;
 console.log(out.join('\n'));
 if (errors.length) console.log('\nERRORS:\n' + errors.map((m) => `- ${m}`).join('\n'));

@@ -21,7 +21,7 @@ import { native } from '../src/engine/native.js';
 import { readSafetensorsIndex, writeSafetensors, type TensorToWrite } from '../src/engine/safetensors.js';
 import { loadModelConfig, nativeConfig } from '../src/engine/config.js';
 import { resolveWeights, tensorSpecs } from '../src/engine/weights.js';
-import { maxRelError, row } from './helpers/models.js';
+import { cpuLogits, maxRelError, row } from './helpers/models.js';
 import { ReferenceModel } from './reference/forward.js';
 
 const ROOT = join(import.meta.dirname, 'fixtures', 'hf');
@@ -105,15 +105,7 @@ async function write(tensors: TensorToWrite[], config: Record<string, unknown>):
   return dir;
 }
 
-async function logits(dir: string, tokens: number[]): Promise<Float32Array> {
-  const engine = await Engine.load(dir, { backend: 'cpu', threads: 2, kvDtype: 'f32', tokenizer: false });
-  try {
-    const [r] = await engine.run([{ sequence: engine.createSequence(), tokens, logits: 'all' }]);
-    return r!.logits!;
-  } finally {
-    engine.dispose();
-  }
-}
+const logits = cpuLogits;
 
 const inputsOf = (name: string): number[][] => (JSON.parse(readFileSync(join(ROOT, name, 'logits.json'), 'utf8')) as { inputs: number[][] }).inputs;
 

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTinyModel, type TinyModelOptions } from '../../scripts/make-tiny-model.js';
+import { Engine } from '../../src/engine/engine.js';
 
 export class TinyModels {
   readonly root = mkdtempSync(join(tmpdir(), 'weft-test-'));
@@ -37,4 +38,15 @@ export function argmax(x: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
   return best;
+}
+
+/** Logits of every position of `tokens` on a fresh CPU engine (2 threads, f32 KV) of the model in `dir`. */
+export async function cpuLogits(dir: string, tokens: number[]): Promise<Float32Array> {
+  const engine = await Engine.load(dir, { backend: 'cpu', threads: 2, kvDtype: 'f32', tokenizer: false });
+  try {
+    const [r] = await engine.run([{ sequence: engine.createSequence(), tokens, logits: 'all' }]);
+    return r!.logits!;
+  } finally {
+    engine.dispose();
+  }
 }
