@@ -153,6 +153,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("deviceWeightBytes", double(e.backend().deviceWeightBytes()));
       o.Set("weightFormat", e.backend().weightFormat());
       o.Set("deviceLost", e.backend().lost());
+      o.Set("pdl", e.contextUsesPdl());
       return o;
     });
   }

@@ -33,6 +33,7 @@ class ExecContext {
   // JS thread: after a step failed with WEFT_DEVICE_TIMEOUT, whether the context's late work has
   // finished (it serves again then). Contexts without a watchdog are always drained.
   virtual bool drained() { return true; }
+  virtual bool usesPdl() const { return false; }
   // Test hook (WEFT_FAULT_INJECTION=1): the next step of this context meets `kind` (CUDA: "launch",
   // "oom", "hang", "trap"); releaseFault ends a "hang".
   virtual void injectFault(const std::string& kind) {

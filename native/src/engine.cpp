@@ -62,6 +62,15 @@ static void requireIdle(const Sequence& s) {
 
 void Engine::freeSequence(int64_t id) {
   Sequence& s = get(id);
+  if (s.busy) {
+    // part of a step that timed out on the device: freed once its context drains (reapStuck)
+    for (const auto& [ctx, entries] : stuck_)
+      for (const StepEntry& e : entries)
+        if (e.seq == &s) {
+          freeWhenReaped_.insert(id);
+          return;
+        }
+  }
   requireIdle(s);
   kv_->release(s.pages.data(), int(s.pages.size()));
   seqs_.erase(id);
@@ -233,6 +242,8 @@ bool Engine::reapStuck(int ctx) {
       std::vector<StepEntry> entries = std::move(it->second);
       it = stuck_.erase(it);
       finish(c, entries, false);
+      for (const StepEntry& e : entries)
+        if (freeWhenReaped_.erase(e.seq->id)) freeSequence(e.seq->id);
     } else {
       ++it;
     }

@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <map>
+#include <set>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -112,6 +113,7 @@ class Engine {
   // JS thread: releases the claims of timed-out steps whose context drained; whether `ctx` (or,
   // with -1, every context) is free of such a step now.
   bool reapStuck(int ctx = -1);
+  bool contextUsesPdl() const { return !contexts_.empty() && contexts_[0]->usesPdl(); }
   void injectFault(int ctx, const std::string& kind);
   void releaseFault(int ctx);
 
@@ -124,6 +126,7 @@ class Engine {
   std::unique_ptr<KvPool> kv_;
   std::vector<std::unique_ptr<ExecContext>> contexts_;
   std::map<int, std::vector<StepEntry>> stuck_;  // context -> the timed-out step's entries
+  std::set<int64_t> freeWhenReaped_;              // sequences freed while their step was stuck
   std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
   int64_t nextId_ = 1;
 };

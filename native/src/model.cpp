@@ -124,7 +124,7 @@ struct Resolver {
       v.rowScale = rowScale.data();
       return v;
     }
-    if (cuda) {  // block scales: bf16 here, requantized per row on the device
+    if (cuda) {  // block scales: bf16 here (and on the device, unless quantize fp8 requantizes it per row)
       std::vector<uint16_t>& w = model.ownedBf16.emplace_back(numel);
       for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) w[size_t(r) * cols + c] = f32ToBf16Bits(lut[q[size_t(r) * cols + c]] * scaleAt(r, c));

@@ -16,6 +16,8 @@ export class ContextPool {
   private readonly waiters: { resolve: (lease: ContextLease) => void; reject: (err: Error) => void; signal?: AbortSignal; onAbort?: () => void }[] = [];
   private readonly aside = new Map<number, { ready: () => boolean; released: boolean }>();
   private poll: NodeJS.Timeout | undefined;
+  private readonly issued = new WeakSet<ContextLease>();
+  private closed = false;
 
   constructor(readonly size: number) {
     this.free = Array.from({ length: size }, (_, i) => size - 1 - i);
@@ -34,9 +36,30 @@ export class ContextPool {
     return this.aside.size;
   }
 
-  /** Context `index` (leased now) returns to service only once `ready()` is true. */
-  setAside(index: number, ready: () => boolean): void {
-    this.aside.set(index, { ready, released: false });
+  /** Whether `lease` is one of this pool's (a caller may step with a lease it made itself). */
+  owns(lease: ContextLease): boolean {
+    return this.issued.has(lease);
+  }
+
+  /**
+   * The context of `lease` (one of this pool's, not yet released) returns to service only once
+   * `ready()` is true.
+   */
+  setAside(lease: ContextLease, ready: () => boolean): void {
+    if (this.closed || !this.issued.has(lease)) return;
+    this.aside.set(lease.index, { ready, released: false });
+  }
+
+  /** The engine is gone: waiters fail with WEFT_DISPOSED, the drain poll stops. */
+  close(): void {
+    this.closed = true;
+    if (this.poll) clearInterval(this.poll);
+    this.poll = undefined;
+    this.aside.clear();
+    for (const w of this.waiters.splice(0)) {
+      if (w.onAbort) w.signal?.removeEventListener('abort', w.onAbort);
+      w.reject(new WeftError('WEFT_DISPOSED', 'the engine was disposed'));
+    }
   }
 
   private checkAside(): void {
@@ -95,7 +118,7 @@ export class ContextPool {
 
   private lease(index: number): ContextLease {
     let released = false;
-    return {
+    const lease: ContextLease = {
       index,
       release: () => {
         if (released) return;
@@ -113,5 +136,7 @@ export class ContextPool {
         this.giveBack(index);
       },
     };
+    this.issued.add(lease);
+    return lease;
   }
 }

@@ -229,7 +229,7 @@ export class Engine {
             backend,
             cudaDevice: intOption(options.cudaDevice, 'cudaDevice', 0, 0),
             tuning: options.tuning ?? planTuning(source.plan?.tuning),
-            // an FP8 checkpoint runs as FP8 on the GPU (block-scaled weights requantized per row there)
+            // fp8: every layer matrix FP8 on the GPU; without it, an FP8 checkpoint's per-row-scaled matrices still are
             weightFormat: fp8 ? 'fp8' : 'source',
           },
         }),
@@ -310,7 +310,7 @@ export class Engine {
     } catch (err) {
       const e = toWeftError(err);
       // the step's GPU work did not finish: the context serves again once it drained
-      if (e.code === 'WEFT_DEVICE_TIMEOUT') this.contexts.setAside(lease.index, () => !this.disposed && this.native.contextReady(lease.index));
+      if (e.code === 'WEFT_DEVICE_TIMEOUT') this.contexts.setAside(lease, () => !this.disposed && this.native.contextReady(lease.index));
       throw e;
     }
     return results.map((r, i) => ({ ...r, sequence: entries[i]!.sequence }));
@@ -344,6 +344,7 @@ export class Engine {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.contexts.close();
     this.native.dispose();
     this.tokenizer?.dispose?.();
   }

@@ -79,6 +79,8 @@ export interface NativeStats {
   maxBatchSequences: number; maxLogitRows: number; sequences: number; weightBytes: number;
   /** Bytes of weights in device memory (cuda; 0 on the CPU), weight format, and whether the GPU context was lost. */
   deviceWeightBytes: number; weightFormat: 'source' | 'fp8'; deviceLost: boolean;
+  /** The contexts launch with programmatic dependent launch (cuda, WEFT_CUDA_PDL=1). */
+  pdl: boolean;
   backend: 'cpu' | 'cuda'; device: string;
 }
 

@@ -181,7 +181,7 @@ export class WsTransport implements Transport {
       send: (text) => {
         if (held) {
           held.push(text);
-          heldBytes += text.length;
+          heldBytes += Buffer.byteLength(text);
         } else {
           ws.send(text, drained);
         }

@@ -198,6 +198,15 @@ CudaBackend::CudaBackend(const Model& model, const EngineOptions& opt) : model_(
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device);
+  if (leakOnDestroy) {  // a stuck stream may still use the weights and KV pages: freeing would wait for it
+    for (DeviceLayer& d : weights.layers)
+      for (DeviceMatrix* m : {&d.qkv, &d.o, &d.gateUp, &d.down}) {
+        m->w.leak();
+        m->scale.leak();
+      }
+    for (DeviceBuffer* b : {&weights.embed, &weights.lmHead, &weights.finalNorm, &weights.invFreq, &kvMemory}) b->leak();
+    return;
+  }
   if (transfer) cudaStreamSynchronize(transfer);
   for (auto& p : pendingTransfers_) cudaEventDestroy(p.first);
   if (transferDone) cudaEventDestroy(transferDone);

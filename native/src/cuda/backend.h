@@ -63,6 +63,7 @@ class CudaContext : public ExecContext {
 
  public:
   bool drained() override;
+  bool usesPdl() const override { return pdl_; }
   void injectFault(const std::string& kind) override;
   void releaseFault() override;
 
@@ -137,6 +138,7 @@ class CudaBackend : public Backend {
   int smCount = 0;
   std::atomic<int> stepsInFlight{0};        // across contexts
   std::atomic<int64_t> lastDecodeNs{0};     // steady-clock time a decode step last started or ended
+  bool leakOnDestroy = false;               // a context was released with its stream stuck: freeing would wait for it
   cudaStream_t transfer = nullptr;
   cudaEvent_t transferDone = nullptr;
 

@@ -144,6 +144,12 @@ struct Buffer {
     bytes = n;
   }
   template <typename T> T* as() const { return static_cast<T*>(ptr); }
+  // Gives the memory up without freeing it (a stuck stream's kernels may still use it, and freeing
+  // would wait for them).
+  void leak() {
+    ptr = nullptr;
+    bytes = 0;
+  }
 };
 using DeviceBuffer = Buffer<DeviceMemory>;
 using PinnedBuffer = Buffer<PinnedMemory>;

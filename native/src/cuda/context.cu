@@ -55,7 +55,14 @@ void CudaContext::init(const Model& model, const EngineOptions& opt, KvPool& kv)
   pdl_ = pdlAllowed();
   // WEFT_CUDA_WATCHDOG_MS: how long a step's GPU work may take (default 10 s; 0: no limit)
   const char* wd = getenv("WEFT_CUDA_WATCHDOG_MS");
-  watchdogNs_ = int64_t((wd && *wd ? std::atof(wd) : 10000.0) * 1e6);
+  double wdMs = 10000.0;
+  if (wd && *wd) {
+    char* end = nullptr;
+    wdMs = std::strtod(wd, &end);
+    if (end == wd || *end != '\0' || !(wdMs >= 0) || !std::isfinite(wdMs))
+      throw WeftError(Err::BadArgument, std::string("WEFT_CUDA_WATCHDOG_MS must be a number of milliseconds (0: no watchdog), got \"") + wd + "\"");
+  }
+  watchdogNs_ = int64_t(wdMs * 1e6);
   hangFlag_.alloc(64);
   std::memset(hangFlag_.ptr, 0, 64);
   if (be_.weights.fp8) wscratch_.alloc(be_.weights.maxMatrixElems * 2);
@@ -140,7 +147,24 @@ CudaContext::~CudaContext() { release(); }
 
 void CudaContext::release() {
   cudaSetDevice(be_.device);
-  if (stuckStream_) releaseFault();  // a hang of our own making ends now
+  if (stuckStream_) {
+    releaseFault();  // a hang of our own making ends now
+    // a real hang: its kernels may still run against this context's memory, and destroying or
+    // freeing would wait for them (device-wide): give it all up instead
+    for (int i = 0; i < 200 && !drained(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (stuckStream_) {
+      for (DeviceBuffer* b : {&blasWorkspace_, &x_, &xb_, &qkv_, &att_, &gateUp_, &h_, &cos_, &sin_, &logits_, &probs_, &partial_, &index_,
+                              &penalties_, &penaltyOrig_, &out_, &wscratch_})
+        b->leak();
+      for (PinnedBuffer* b : {&hostIndex_, &hostPacked_, &hostSampleRows_, &hostPenalties_, &hostOut_, &hostLogits_, &hangFlag_}) b->leak();
+      graphs_.clear();
+      blas_ = nullptr;
+      done_ = nullptr;
+      decodeStream_ = prefillStream_ = stream_ = nullptr;
+      be_.leakOnDestroy = true;
+      return;
+    }
+  }
   for (cudaStream_t s : {decodeStream_, prefillStream_})
     if (s && !(stuckStream_ == s && cudaStreamQuery(s) == cudaErrorNotReady) && stickyError() == cudaSuccess) cudaStreamSynchronize(s);
   for (auto& g : graphs_) cudaGraphExecDestroy(g.second);
@@ -170,6 +194,7 @@ bool CudaContext::drained() {
   if (!stuckStream_) return true;
   const cudaError_t e = cudaStreamQuery(stuckStream_);
   if (e == cudaErrorNotReady) return false;
+  if (isStickyError(e)) noteStickyError(e);
   cudaGetLastError();
   stuckStream_ = nullptr;
   std::memset(hangFlag_.ptr, 0, 64);
@@ -527,7 +552,7 @@ void CudaContext::forward(const Model& model, KvPool& kv, std::vector<StepEntry>
         throw;
       } catch (const WeftError& e) {
         if (e.code == Err::DeviceLost) throw;
-        throw WeftError(Err::DeviceLost, std::string(e.what()) + "; the GPU context is unusable: restart the process");
+        throw WeftError(Err::DeviceLost, std::string(e.what()) + "; the GPU context is unusable: restart the process", e.sequence);
       }
     }
     throw;
