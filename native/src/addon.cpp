@@ -255,6 +255,31 @@ class StepWorker : public Napi::AsyncWorker {
     wrap_->engine_->finish(ctx_, entries_, true);
     wrap_->inflight_--;
     wrap_->settled();  // claims are released before any JS value is made (that may throw)
+    // the common step (no logits, no top log-probabilities asked): four typed arrays instead of an
+    // object per sequence (four property sets each through Node-API); JS makes the objects
+    bool plain = true;
+    for (const StepOutput& o : out_) plain = plain && o.logitRows == 0 && o.sampled.top.empty();
+    if (plain) {
+      const size_t n = out_.size();
+      Napi::Float64Array seqs = Napi::Float64Array::New(env, n);
+      Napi::Int32Array tokens = Napi::Int32Array::New(env, n);
+      Napi::Float32Array logprobs = Napi::Float32Array::New(env, n);
+      Napi::Uint8Array flags = Napi::Uint8Array::New(env, n);  // 1: sampled, 2: a stop token
+      for (size_t i = 0; i < n; i++) {
+        const StepOutput& o = out_[i];
+        seqs[i] = double(o.seq);
+        tokens[i] = o.hasSample ? o.sampled.token : -1;
+        logprobs[i] = o.hasSample ? o.sampled.logprob : 0.f;
+        flags[i] = uint8_t((o.hasSample ? 1 : 0) | (o.hasSample && o.sampled.stop ? 2 : 0));
+      }
+      Napi::Object packed = Napi::Object::New(env);
+      packed.Set("seqs", seqs);
+      packed.Set("tokens", tokens);
+      packed.Set("logprobs", logprobs);
+      packed.Set("flags", flags);
+      deferred_.Resolve(packed);
+      return;
+    }
     Napi::Array results = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); i++) {
       const StepOutput& o = out_[i];

@@ -313,7 +313,16 @@ export class Engine {
       if (e.code === 'WEFT_DEVICE_TIMEOUT') this.contexts.setAside(lease, () => !this.disposed && this.native.contextReady(lease.index));
       throw e;
     }
-    return results.map((r, i) => ({ ...r, sequence: entries[i]!.sequence }));
+    if (Array.isArray(results)) return results.map((r, i) => ({ ...r, sequence: entries[i]!.sequence }));
+    const { seqs, tokens, logprobs, flags } = results;
+    const out: StepResult[] = new Array(entries.length);
+    for (let i = 0; i < entries.length; i++) {
+      const f = flags[i]!;
+      out[i] = f & 1
+        ? ({ seq: seqs[i]!, token: tokens[i]!, logprob: logprobs[i]!, stop: (f & 2) !== 0, sequence: entries[i]!.sequence } as StepResult)
+        : ({ seq: seqs[i]!, sequence: entries[i]!.sequence } as StepResult);
+    }
+    return out;
   }
 
   /** Leases a context, runs one step and returns the context to the pool. */

@@ -71,6 +71,14 @@ export interface NativeStepResult {
   logits?: Float32Array;
 }
 
+/** A step's results as arrays indexed like its entries; flags: 1 sampled, 2 a stop token. */
+export interface NativePackedStepResults {
+  seqs: Float64Array;
+  tokens: Int32Array;
+  logprobs: Float32Array;
+  flags: Uint8Array;
+}
+
 export interface NativeSequenceInfo { id: number; numTokens: number; numPages: number; parked: boolean; busy: boolean }
 
 export interface NativeStats {
@@ -93,7 +101,8 @@ export interface NativeEngine {
   restoreSequence(id: number): void;
   sequenceInfo(id: number): NativeSequenceInfo;
   setSampling(id: number, params: NativeSampling): void;
-  step(context: number, entries: NativeStepEntry[]): Promise<NativeStepResult[]>;
+  /** An object per sequence, or (when no logits or top log-probabilities were asked for) typed arrays. */
+  step(context: number, entries: NativeStepEntry[]): Promise<NativeStepResult[] | NativePackedStepResults>;
   stats(): NativeStats;
   /** false while a step of this context that timed out on the device may still be running there. */
   contextReady(context: number): boolean;
