@@ -139,6 +139,21 @@ describe('round trips and streaming', () => {
     expect(pieces.join('')).toBe('👩‍💻 ok 👍🏽');
   });
 
+  it('a truncated character followed by whole-character tokens streams as the full decode does (U+FFFD, then the text)', () => {
+    const tok = toks.gpt2;
+    const thumb = tok.encode('👍');
+    const tail = tok.encode(' ok, naïve');
+    for (const cut of [1, thumb.length - 1]) {
+      const ids = [...thumb.slice(0, cut), ...tail, ...thumb, ...tail];
+      const dec = tok.createDecoder();
+      let out = '';
+      for (const id of ids) out += dec.push(id);
+      out += dec.flush();
+      expect(out).toBe(tok.decode(ids));
+      expect(out.startsWith('\uFFFD')).toBe(true);
+    }
+  });
+
   it('flush() emits U+FFFD only for a truly incomplete tail, then resets', () => {
     const tok = toks.gpt2;
     const ids = tok.encode('👍');

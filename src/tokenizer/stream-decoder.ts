@@ -35,37 +35,65 @@ function checkId(host: StreamDecoderHost, id: number): void {
  */
 export class ByteLevelStreamDecoder implements StreamDecoder {
   private utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
-  private readonly cache = new Map<number, Uint8Array>();
+  // the UTF-8 decoder may hold an incomplete character (false: it certainly holds none)
+  private pending = false;
+  private readonly cache: Map<number, TokenBytes>;
   private static readonly encoder = new TextEncoder();
+  private static readonly strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+  // one cache per tokenizer, shared by every stream of it
+  private static readonly caches = new WeakMap<StreamDecoderHost, Map<number, TokenBytes>>();
 
   constructor(
     private readonly host: StreamDecoderHost,
     private readonly skipSpecialTokens: boolean,
-  ) {}
+  ) {
+    let c = ByteLevelStreamDecoder.caches.get(host);
+    if (!c) ByteLevelStreamDecoder.caches.set(host, (c = new Map()));
+    this.cache = c;
+  }
 
   push(id: number): string {
     checkId(this.host, id);
     if (this.skipSpecialTokens && this.host.isSpecialId(id)) return '';
-    const bytes = this.bytesOf(id);
-    if (bytes.length === 0) return '';
-    return this.utf8.decode(bytes, { stream: true });
+    const t = this.bytesOf(id);
+    if (t.bytes.length === 0) return '';
+    // a token that is whole characters by itself, with nothing held: its text, without the decoder
+    if (!this.pending && t.text !== undefined) return t.text;
+    // else the streaming decoder (a held incomplete character ends at a whole-character token, so
+    // after one nothing is held; after any other token something may be)
+    this.pending = t.text === undefined;
+    return this.utf8.decode(t.bytes, { stream: true });
   }
 
   flush(): string {
-    const rest = this.utf8.decode();
+    const rest = this.pending ? this.utf8.decode() : '';
     this.utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
+    this.pending = false;
     return rest;
   }
 
-  private bytesOf(id: number): Uint8Array {
-    let b = this.cache.get(id);
-    if (b) return b;
+  private bytesOf(id: number): TokenBytes {
+    let t = this.cache.get(id);
+    if (t) return t;
     const token = this.host.idToToken(id);
     // An id inside the range that names no token (a gap) decodes to nothing, as in `tokenizers`.
-    b = token === undefined ? new Uint8Array(0) : (byteLevelTokenBytes(token) ?? ByteLevelStreamDecoder.encoder.encode(token));
-    if (this.cache.size < 65536) this.cache.set(id, b);
-    return b;
+    const bytes = token === undefined ? new Uint8Array(0) : (byteLevelTokenBytes(token) ?? ByteLevelStreamDecoder.encoder.encode(token));
+    let text: string | undefined;
+    try {
+      text = ByteLevelStreamDecoder.strict.decode(bytes); // whole, valid characters only
+    } catch {
+      text = undefined;
+    }
+    t = { bytes, text };
+    if (this.cache.size < 1 << 18) this.cache.set(id, t);
+    return t;
   }
+}
+
+/** A token's bytes, and its text when the bytes are whole UTF-8 characters by themselves. */
+interface TokenBytes {
+  bytes: Uint8Array;
+  text?: string;
 }
 
 /**
