@@ -232,12 +232,12 @@ for (const shape of models) {
       e8 = await Engine.load(dir, { ...options, quantize: 'fp8' });
       const load8 = (performance.now() - t) / 1000;
       const s8 = e8.stats();
-      log(`${shape} fp8: loaded in ${load8.toFixed(1)} s; the engine reports ${(s8.weightBytes / 1e9).toFixed(2)} GB of weights per step, computed ${(stepWeightBytes(config, true) / 1e9).toFixed(2)} GB`);
+      log(`${shape} fp8: loaded in ${load8.toFixed(1)} s; the device holds ${(s8.deviceWeightBytes / 1e9).toFixed(2)} GB of weights (embeddings included), a step reads ${(stepWeightBytes(config, true) / 1e9).toFixed(2)} GB`);
       await benchEngine(e8, { sequences: [1, 8], promptTokens: 64, genTokens: 8 }); // warm-up
       const ttft8 = await timeToFirstToken(e8);
       const weft8 = await benchEngine(e8, { sequences, promptTokens, genTokens });
       log(`${shape} weft fp8: ttft ${ttft8.toFixed(2)} ms; ` + weft8.map((r) => `${r.sequences}: prefill ${r.prefill_tokens_per_s.toFixed(0)}, decode ${r.decode_tokens_per_s.toFixed(0)} tok/s`).join('; '));
-      fp8 = { loadS: load8, ttft: ttft8, weft: weft8, weightBytes: s8.weightBytes, stepBytes: stepWeightBytes(config, true) };
+      fp8 = { loadS: load8, ttft: ttft8, weft: weft8, weightBytes: s8.deviceWeightBytes, stepBytes: stepWeightBytes(config, true) };
       if (pdlCompare) {
         try {
           pdl.fp8 = await comparePdl(e8, () => Engine.load(dir, { ...pdlOffOptions, quantize: 'fp8' }));
@@ -304,7 +304,7 @@ for (const shape of models) {
       const goal = shape === 'llama8b' && r.sequences === 1 && b ? ` (goal ≥ 1.70×: ${r.decode_tokens_per_s / b.decode_tokens_per_s >= 1.7 ? 'met' : 'NOT met'})` : '';
       rows.push(`| decode tok/s, ${r.sequences} sequence${r.sequences > 1 ? 's' : ''} (step ms: ${r.decode_step_ms.toFixed(2)} / ${fmt(b?.decode_step_ms, 2)}) | ${fmt(r.decode_tokens_per_s)} | ${fmt(b?.decode_tokens_per_s)} | ${ratio(r.decode_tokens_per_s, b?.decode_tokens_per_s)}${goal} |`);
     }
-    rows.push(`| bandwidth utilisation at 1 sequence (fp8: weights ${(fp8.stepBytes / 1e9).toFixed(2)} GB computed — matrices 1 B/weight + f32 row scales, LM head and norms bf16; the engine reports ${(fp8.weightBytes / 1e9).toFixed(2)} GB — + KV ${(kvRead1 / 1e6).toFixed(1)} MB per step ÷ step time × ${(copyBw / 1e12).toFixed(2)} TB/s) | ${mbu8 ? (100 * mbu8).toFixed(1) + '%' : '—'} | ${mw ? (100 * mw).toFixed(1) + '%' : '—'} | |`);
+    rows.push(`| bandwidth utilisation at 1 sequence (fp8: weights ${(fp8.stepBytes / 1e9).toFixed(2)} GB computed — matrices 1 B/weight + f32 row scales, LM head and norms bf16; the device holds ${(fp8.weightBytes / 1e9).toFixed(2)} GB with the embeddings — + KV ${(kvRead1 / 1e6).toFixed(1)} MB per step ÷ step time × ${(copyBw / 1e12).toFixed(2)} TB/s) | ${mbu8 ? (100 * mbu8).toFixed(1) + '%' : '—'} | ${mw ? (100 * mw).toFixed(1) + '%' : '—'} | |`);
     rows.push(`| load (s) | ${fmt(fp8.loadS, 1)} | ${fmt(loadS, 1)} | |`);
   }
   if (Object.keys(pdl).length) {
